@@ -1,0 +1,39 @@
+# The only commands anyone needs: `make run` and `make test`.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+export PYTHON
+
+.PHONY: install run worker services test test-unit lint stop clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	touch $@
+
+## Start Kafka, Redis and the SMTP sink, then run the worker in the foreground.
+run: install
+	scripts/services.sh start dev
+	$(VENV)/bin/faust -A dawning_streams.app worker -l info
+
+services: install
+	scripts/services.sh start dev
+
+## Start the test services (own ports and data) and run the whole suite.
+test: install lint
+	scripts/services.sh start test
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy dawning_streams
+
+stop:
+	scripts/services.sh stop dev
+	scripts/services.sh stop test
+
+clean: stop
+	rm -rf .local $(VENV) *.egg-info

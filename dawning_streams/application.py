@@ -1,0 +1,171 @@
+"""The Faust app, built from :class:`~dawning_streams.settings.Settings`."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import faust
+from faust.types import TopicT
+from mode import ServiceT
+
+from . import codec
+from .bus import KafkaMessageBus
+from .cache import DistributedCache
+from .commands import register_commands
+from .handlers import Handler, HandlerError, HandlerOptions, handler_for
+from .lock import DistributedLock
+from .mail import Mailer
+from .partitioners import partitioner_for
+from .records import MessageBase, message_types
+from .redis_pool import RedisPool
+from .scheduler import Scheduler
+from .settings import Settings
+from .shared_config import SharedConfig
+from .transport import Transport
+
+__all__ = ["App", "create_app"]
+
+
+class App(faust.App):
+    """A Faust app that honours every Kafka setting and knows each message's topic."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        self.dawning_settings = settings
+        kafka = settings.kafka
+        session_s = kafka.session_timeout_ms / 1000
+        super().__init__(
+            kafka.consumer_group_id,
+            broker=[f"kafka://{server}" for server in kafka.bootstrap_servers],
+            autodiscover=False,
+            key_serializer="raw",
+            value_serializer=codec.CODEC_NAME,
+            consumer_auto_offset_reset=kafka.auto_offset_reset,
+            broker_session_timeout=session_s,
+            broker_heartbeat_interval=kafka.heartbeat_interval_ms / 1000,
+            broker_max_poll_interval=kafka.max_poll_interval_ms / 1000,
+            # Faust requires the request timeout to cover the session timeout.
+            broker_request_timeout=max(90.0, session_s + 30),
+            producer_acks=-1 if kafka.producer.acks == "all" else kafka.producer.acks,
+            producer_linger=kafka.producer.linger_ms / 1000,
+            producer_max_batch_size=kafka.producer.batch_size,
+            producer_compression_type=(
+                None
+                if kafka.producer.compression_type == "none"
+                else kafka.producer.compression_type
+            ),
+            producer_partitioner=partitioner_for(kafka.partitioner),
+            topic_partitions=kafka.partitions,
+            topic_replication_factor=kafka.replication_factor,
+            web_bind=settings.web.host,
+            web_host=settings.web.host,
+            web_port=settings.web.port,
+            # Faust would otherwise read its own environment variables
+            # (WEB_PORT, BROKER, ...) over these; the settings are the one source.
+            env={},
+            **options,
+        )
+        self.message_topics: dict[type[MessageBase], TopicT] = {
+            cls: self.topic(
+                getattr(kafka.topics, cls.topic_setting),
+                value_type=cls,
+                key_type=str,
+                partitions=kafka.partitions,
+                replicas=kafka.replication_factor,
+            )
+            for cls in message_types().values()
+        }
+        self.bus = KafkaMessageBus(self)
+        self.redis = RedisPool(settings.redis)
+        self.distributed_cache = DistributedCache(self.redis)
+        self.shared_config = SharedConfig()
+        self.lock = DistributedLock(self.redis)
+        self.scheduler = Scheduler(self)
+        self.mailer = Mailer(settings.smtp)
+        self.handlers: dict[str, Handler[Any]] = {}
+        self._declared: list[TopicT] = list(self.message_topics.values())
+        register_commands(self)
+
+    def handler(
+        self,
+        target: type | str | Callable[..., Any] | None = None,
+        /,
+        *,
+        topic: str | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Declare a handler; works bare (``@app.handler``) or called.
+
+        ``target`` is the message type (or a topic name); without it the type
+        comes from the function's annotation. Options: ``retry=Retry(...)``,
+        ``dead_letter=True``, ``ordered=False``, ``concurrency=1``, and
+        ``batch_size``/``batch_within_s`` for a handler of lists. See
+        :mod:`dawning_streams.handlers`.
+        """
+        try:
+            chosen = HandlerOptions(**options)
+        except TypeError as exc:
+            raise HandlerError(f"@handler: {exc}") from None
+        declare = functools.partial(handler_for, self, name=name, options=chosen)
+        if isinstance(target, str):
+            return lambda fn: declare(fn, message_type=None, topic=target)
+        if isinstance(target, type):
+            return lambda fn: declare(fn, message_type=target, topic=topic)
+        if target is None:
+            return lambda fn: declare(fn, message_type=None, topic=topic)
+        if callable(target):
+            return declare(target, message_type=None, topic=topic)
+        raise HandlerError(f"@handler takes a message type or a topic name, got {target!r}")
+
+    def scheduled(
+        self, *, every_s: float, name: str | None = None, lock_ttl_s: float | None = None
+    ) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
+        """Run the decorated coroutine function every ``every_s`` seconds, on one
+        instance at a time (see :mod:`dawning_streams.scheduler`)."""
+
+        def decorate(fn: Callable[[], Any]) -> Callable[[], Any]:
+            self.scheduler.add(fn, every_s=every_s, name=name, lock_ttl_s=lock_ttl_s)
+            return fn
+
+        return decorate
+
+    @property
+    def declared_topics(self) -> list[TopicT]:
+        """The topics created at start-up: message, handler, retry and dead-letter topics."""
+        return list(self._declared)
+
+    def declare_topic(self, topic: TopicT) -> TopicT:
+        """Have ``topic`` created at start-up, with the message topics."""
+        self._declared.append(topic)
+        return topic
+
+    def topic_for(self, message_type: type[MessageBase]) -> TopicT:
+        """The topic messages of ``message_type`` are published to."""
+        try:
+            return self.message_topics[message_type]
+        except KeyError:
+            raise TypeError(f"{message_type.__name__} is not a dawning message type") from None
+
+    def on_init_dependencies(self) -> Iterable[ServiceT]:
+        """Faust's services, then the clients the agents use."""
+        return [*super().on_init_dependencies(), self.redis, self.mailer, self.scheduler]
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        # Declare every topic with its partition count before any consumer
+        # subscribes: a missing topic would be left out of the assignment, or
+        # auto-created with the broker's default partition count.
+        await self.bus.declare_topics()
+
+    def _new_transport(self) -> Transport:
+        return Transport(self.conf.broker_consumer, self, loop=self.loop)
+
+    def _new_producer_transport(self) -> Transport:
+        return Transport(self.conf.broker_producer, self, loop=self.loop)
+
+
+def create_app(settings: Settings | None = None, **options: Any) -> App:
+    """A new app from ``settings`` (default: :meth:`Settings.load`)."""
+    return App(settings if settings is not None else Settings.load(), **options)

@@ -1,0 +1,88 @@
+"""Every derived topic name, message header and Redis key, in one place."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+__all__ = [
+    "Header",
+    "dead_letter_topic",
+    "delay_topic",
+    "email_sent_key",
+    "header_text",
+    "invalidation_key",
+    "lock_key",
+    "retry_topic",
+    "scheduled_key",
+    "valid_name",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` may be part of a topic name (Kafka's characters, short)."""
+    return bool(_NAME.match(name))
+
+
+def retry_topic(source: str, handler: str, retry_number: int) -> str:
+    """Where ``handler``'s messages from ``source`` wait for retry ``retry_number``."""
+    return f"{source}.{handler}.retry-{retry_number}"
+
+
+def delay_topic(source: str, handler: str) -> str:
+    """Where ``apply_async(countdown_s=...)`` messages wait for their first attempt."""
+    return f"{source}.{handler}.delay"
+
+
+def dead_letter_topic(source: str) -> str:
+    """The dead-letter topic of ``source``, shared by the handlers of that topic."""
+    return f"{source}.dlq"
+
+
+def header_text(headers: Iterable[tuple[str, bytes]], name: str) -> str | None:
+    """The first header called ``name``, as text, or None."""
+    for key, value in headers:
+        if key == name:
+            return value.decode("utf-8", "replace")
+    return None
+
+
+def email_sent_key(message_id: object) -> str:
+    """Redis key marking an email as sent, so a redelivery does not send it again."""
+    return f"dawning:email:sent:{message_id}"
+
+
+def invalidation_key(message_id: object) -> str:
+    """Redis key marking a cache invalidation as done, so a redelivery is skipped."""
+    return f"dawning:cache:invalidated:{message_id}"
+
+
+def lock_key(name: str, *, fence: bool = False) -> str:
+    """Redis key of the lock ``name``, or of its fencing-token counter."""
+    return f"dawning:lock:{name}:fence" if fence else f"dawning:lock:{name}"
+
+
+def scheduled_key(group: str, name: str) -> str:
+    """Redis key holding when consumer group ``group``'s task ``name`` last ran (epoch s)."""
+    return f"dawning:scheduled:{group}:{name}:last-run"
+
+
+class Header:
+    """Names of the Kafka headers dawning-streams writes; all start with ``dawning-``."""
+
+    PREFIX = "dawning-"
+    ATTEMPT = "dawning-attempt"
+    DUE_MS = "dawning-due-ms"
+    HANDLER = "dawning-handler"
+    ORIGINAL_TOPIC = "dawning-original-topic"
+    ORIGINAL_PARTITION = "dawning-original-partition"
+    ORIGINAL_OFFSET = "dawning-original-offset"
+    ORIGINAL_KEY = "dawning-original-key"
+    EXCEPTION_TYPE = "dawning-exception-type"
+    EXCEPTION_MESSAGE = "dawning-exception-message"
+    TRACEBACK = "dawning-traceback"
+    FIRST_FAILED_AT = "dawning-first-failed-at"
+    LAST_FAILED_AT = "dawning-last-failed-at"
+    REPLAYED_FROM = "dawning-replayed-from"

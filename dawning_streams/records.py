@@ -1,0 +1,242 @@
+"""The typed messages, one ``faust.Record`` per message type of the seed.
+
+Python attributes are snake_case; on the wire every field is written in
+PascalCase, as System.Text.Json writes the .NET gateway's classes, and read back
+from PascalCase or camelCase (see :mod:`dawning_streams.codec`).
+
+Beyond the seed's fields every message carries, from :class:`MessageBase`:
+
+``MessageId``      a UUID, new for each message; handlers use it for idempotence.
+``Timestamp``      when the message was created, in UTC.
+``MessageType``    the class name (``"AuditLogMessage"``); decoding checks it.
+``CorrelationId``  ties messages of one request together; optional.
+``SourceInstance`` the instance that published it (``Settings.instance_name``).
+``TenantId``       the tenant, for a multi-tenant gateway; optional.
+"""
+
+from __future__ import annotations
+
+import typing
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import faust
+
+__all__ = [
+    "AlertNotificationMessage",
+    "AuditLogMessage",
+    "CacheInvalidationMessage",
+    "ConfigChangedMessage",
+    "EmailMessage",
+    "MessageBase",
+    "SystemEventMessage",
+    "UserEventMessage",
+    "message_types",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class WireField:
+    """How one attribute is named and typed on the wire."""
+
+    attr: str
+    wire: str
+    kind: Any
+    optional: bool
+    required: bool
+
+
+def _pascal(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+
+
+_TYPES: dict[str, type[MessageBase]] = {}
+
+
+class MessageBase(faust.Record, abstract=True, include_metadata=False, serializer="dawning"):
+    """Fields every message carries; subclasses add the seed's fields."""
+
+    message_id: uuid.UUID | None = None
+    timestamp: datetime | None = None
+    message_type: str | None = None
+    correlation_id: str | None = None
+    source_instance: str | None = None
+    tenant_id: str | None = None
+
+    #: The ``Kafka:Topics`` attribute naming this type's topic.
+    topic_setting: ClassVar[str] = ""
+    wire_fields: ClassVar[tuple[WireField, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kwargs.get("abstract"):
+            return
+        hints = typing.get_type_hints(cls)
+        defaults = cls._options.defaults
+        wire_fields = []
+        for attr in cls._options.fields:
+            kind = hints[attr]
+            args = typing.get_args(kind)
+            optional = type(None) in args
+            if optional:
+                kind = next(a for a in args if a is not type(None))
+            wire_fields.append(WireField(attr, _pascal(attr), kind, optional, attr not in defaults))
+        cls.wire_fields = tuple(wire_fields)
+        _TYPES[cls.__name__] = cls
+
+    def __post_init__(self) -> None:
+        if self.message_id is None:
+            self.message_id = uuid.uuid4()
+        if self.timestamp is None:
+            self.timestamp = datetime.now(UTC)
+        elif self.timestamp.tzinfo is None:
+            self.timestamp = self.timestamp.replace(tzinfo=UTC)
+        elif self.timestamp.utcoffset():
+            self.timestamp = self.timestamp.astimezone(UTC)
+        if self.message_type is None:
+            self.message_type = type(self).__name__
+
+    @classmethod
+    def from_data(cls, data: Any, *, preferred_type: Any = None) -> MessageBase:
+        """Faust's decoding entry point, held to the wire rules of ``codec.decode``."""
+        if isinstance(data, cls):
+            return data
+        from .codec import decode_mapping  # the codec module imports this one
+
+        return decode_mapping(data, cls, raw=getattr(data, "raw", None))
+
+    def to_representation(self) -> dict[str, Any]:
+        """The wire mapping: PascalCase names, no Python module paths."""
+        return {f.wire: getattr(self, f.attr) for f in self.wire_fields}
+
+    def partition_key(self) -> str | None:
+        """The natural key that decides the partition; see each type."""
+        return None
+
+
+def message_types() -> dict[str, type[MessageBase]]:
+    """Every concrete message type by its ``MessageType`` name."""
+    return dict(_TYPES)
+
+
+class AuditLogMessage(MessageBase):
+    """An audited action; keyed by ``UserId`` so one user's entries stay in order."""
+
+    topic_setting = "audit_log"
+
+    user_id: uuid.UUID
+    action: str
+    entity_type: str
+    user_name: str | None = None
+    entity_id: str | None = None
+    description: str | None = None
+    old_value: str | None = None
+    new_value: str | None = None
+    ip_address: str | None = None
+    user_agent: str | None = None
+
+    def partition_key(self) -> str:
+        return str(self.user_id)
+
+
+class AlertNotificationMessage(MessageBase):
+    """A fired alert rule; keyed by ``AlertRuleId`` so one rule's alerts stay in order."""
+
+    topic_setting = "alert_notification"
+
+    alert_rule_id: uuid.UUID
+    rule_name: str
+    metric_type: str
+    severity: str
+    current_value: float
+    threshold: float
+    description: str | None = None
+
+    def partition_key(self) -> str:
+        return str(self.alert_rule_id)
+
+
+class EmailMessage(MessageBase):
+    """A mail to send; keyed by the ``To`` recipient."""
+
+    topic_setting = "email_queue"
+
+    to: str
+    subject: str
+    body: str
+    cc: list[str] | None = None
+    bcc: list[str] | None = None
+    is_html: bool = False
+    priority: int = 0
+    retry_count: int = 0
+
+    def partition_key(self) -> str:
+        return self.to
+
+
+class ConfigChangedMessage(MessageBase):
+    """A changed configuration value; keyed by ``ConfigGroup:ConfigKey``."""
+
+    topic_setting = "config_changed"
+
+    config_group: str
+    config_key: str
+    old_value: str | None = None
+    new_value: str | None = None
+    changed_by: str | None = None
+
+    def partition_key(self) -> str:
+        return f"{self.config_group}:{self.config_key}"
+
+
+class CacheInvalidationMessage(MessageBase):
+    """Cache entries to drop; keyed by ``Region:CacheKey`` (or the pattern).
+
+    The seed publishes either an exact ``CacheKey`` or a glob ``Pattern``, so
+    both are optional here, but one of them must be set.
+    """
+
+    topic_setting = "cache_invalidation"
+
+    cache_key: str | None = None
+    pattern: str | None = None
+    region: str | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.cache_key and not self.pattern:
+            raise ValueError("CacheKey or Pattern must be set")
+
+    def partition_key(self) -> str:
+        target = self.cache_key or self.pattern or ""
+        return f"{self.region}:{target}" if self.region else target
+
+
+class UserEventMessage(MessageBase):
+    """Something a user did; keyed by ``UserId`` so one user's events stay in order."""
+
+    topic_setting = "user_event"
+
+    user_id: uuid.UUID
+    event_type: str
+    user_name: str | None = None
+    event_data: dict[str, Any] | None = None
+
+    def partition_key(self) -> str:
+        return str(self.user_id)
+
+
+class SystemEventMessage(MessageBase):
+    """An instance lifecycle event (started, stopped, config reloaded); keyed by instance."""
+
+    topic_setting = "system_event"
+
+    event_type: str
+    description: str | None = None
+    data: dict[str, Any] | None = None
+
+    def partition_key(self) -> str | None:
+        return self.source_instance

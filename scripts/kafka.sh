@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# A single-node Apache Kafka broker in KRaft mode, built from the official
+# artifacts on Maven Central.
+#
+#   scripts/kafka.sh start|stop|status
+#
+# KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093) and KAFKA_DATA_DIR
+# (.local/dev/kafka) choose the instance, so a test broker never collides with
+# a development one. The jars are resolved once into DAWNING_CACHE_DIR.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka-pom.xml")
+cache_dir=${DAWNING_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dawning-streams}
+libs="$cache_dir/kafka-$kafka_version/libs"
+port=${KAFKA_PORT:-9092}
+controller_port=${KAFKA_CONTROLLER_PORT:-9093}
+data_dir=${KAFKA_DATA_DIR:-$root/.local/dev/kafka}
+pid_file="$data_dir/kafka.pid"
+log_file="$data_dir/server.log"
+
+log() { printf 'kafka: %s\n' "$*" >&2; }
+
+running() { [[ -f $pid_file ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; }
+
+fetch() {
+    [[ -f "$libs/kafka_2.13-$kafka_version.jar" ]] && return
+    log "resolving Apache Kafka $kafka_version from Maven Central into $libs"
+    command -v mvn >/dev/null || { log "Maven (mvn) is required to fetch Kafka"; exit 1; }
+    local tmp="$libs.partial"
+    rm -rf "$tmp"
+    mvn -q -B -Dstyle.color=never -f "$here/kafka-pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$tmp"
+    mv "$tmp" "$libs"
+}
+
+java_opts=(
+    -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
+    -Dlog4j.configuration="file:$data_dir/log4j.properties"
+    -Dkafka.logs.dir="$data_dir/logs"
+    -cp "$libs/*"
+)
+
+configure() {
+    mkdir -p "$data_dir/logs"
+    cat >"$data_dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$controller_port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$data_dir/data
+num.partitions=3
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=3
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+PROPS
+    cat >"$data_dir/log4j.properties" <<'PROPS'
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.RollingFileAppender
+log4j.appender.file.File=${kafka.logs.dir}/server.log
+log4j.appender.file.MaxFileSize=20MB
+log4j.appender.file.MaxBackupIndex=2
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka=INFO
+log4j.logger.org.apache.kafka=INFO
+PROPS
+}
+
+format_storage() {
+    [[ -f "$data_dir/data/meta.properties" ]] && return
+    local cluster_id
+    cluster_id=$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid)
+    log "formatting storage in $data_dir/data (cluster $cluster_id)"
+    java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
+        -c "$data_dir/server.properties" >/dev/null
+}
+
+start() {
+    if running; then
+        log "already running on 127.0.0.1:$port (pid $(cat "$pid_file"))"
+        return
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        log "127.0.0.1:$port is already in use by another process (not $data_dir)"
+        exit 1
+    fi
+    fetch
+    configure
+    format_storage
+    : >"$data_dir/logs/server.log"
+    # setsid keeps the broker out of the caller's process group, so an
+    # interrupted `make run` does not take it down mid-write.
+    setsid java "${java_opts[@]}" kafka.Kafka "$data_dir/server.properties" \
+        >"$data_dir/stdout.log" 2>&1 </dev/null &
+    echo $! >"$pid_file"
+    local deadline=$((SECONDS + 90))
+    until grep -q "Kafka Server started" "$data_dir/logs/server.log" 2>/dev/null; do
+        if ! running; then
+            log "broker exited during start-up; see $data_dir/stdout.log and $data_dir/logs/server.log"
+            tail -20 "$data_dir/stdout.log" >&2 || true
+            exit 1
+        fi
+        if ((SECONDS > deadline)); then
+            log "broker did not start within 90 s; see $data_dir/logs/server.log"
+            exit 1
+        fi
+        sleep 0.2
+    done
+    log "Apache Kafka $kafka_version ready on 127.0.0.1:$port (pid $(cat "$pid_file"))"
+}
+
+stop() {
+    if ! running; then
+        rm -f "$pid_file"
+        return
+    fi
+    local pid
+    pid=$(cat "$pid_file")
+    kill -TERM "$pid"
+    for _ in $(seq 1 300); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "broker did not stop within 30 s; killing it"
+        kill -KILL "$pid"
+    fi
+    rm -f "$pid_file"
+    log "stopped"
+}
+
+status() {
+    if running; then
+        log "running on 127.0.0.1:$port (pid $(cat "$pid_file"))"
+    else
+        log "not running"
+        return 1
+    fi
+}
+
+case ${1:-} in
+    start) start ;;
+    stop) stop ;;
+    status) status ;;
+    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Starts or stops the real services on loopback: Apache Kafka (KRaft), Redis
+# and an SMTP capture server.
+#
+#   scripts/services.sh start|stop|status dev|test
+#
+# The profile's ports and data directory come from scripts/<profile>.env, so the
+# test services never collide with the development ones. PYTHON is the
+# interpreter that has aiosmtpd (the project's virtualenv).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+action=${1:-}
+profile=${2:-dev}
+[[ -f "$here/$profile.env" ]] || { echo "unknown profile: $profile" >&2; exit 2; }
+set -a
+# shellcheck source=/dev/null
+source "$here/$profile.env"
+set +a
+data_dir="$root/$DATA_DIR"
+python=${PYTHON:-$root/.venv/bin/python}
+
+log() { printf 'services: %s\n' "$*" >&2; }
+
+alive() { [[ -f $1 ]] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
+
+port_free() {
+    local port=$1 name=$2
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        log "cannot start $name: 127.0.0.1:$port is already in use by another process"
+        exit 1
+    fi
+}
+
+wait_port() {
+    local port=$1 name=$2
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return
+        sleep 0.1
+    done
+    log "$name did not open 127.0.0.1:$port"
+    exit 1
+}
+
+install_redis() {
+    command -v redis-server >/dev/null && return
+    log "installing Debian's redis-server"
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+    # The package starts a system instance on 6379; ours run on their own.
+    $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
+    $sudo service redis-server stop >/dev/null 2>&1 || true
+}
+
+start_redis() {
+    install_redis
+    mkdir -p "$data_dir/redis"
+    if alive "$data_dir/redis/redis.pid"; then return; fi
+    port_free "$REDIS_PORT" redis
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
+        --dir "$data_dir/redis" --pidfile "$data_dir/redis/redis.pid" \
+        --logfile "$data_dir/redis/redis.log" --save "" --appendonly no
+    wait_port "$REDIS_PORT" redis
+    log "redis ready on 127.0.0.1:$REDIS_PORT"
+}
+
+# PostgreSQL runs only for the tests (the audit store's default is SQLite).
+as_postgres() {
+    if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+install_postgres() {
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && return
+    log "installing Debian's postgresql"
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+    $sudo service postgresql stop >/dev/null 2>&1 || true
+}
+
+start_postgres() {
+    [[ -n ${POSTGRES_PORT:-} ]] || return 0
+    install_postgres
+    local bin dir="$data_dir/postgres"
+    bin=$(dirname "$(compgen -G "/usr/lib/postgresql/*/bin/initdb" | sort -V | tail -1)")
+    mkdir -p "$dir"
+    [[ $(id -u) -eq 0 ]] && chown postgres "$dir"
+    if as_postgres "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then return; fi
+    port_free "$POSTGRES_PORT" postgresql
+    if [[ ! -f "$dir/data/PG_VERSION" ]]; then
+        as_postgres "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >/dev/null
+    fi
+    as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -o \
+        "-p $POSTGRES_PORT -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+    log "postgresql ready on 127.0.0.1:$POSTGRES_PORT"
+}
+
+stop_postgres() {
+    [[ -n ${POSTGRES_PORT:-} && -f "$data_dir/postgres/data/PG_VERSION" ]] || return 0
+    local bin
+    bin=$(dirname "$(compgen -G "/usr/lib/postgresql/*/bin/initdb" | sort -V | tail -1)")
+    as_postgres "$bin/pg_ctl" -D "$data_dir/postgres/data" -m fast stop >/dev/null 2>&1 || true
+}
+
+start_smtp() {
+    mkdir -p "$data_dir"/smtp/maildir/{cur,new,tmp}
+    local pid_file="$data_dir/smtp/smtp.pid"
+    if alive "$pid_file"; then return; fi
+    port_free "$SMTP_PORT" "the SMTP sink"
+    setsid "$python" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" \
+        -c aiosmtpd.handlers.Mailbox "$data_dir/smtp/maildir" \
+        >"$data_dir/smtp/smtp.log" 2>&1 </dev/null &
+    echo $! >"$pid_file"
+    wait_port "$SMTP_PORT" "SMTP sink"
+    log "SMTP sink ready on 127.0.0.1:$SMTP_PORT, mail in $data_dir/smtp/maildir"
+}
+
+stop_pid() {
+    local pid_file=$1
+    if alive "$pid_file"; then
+        kill -TERM "$(cat "$pid_file")"
+        for _ in $(seq 1 50); do alive "$pid_file" || break; sleep 0.1; done
+    fi
+    rm -f "$pid_file"
+}
+
+kafka() { KAFKA_DATA_DIR="$data_dir/kafka" "$here/kafka.sh" "$@"; }
+
+case $action in
+    start)
+        kafka start
+        start_redis
+        start_smtp
+        start_postgres
+        ;;
+    stop)
+        stop_postgres
+        stop_pid "$data_dir/smtp/smtp.pid"
+        stop_pid "$data_dir/redis/redis.pid"
+        kafka stop
+        ;;
+    status)
+        kafka status || true
+        alive "$data_dir/redis/redis.pid" && log "redis running" || log "redis not running"
+        alive "$data_dir/smtp/smtp.pid" && log "SMTP sink running" || log "SMTP sink not running"
+        ;;
+    *)
+        echo "usage: $0 start|stop|status dev|test" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,150 @@
+"""Fixtures: the real services `make test` starts, and per-test settings.
+
+The suite never skips for a missing service: if Kafka, Redis or the SMTP sink
+is not answering, every test that needs it fails with the command to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import mailbox
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from dawning_streams.settings import (
+    KafkaSettings,
+    RedisSettings,
+    Settings,
+    SmtpSettings,
+    TopicNames,
+    WebSettings,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _profile(name: str) -> dict[str, str]:
+    lines = (ROOT / "scripts" / f"{name}.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+TEST_ENV = _profile("test")
+KAFKA_PORT = int(TEST_ENV["KAFKA_PORT"])
+REDIS_PORT = int(TEST_ENV["REDIS_PORT"])
+SMTP_PORT = int(TEST_ENV["SMTP_PORT"])
+MAILDIR = ROOT / TEST_ENV["DATA_DIR"] / "smtp" / "maildir"
+BOOTSTRAP = f"127.0.0.1:{KAFKA_PORT}"
+
+
+def _require(port: int, name: str) -> None:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        pytest.fail(
+            f"{name} is not answering on 127.0.0.1:{port}; "
+            f"start it with `scripts/services.sh start test` (make test does)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """The test broker's address, after checking it answers."""
+    _require(KAFKA_PORT, "Kafka")
+    return BOOTSTRAP
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis's URL, after checking it answers."""
+    _require(REDIS_PORT, "Redis")
+    return f"redis://127.0.0.1:{REDIS_PORT}/0"
+
+
+@pytest.fixture(scope="session")
+def smtp_port() -> int:
+    """The SMTP capture server's port, after checking it answers."""
+    _require(SMTP_PORT, "the SMTP sink")
+    return SMTP_PORT
+
+
+@pytest.fixture
+def maildir(smtp_port: int) -> mailbox.Maildir:
+    """The capture server's mailbox."""
+    return mailbox.Maildir(MAILDIR, create=False)
+
+
+def unique_topics(prefix: str) -> TopicNames:
+    """Topic names of the seed, under a prefix no other test uses."""
+    return TopicNames(
+        **{
+            f.name: f"{prefix}.{getattr(TopicNames(), f.name)}"
+            for f in dataclasses.fields(TopicNames)
+        }
+    )
+
+
+@pytest.fixture
+async def settings(kafka_bootstrap: str, redis_url: str, smtp_port: int) -> AsyncIterator[Settings]:
+    """Settings for the test services, with topics and a group of this test's own.
+
+    Every topic the test created (they all start with its prefix) is deleted
+    afterwards, so the test broker does not grow from run to run.
+    """
+    run = f"t{uuid.uuid4().hex[:10]}"
+    yield Settings(
+        kafka=KafkaSettings(
+            bootstrap_servers=(kafka_bootstrap,),
+            consumer_group_id=f"{run}-group",
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
+            topics=unique_topics(run),
+        ),
+        redis=RedisSettings(url=redis_url),
+        smtp=SmtpSettings(port=smtp_port),
+        web=WebSettings(port=free_port()),
+        instance_name=f"{run}-instance",
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        mine = [topic for topic in await admin.list_topics() if topic.startswith(run)]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running behind it."""
+    before = asyncio.all_tasks()
+    yield
+    await asyncio.sleep(0)
+    leaked = [
+        t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()
+    ]
+    for task in leaked:
+        task.cancel()
+    assert not leaked, f"test leaked tasks: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+def tmp_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run every test in an empty directory: no stray appsettings.json, and
+    Faust's data directories land there."""
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path

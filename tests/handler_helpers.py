@@ -1,0 +1,76 @@
+"""Running an app with handlers against the real broker, and watching what they do."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from dawning_streams import App
+from dawning_streams.partitioners import murmur2
+
+
+@dataclass
+class Calls:
+    """What a test handler was called with, and when (``time.time()``)."""
+
+    seen: list[tuple[float, object]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, item: object) -> None:
+        self.seen.append((time.time(), item))
+        self.changed.set()
+
+    @property
+    def items(self) -> list[object]:
+        return [item for _, item in self.seen]
+
+    async def wait_until(self, done: Callable[[list[object]], bool], timeout_s: float = 30) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not done(self.items):
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def eventually(check: Callable[[], object], timeout_s: float = 90, what: str = "") -> Any:
+    """Poll ``check`` (plain or async) until it gives something true, and return
+    that; fail after ``timeout_s``, saying ``what`` was awaited."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                result = check()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    return result
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout_s} s: {what or check!r}") from None
+
+
+@asynccontextmanager
+async def running(app: App) -> AsyncIterator[App]:
+    """The app started as a worker (no web server), stopped afterwards."""
+    await app.start()
+    try:
+        async with asyncio.timeout(60):
+            while not app.consumer.assignment():
+                await asyncio.sleep(0.1)
+        yield app
+    finally:
+        await app.stop()
+
+
+def same_partition_users(count: int, partitions: int = 3) -> list[uuid.UUID]:
+    """``count`` user ids whose messages murmur2 puts on one partition."""
+    users: list[uuid.UUID] = []
+    while len(users) < count:
+        user = uuid.uuid4()
+        if murmur2(str(user).encode(), list(range(partitions)), []) == 0:
+            users.append(user)
+    return users

@@ -1,0 +1,120 @@
+"""Publishing through the bus to the real broker, read back with a plain consumer."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import pytest
+
+from dawning_streams import (
+    AuditLogMessage,
+    NullMessageBus,
+    Settings,
+    UserEventMessage,
+    create_app,
+    create_bus,
+    decode,
+)
+from dawning_streams.partitioners import consistent_random, murmur2
+from dawning_streams.settings import KafkaSettings
+
+from .kafka_helpers import partition_count, read_topic
+from .test_codec import SAMPLES
+
+pytestmark = pytest.mark.kafka
+
+EXPECTED_KEYS = {
+    "AuditLogMessage": lambda m: str(m.user_id),
+    "AlertNotificationMessage": lambda m: str(m.alert_rule_id),
+    "EmailMessage": lambda m: m.to,
+    "ConfigChangedMessage": lambda m: f"{m.config_group}:{m.config_key}",
+    "CacheInvalidationMessage": lambda m: m.pattern,
+    "UserEventMessage": lambda m: str(m.user_id),
+    "SystemEventMessage": lambda m: m.source_instance,
+}
+
+
+async def test_each_message_type_lands_on_its_topic_with_its_key(settings: Settings) -> None:
+    app = create_app(settings)
+    async with app.bus as bus:
+        acks = await bus.publish_many(SAMPLES)
+    for message, ack in zip(SAMPLES, acks, strict=True):
+        topic = getattr(settings.kafka.topics, message.topic_setting)
+        [record] = await read_topic(settings.kafka.bootstrap_servers[0], topic, 1)
+        key = EXPECTED_KEYS[type(message).__name__](message)
+        assert (record.topic, record.partition, record.offset) == (
+            ack.topic,
+            ack.partition,
+            ack.offset,
+        )
+        assert record.key == key.encode()
+        assert record.partition == murmur2(record.key, [0, 1, 2], [0, 1, 2])
+        assert record.timestamp == int(message.timestamp.timestamp() * 1000)
+        decoded = decode(record.value, type(message))
+        assert decoded == message
+        assert decoded.source_instance == (message.source_instance or settings.instance_name)
+
+
+async def test_every_topic_is_declared_with_the_configured_partitions(
+    settings: Settings,
+) -> None:
+    settings = dataclasses.replace(
+        settings, kafka=dataclasses.replace(settings.kafka, partitions=5)
+    )
+    async with create_app(settings).bus:
+        pass
+    bootstrap = settings.kafka.bootstrap_servers[0]
+    counts = [await partition_count(bootstrap, topic) for topic in settings.kafka.topics.all()]
+    assert counts == [5] * 7
+
+
+async def test_one_users_events_stay_in_order_on_one_partition(settings: Settings) -> None:
+    user = uuid.uuid4()
+    events = [UserEventMessage(user_id=user, event_type=f"step.{n}") for n in range(50)]
+    async with create_app(settings).bus as bus:
+        await bus.publish_many(events)
+    records = await read_topic(
+        settings.kafka.bootstrap_servers[0], settings.kafka.topics.user_event, 50
+    )
+    assert {r.partition for r in records} == {murmur2(str(user).encode(), [0, 1, 2], [])}
+    assert [decode(r.value, UserEventMessage).event_type for r in records] == [
+        f"step.{n}" for n in range(50)
+    ]
+
+
+async def test_the_consistent_random_partitioner_matches_librdkafka(settings: Settings) -> None:
+    settings = dataclasses.replace(
+        settings, kafka=dataclasses.replace(settings.kafka, partitioner="consistent_random")
+    )
+    users = [uuid.uuid4() for _ in range(12)]
+    async with create_app(settings).bus as bus:
+        await bus.publish_many(
+            AuditLogMessage(user_id=u, action="login", entity_type="User") for u in users
+        )
+    records = await read_topic(
+        settings.kafka.bootstrap_servers[0], settings.kafka.topics.audit_log, 12
+    )
+    for record in records:
+        assert record.partition == consistent_random(record.key, [0, 1, 2], [])
+    assert len({r.partition for r in records}) > 1
+
+
+async def test_a_disabled_kafka_gets_the_null_bus_which_counts_drops() -> None:
+    bus = create_bus(Settings(kafka=KafkaSettings(enabled=False)))
+    assert isinstance(bus, NullMessageBus)
+    async with bus:
+        await bus.publish(SAMPLES[0])
+        await bus.publish_many(SAMPLES[:2])
+    assert bus.dropped == {"AuditLogMessage": 2, "AlertNotificationMessage": 1}
+
+
+async def test_publishing_something_that_is_not_a_message_type_is_refused(
+    settings: Settings,
+) -> None:
+    class NotRegistered:
+        pass
+
+    app = create_app(settings)
+    with pytest.raises(TypeError, match="NotRegistered is not a dawning message type"):
+        app.topic_for(NotRegistered)  # type: ignore[arg-type]

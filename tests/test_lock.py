@@ -1,0 +1,134 @@
+"""The Redis lock across processes: contention, fencing, expiry and renewal."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+import redis.asyncio as redis
+
+from dawning_streams.lock import _RELEASE, DistributedLock, LockUnavailable
+from dawning_streams.redis_pool import RedisPool
+from dawning_streams.settings import RedisSettings
+
+CONTENDER = textwrap.dedent("""
+    import asyncio, json, sys, time
+    from dawning_streams.lock import DistributedLock
+    from dawning_streams.redis_pool import RedisPool
+    from dawning_streams.settings import RedisSettings
+
+    async def main(url, name, rounds):
+        pool = RedisPool(RedisSettings(url=url))
+        lock = DistributedLock(pool)
+        held = []
+        for _ in range(rounds):
+            async with lock.try_acquire(name, ttl_s=5) as handle:
+                if handle is not None:
+                    start = time.time()
+                    await asyncio.sleep(0.02)
+                    held.append([start, time.time(), handle.fencing_token])
+            await asyncio.sleep(0.005)
+        await pool.client.aclose()
+        print(json.dumps(held))
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+""")
+
+
+@pytest.fixture
+async def lock(redis_url: str):  # type: ignore[no-untyped-def]
+    pool = RedisPool(RedisSettings(url=redis_url))
+    yield DistributedLock(pool)
+    await pool.client.aclose()
+
+
+async def test_four_processes_never_hold_the_lock_at_once(redis_url: str) -> None:
+    name = f"contended-{uuid.uuid4()}"
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CONTENDER, redis_url, name, "60", stdout=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    outputs = [json.loads((await p.communicate())[0]) for p in processes]
+    holds = sorted(h for output in outputs for h in output)
+    assert all(output for output in outputs), "every process got the lock at least once"
+    for before, after in itertools.pairwise(holds):
+        assert before[1] <= after[0], f"overlap: {before} and {after}"
+    fences = [h[2] for h in holds]
+    assert fences == sorted(fences) and len(set(fences)) == len(fences)
+
+
+async def test_a_held_lock_is_refused_and_cannot_be_released_by_another(
+    lock: DistributedLock,
+    redis_url: str,
+) -> None:
+    name = f"held-{uuid.uuid4()}"
+    async with lock.try_acquire(name, ttl_s=10) as first:
+        assert first is not None
+        async with lock.try_acquire(name, ttl_s=10) as second:
+            assert second is None
+        client = redis.from_url(redis_url)
+        try:
+            # Releasing with a wrong token deletes nothing.
+            assert await client.eval(_RELEASE, 1, f"dawning:lock:{name}", "not-the-token") == 0
+            assert await client.get(f"dawning:lock:{name}") == first.token.encode()
+        finally:
+            await client.aclose()
+    async with lock.try_acquire(name, ttl_s=10) as third:
+        assert third is not None and third.fencing_token == first.fencing_token + 1
+
+
+async def test_the_lock_renews_itself_while_held_and_expires_when_its_holder_dies(
+    lock: DistributedLock,
+    redis_url: str,
+) -> None:
+    name = f"renewed-{uuid.uuid4()}"
+    async with lock.try_acquire(name, ttl_s=0.6) as handle:
+        assert handle is not None
+        await asyncio.sleep(2.0)  # over three TTLs
+        async with lock.try_acquire(name, ttl_s=0.6) as rival:
+            assert rival is None
+        assert handle.lost is False
+    # A holder killed with SIGKILL never releases; the TTL frees the lock.
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        textwrap.dedent(f"""
+        import asyncio, os, signal
+        from dawning_streams.lock import DistributedLock
+        from dawning_streams.redis_pool import RedisPool
+        from dawning_streams.settings import RedisSettings
+
+        async def main():
+            lock = DistributedLock(RedisPool(RedisSettings(url={redis_url!r})))
+            async with lock.try_acquire({name!r}, ttl_s=1.0) as handle:
+                assert handle is not None
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
+    """),
+    )
+    await holder.wait()
+    async with lock.try_acquire(name, ttl_s=5) as taken_at_once:
+        assert taken_at_once is None
+    await asyncio.sleep(1.2)
+    async with lock.try_acquire(name, ttl_s=5) as after_expiry:
+        assert after_expiry is not None
+
+
+async def test_with_redis_unreachable_nothing_is_acquired() -> None:
+    pool = RedisPool(RedisSettings(url="redis://127.0.0.1:1/0"))
+    lock = DistributedLock(pool)
+    try:
+        with pytest.raises(LockUnavailable, match="cannot reach Redis"):
+            async with lock.try_acquire("anything", ttl_s=1):
+                pytest.fail("the body must not run")
+    finally:
+        await pool.client.aclose()

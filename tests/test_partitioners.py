@@ -1,0 +1,38 @@
+"""Partitioners agree with Kafka's Java client and librdkafka on every key."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+
+from dawning_streams.partitioners import consistent_random, murmur2
+
+PARTITIONS = [0, 1, 2]
+
+# Utils.murmur2 of org.apache.kafka:kafka-clients:3.9.1, and the partition its
+# DefaultPartitioner picks out of three.
+JAVA_MURMUR2 = [
+    ("21", 0),
+    ("foobar", 0),
+    ("a-little-bit-long-string", 2),
+    ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", 2),
+    ("9f706e05-3812-4496-a6d4-6f1f5f5e0512", 0),
+    ("user-42", 1),
+]
+
+
+@pytest.mark.parametrize(("key", "partition"), JAVA_MURMUR2)
+def test_murmur2_picks_the_java_clients_partition(key: str, partition: int) -> None:
+    assert murmur2(key.encode(), PARTITIONS, PARTITIONS) == partition
+
+
+def test_consistent_random_is_librdkafkas_crc32() -> None:
+    # 0xCBF43926 is CRC-32's published check value for "123456789".
+    assert zlib.crc32(b"123456789") == 0xCBF43926
+    assert consistent_random(b"123456789", PARTITIONS, PARTITIONS) == 0xCBF43926 % 3
+
+
+@pytest.mark.parametrize("partitioner", [murmur2, consistent_random])
+def test_keyless_messages_go_to_an_available_partition(partitioner) -> None:  # type: ignore[no-untyped-def]
+    assert {partitioner(None, PARTITIONS, [1]) for _ in range(20)} == {1}
