@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import inspect
 import mailbox
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,14 @@ def _profile(name: str) -> dict[str, str]:
 
 
 TEST_ENV = _profile("test")
+
+# A test body that has not finished after this long is cancelled and fails
+# with a TimeoutError at the line it was waiting on. pytest-timeout (thread
+# method) stays as the backstop that ends the whole run, with every thread's
+# stack, if something still hangs (a signal raised inside an asyncio callback
+# is swallowed by the task it lands in, so the signal method cannot be trusted).
+TEST_DEADLINE_S = 100.0
+TEARDOWN_DEADLINE_S = 30.0
 KAFKA_PORT = int(TEST_ENV["KAFKA_PORT"])
 REDIS_PORT = int(TEST_ENV["REDIS_PORT"])
 SMTP_PORT = int(TEST_ENV["SMTP_PORT"])
@@ -112,13 +122,14 @@ async def settings(kafka_bootstrap: str, redis_url: str, smtp_port: int) -> Asyn
         instance_name=f"{run}-instance",
     )
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        mine = [topic for topic in await admin.list_topics() if topic.startswith(run)]
-        if mine:
-            await admin.delete_topics(mine)
-    finally:
-        await admin.close()
+    async with asyncio.timeout(TEARDOWN_DEADLINE_S):
+        await admin.start()
+        try:
+            mine = [topic for topic in await admin.list_topics() if topic.startswith(run)]
+            if mine:
+                await admin.delete_topics(mine)
+        finally:
+            await admin.close()
 
 
 def free_port() -> int:
@@ -148,3 +159,19 @@ def tmp_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     Faust's data directories land there."""
     monkeypatch.chdir(tmp_path)
     yield tmp_path
+
+
+def _with_deadline(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    @functools.wraps(test)
+    async def bounded(*args: object, **kwargs: object) -> None:
+        async with asyncio.timeout(TEST_DEADLINE_S):
+            await test(*args, **kwargs)
+
+    return bounded
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every async test a deadline inside its own event loop."""
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.obj = _with_deadline(item.obj)
