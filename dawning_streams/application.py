@@ -150,7 +150,13 @@ class App(faust.App):
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         """Faust's services, then the clients the agents use."""
-        return [*super().on_init_dependencies(), self.redis, self.mailer, self.scheduler]
+        return [
+            *super().on_init_dependencies(),
+            self.redis,
+            self.mailer,
+            self.scheduler,
+            self.bus,
+        ]
 
     async def on_start(self) -> None:
         await super().on_start()

@@ -12,16 +12,18 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Protocol
+from contextlib import suppress
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
-from faust.exceptions import FaustError
+from faust.exceptions import FaustError, ProducerSendError
 from mode import Service
 
 from .codec import encode
 from .errors import PublishError
 from .records import MessageBase
+from .spool import Spool, SpooledRecord
 
 if TYPE_CHECKING:
     from .application import App
@@ -30,6 +32,11 @@ if TYPE_CHECKING:
 __all__ = ["KafkaMessageBus", "MessageBus", "NullMessageBus", "create_bus"]
 
 logger = logging.getLogger(__name__)
+
+#: What an unreachable (or too slow) broker looks like to a publisher.
+_UNREACHABLE = (KafkaError, FaustError, TimeoutError)
+#: Spooled records sent per round trip while the spool drains.
+_DRAIN_BATCH = 500
 
 
 class MessageBus(Protocol):
@@ -44,28 +51,81 @@ class MessageBus(Protocol):
         ...
 
 
+class _Outgoing(NamedTuple):
+    """One record as the producer takes it."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    timestamp_ms: int | None
+    what: str
+
+
 class KafkaMessageBus(Service):
     """Publishes through the app's idempotent producer (acks=all by default).
 
-    Inside a worker it is ready as soon as the worker has started. In any other
-    asyncio program (a web API that only publishes) use it as
-    ``async with app.bus:``, which starts and stops the producer.
+    Inside a worker it is started with the app. In any other asyncio program
+    (a web API that only publishes) use it as ``async with app.bus:``, which
+    starts and stops the producer.
+
+    ``publish`` does not raise when the broker is unreachable, at start-up or
+    later: a message the broker has not acknowledged within
+    ``Kafka:Spool:SendTimeoutMs`` goes to the durable spool
+    (:mod:`dawning_streams.spool`), and so does every message after it until
+    the spool has been delivered, in order. It raises only for a message the
+    broker refuses for good (:class:`PublishError`) and when the spool is full
+    (:class:`SpoolFullError`).
     """
 
     def __init__(self, app: App, **kwargs: object) -> None:
         self.app = app
-        self._instance_name = app.dawning_settings.instance_name
+        settings = app.dawning_settings
+        self._instance_name = settings.instance_name
+        self._send_timeout_s = settings.kafka.spool.send_timeout_ms / 1000
+        self.spool = Spool(
+            settings.kafka.spool.file(settings.instance_name), settings.kafka.spool.max_bytes
+        )
         self._owns_producer = False
+        self._connected = False
+        #: Set while the spool holds records: new messages queue up behind them.
+        self._spooling = False
+        self._spool_waiting = asyncio.Event()
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     async def on_start(self) -> None:
         # Outside a worker nobody else starts the producer, so the bus owns it.
         self._owns_producer = not self.app.producer.started
-        await self.declare_topics()
+        await self.spool.open()
+        if self.spool.count:
+            logger.warning(
+                "%d messages wait in the spool %s from an earlier run; delivering them first",
+                self.spool.count,
+                self.spool.path,
+            )
+            self._start_spooling()
+        try:
+            await self._connect()
+        except (*_UNREACHABLE, PublishError) as exc:
+            logger.warning(
+                "Kafka is unreachable (%s); messages go to the spool %s until it is back",
+                _reason(exc),
+                self.spool.path,
+            )
+            self._start_spooling()
 
-    async def on_stop(self) -> None:
+    async def on_shutdown(self) -> None:
+        # After the spool's delivery task has stopped.
+        if self.spool.count:
+            logger.warning(
+                "stopping with %d messages in the spool %s; they are delivered on the next start",
+                self.spool.count,
+                self.spool.path,
+            )
+        await self.spool.close()
         if self._owns_producer:
-            await self.app.producer.stop()
+            with suppress(KafkaError, FaustError):
+                await self.app.producer.stop()
         elif self.app.producer.started:
             await self.app.producer.flush()
 
@@ -78,6 +138,58 @@ class KafkaMessageBus(Service):
         except (KafkaError, FaustError) as exc:
             raise PublishError(f"could not declare topics: {exc}") from exc
 
+    async def _connect(self) -> None:
+        """Start the producer and declare the topics, within the send timeout."""
+        try:
+            async with asyncio.timeout(self._send_timeout_s):
+                await self.declare_topics()
+        except BaseException:
+            if self._owns_producer:
+                # A producer whose start failed cannot be started again.
+                failed, self.app.producer = self.app.producer, self.app._new_producer()
+                with suppress(KafkaError, FaustError):
+                    await failed.stop()
+            raise
+        self._connected = True
+
+    def _outgoing(
+        self,
+        message: MessageBase,
+        topic: str | None,
+        key: str | None,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> _Outgoing:
+        if topic is None:
+            topic = self.app.topic_for(type(message)).get_topic_name()
+        if message.source_instance is None:
+            message.source_instance = self._instance_name
+        if key is None:
+            key = message.partition_key()
+        assert message.timestamp is not None  # set by MessageBase.__post_init__
+        return _Outgoing(
+            topic,
+            key.encode() if key is not None else None,
+            encode(message),
+            headers or [],
+            int(message.timestamp.timestamp() * 1000),
+            f"{message.message_type} {message.message_id}",
+        )
+
+    async def _send(self, record: _Outgoing) -> Awaitable[RecordMetadata]:
+        try:
+            return await self.app.producer.send(
+                record.topic,
+                record.key,
+                record.value,
+                partition=None,
+                timestamp=_seconds(record.timestamp_ms),
+                headers=record.headers,
+            )
+        except (KafkaError, ProducerSendError) as exc:
+            if _refused_for_good(exc):
+                raise PublishError(f"the broker refused {record.what}: {exc!r}") from exc
+            raise
+
     async def send(
         self,
         message: MessageBase,
@@ -88,28 +200,14 @@ class KafkaMessageBus(Service):
     ) -> Awaitable[RecordMetadata]:
         """Hand ``message`` to the producer; the result resolves on the broker's ack.
 
-        ``topic`` and ``key`` default to the message type's topic and natural key.
+        The raw path: no spool, no timeout. ``topic`` and ``key`` default to
+        the message type's topic and natural key.
         """
-        if topic is None:
-            topic = self.app.topic_for(type(message)).get_topic_name()
-        if message.source_instance is None:
-            message.source_instance = self._instance_name
-        if key is None:
-            key = message.partition_key()
-        assert message.timestamp is not None  # set by MessageBase.__post_init__
+        record = self._outgoing(message, topic, key, headers)
         try:
-            return await self.app.producer.send(
-                topic,
-                key.encode() if key is not None else None,
-                encode(message),
-                partition=None,
-                timestamp=message.timestamp.timestamp(),
-                headers=headers,
-            )
+            return await self._send(record)
         except (KafkaError, FaustError) as exc:
-            raise PublishError(
-                f"could not publish {message.message_type} {message.message_id}: {exc}"
-            ) from exc
+            raise PublishError(f"could not publish {record.what}: {exc}") from exc
 
     async def publish(
         self,
@@ -118,15 +216,128 @@ class KafkaMessageBus(Service):
         topic: str | None = None,
         key: str | None = None,
         headers: list[tuple[str, bytes]] | None = None,
-    ) -> RecordMetadata:
-        """Publish ``message`` and wait until the broker has acknowledged it."""
-        pending = await self.send(message, topic=topic, key=key, headers=headers)
-        return await _acknowledged(message, pending)
+    ) -> RecordMetadata | None:
+        """Publish ``message`` and wait until the broker has acknowledged it.
 
-    async def publish_many(self, messages: Iterable[MessageBase]) -> list[RecordMetadata]:
-        """Publish ``messages`` in order, pipelined, and wait for every ack."""
-        pending = [(message, await self.send(message)) for message in messages]
-        return [await _acknowledged(message, ack) for message, ack in pending]
+        Returns the broker's receipt, or ``None`` when the message went to the
+        spool because the broker could not be reached in time.
+        """
+        [receipt] = await self._publish([self._outgoing(message, topic, key, headers)])
+        return receipt
+
+    async def publish_many(self, messages: Iterable[MessageBase]) -> list[RecordMetadata | None]:
+        """Publish ``messages`` in order, pipelined, and wait for every ack.
+
+        Each entry is the broker's receipt, or ``None`` for a spooled message.
+        """
+        return await self._publish([self._outgoing(m, None, None, None) for m in messages])
+
+    async def _publish(self, records: list[_Outgoing]) -> list[RecordMetadata | None]:
+        receipts: list[RecordMetadata | None] = [None] * len(records)
+        done = 0
+        if not self._spooling:
+            loop = asyncio.get_running_loop()
+            try:
+                # The deadline is for progress: it moves on with every ack.
+                async with asyncio.timeout(self._send_timeout_s) as deadline:
+                    pending = [await self._send(record) for record in records]
+                    for ack in pending:
+                        receipts[done] = await ack
+                        done += 1
+                        deadline.reschedule(loop.time() + self._send_timeout_s)
+            except _UNREACHABLE as exc:
+                if _refused_for_good(exc):
+                    raise PublishError(f"the broker refused {records[done].what}: {exc!r}") from exc
+                logger.warning(
+                    "Kafka did not take %s (%s); spooling it and what follows to %s",
+                    records[done].what,
+                    _reason(exc),
+                    self.spool.path,
+                )
+                self._start_spooling()
+        for record in records[done:]:
+            await self.spool.append(*record[:5])
+            self._spool_waiting.set()
+        return receipts
+
+    def _start_spooling(self) -> None:
+        self._spooling = True
+        self._spool_waiting.set()
+
+    @Service.task
+    async def _deliver_spool(self) -> None:
+        """Deliver spooled records, oldest first, whenever there are any."""
+        pause_s = 0.5
+        while not self.should_stop:
+            await self._spool_waiting.wait()
+            try:
+                if not self._connected:
+                    await self._connect()
+                await self._drain()
+                pause_s = 0.5
+            except (*_UNREACHABLE, PublishError) as exc:
+                logger.info("spool: Kafka still unreachable (%s)", _reason(exc))
+                await self.sleep(pause_s)
+                pause_s = min(pause_s * 2, 10.0)
+
+    async def _drain(self) -> None:
+        while self.spool.count:
+            batch = await self.spool.oldest(_DRAIN_BATCH)
+            delivered: list[SpooledRecord] = []
+            try:
+                await self._deliver(batch, delivered)
+            finally:
+                if delivered:
+                    await self.spool.remove(delivered)
+        # Nothing awaits between the check above and here: a publish that
+        # starts now sees the flag down and goes straight to the broker.
+        self._spooling = False
+        self._spool_waiting.clear()
+        logger.info("spool: everything delivered; publishing directly again")
+
+    async def _deliver(self, batch: list[SpooledRecord], delivered: list[SpooledRecord]) -> None:
+        """Send ``batch`` pipelined; collect what the broker acknowledged in ``delivered``."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._send_timeout_s) as deadline:
+            pending = []
+            for record in batch:
+                try:
+                    ack = await self.app.producer.send(
+                        record.topic,
+                        record.key,
+                        record.value,
+                        partition=None,
+                        timestamp=None
+                        if record.timestamp_ms is None
+                        else record.timestamp_ms / 1000,
+                        headers=record.headers,
+                    )
+                except (KafkaError, ProducerSendError) as exc:
+                    if not _refused_for_good(exc):
+                        raise
+                    await self._reject(record, exc)
+                else:
+                    pending.append((record, ack))
+            for record, ack in pending:
+                try:
+                    await ack
+                except KafkaError as exc:
+                    if not _refused_for_good(exc):
+                        raise
+                    await self._reject(record, exc)
+                else:
+                    delivered.append(record)
+                deadline.reschedule(loop.time() + self._send_timeout_s)
+
+    async def _reject(self, record: SpooledRecord, exc: Exception) -> None:
+        logger.error(
+            "spool: the broker refused a record for %s for good (%r); it is kept in the"
+            " 'rejected' table of %s",
+            record.topic,
+            exc,
+            self.spool.path,
+        )
+        await self.spool.reject(record, repr(exc))
 
     async def forward(
         self,
@@ -150,14 +361,28 @@ class KafkaMessageBus(Service):
                     topic, key, value, partition=partition, timestamp=None, headers=headers
                 )
                 return await pending
-            except KafkaError as exc:
-                if not exc.retriable:
+            except (KafkaError, ProducerSendError) as exc:
+                if _refused_for_good(exc):
                     raise PublishError(f"could not publish to {topic}: {exc!r}") from exc
                 logger.warning(
                     "publish to %s failed (%r); trying again in %.1f s", topic, exc, pause_s
                 )
             await asyncio.sleep(pause_s)
             pause_s = min(pause_s * 2, 10.0)
+
+
+def _refused_for_good(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Kafka error no retry cures (Faust wraps those it meets in sending)."""
+    cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
+    return isinstance(cause, KafkaError) and not cause.retriable
+
+
+def _seconds(timestamp_ms: int | None) -> float | None:
+    return None if timestamp_ms is None else timestamp_ms / 1000
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def _acknowledged(message: MessageBase, pending: Awaitable[RecordMetadata]) -> RecordMetadata:

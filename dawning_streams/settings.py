@@ -40,6 +40,7 @@ __all__ = [
     "Secret",
     "Settings",
     "SmtpSettings",
+    "SpoolSettings",
     "TopicNames",
     "WebSettings",
 ]
@@ -253,6 +254,23 @@ class TopicNames:
 
 
 @dataclass(frozen=True, slots=True)
+class SpoolSettings:
+    """``Kafka:Spool``: where ``publish`` keeps messages while the broker is unreachable."""
+
+    #: The SQLite file; default ``spool/<InstanceName>.sqlite3`` in the working directory.
+    path: str | None = _setting("Path", _optional_text, None)
+    max_bytes: int = _setting("MaxBytes", _int(1), 256 * 1024 * 1024)
+    #: How long ``publish`` waits for the broker's ack before it spools the message.
+    send_timeout_ms: int = _setting("SendTimeoutMs", _int(1), 10000)
+
+    def file(self, instance_name: str) -> Path:
+        """The spool file of the instance called ``instance_name``."""
+        if self.path is not None:
+            return Path(self.path)
+        return Path("spool") / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', instance_name)}.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
 class KafkaSettings:
     """``Kafka``: the seed's section, plus partitions, replication and partitioner."""
 
@@ -271,6 +289,7 @@ class KafkaSettings:
     partitioner: Partitioner = _setting("Partitioner", _choice(_PARTITIONERS), "murmur2")
     producer: ProducerSettings = _section("Producer", ProducerSettings)
     topics: TopicNames = _section("Topics", TopicNames)
+    spool: SpoolSettings = _section("Spool", SpoolSettings)
 
     def __post_init__(self) -> None:
         if self.enable_auto_commit:

@@ -10,6 +10,7 @@ import pytest
 from dawning_streams import (
     AuditLogMessage,
     NullMessageBus,
+    PublishError,
     Settings,
     UserEventMessage,
     create_app,
@@ -118,3 +119,14 @@ async def test_publishing_something_that_is_not_a_message_type_is_refused(
     app = create_app(settings)
     with pytest.raises(TypeError, match="NotRegistered is not a dawning message type"):
         app.topic_for(NotRegistered)  # type: ignore[arg-type]
+
+
+async def test_a_message_the_broker_refuses_for_good_raises_and_is_not_spooled(
+    settings: Settings,
+) -> None:
+    huge = UserEventMessage(user_id=uuid.uuid4(), event_type="huge", user_name="x" * 2_000_000)
+    async with create_app(settings).bus as bus:
+        with pytest.raises(PublishError, match="MessageSizeTooLarge"):
+            await bus.publish(huge)
+        assert bus.spool.count == 0
+        assert await bus.publish(UserEventMessage(user_id=uuid.uuid4(), event_type="ok"))
