@@ -61,11 +61,7 @@ class Broadcast(Service):
             enable_auto_commit=False,
         )
         await consumer.start()
-        cluster = await consumer._client.fetch_all_metadata()
-        partitions = [
-            TopicPartition(self.topic, p)
-            for p in sorted(cluster.partitions_for_topic(self.topic) or ())
-        ]
+        partitions = await self._partitions(consumer)
         consumer.assign(partitions)
         if self.from_beginning:
             await consumer.seek_to_beginning(*partitions)
