@@ -237,13 +237,17 @@ class Handler(Generic[M]):
 
     # -- sending -------------------------------------------------------------
 
-    async def delay(self, message: M) -> RecordMetadata:
-        """Publish ``message`` to this handler's topic (Celery's ``delay``)."""
+    async def delay(self, message: M) -> RecordMetadata | None:
+        """Publish ``message`` to this handler's topic (Celery's ``delay``).
+
+        Returns the broker's receipt, or ``None`` if Kafka was unreachable and
+        the message went to the bus's spool.
+        """
         return await self.apply_async(message)
 
     async def apply_async(
         self, message: M, *, countdown_s: float | None = None, key: str | None = None
-    ) -> RecordMetadata:
+    ) -> RecordMetadata | None:
         """Publish ``message``; with ``countdown_s`` it is handled no earlier than that."""
         if not isinstance(message, self.message_type):
             raise TypeError(
