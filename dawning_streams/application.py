@@ -7,14 +7,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
+from faust.sensors.otel import OpenTelemetryMonitor
 from faust.types import TopicT
 from mode import ServiceT
 
-from . import codec
+from . import codec, views
 from .bus import KafkaMessageBus
 from .cache import DistributedCache
 from .commands import register_commands
 from .handlers import Handler, HandlerError, HandlerOptions, handler_for
+from .kafka_security import faust_credentials
 from .lock import DistributedLock
 from .mail import Mailer
 from .partitioners import partitioner_for
@@ -23,6 +25,7 @@ from .redis_pool import RedisPool
 from .scheduler import Scheduler
 from .settings import Settings
 from .shared_config import SharedConfig
+from .telemetry import Telemetry
 from .transport import Transport
 
 __all__ = ["App", "create_app"]
@@ -58,6 +61,7 @@ class App(faust.App):
             producer_partitioner=partitioner_for(kafka.partitioner),
             topic_partitions=kafka.partitions,
             topic_replication_factor=kafka.replication_factor,
+            broker_credentials=faust_credentials(kafka.security),
             web_bind=settings.web.host,
             web_host=settings.web.host,
             web_port=settings.web.port,
@@ -76,6 +80,11 @@ class App(faust.App):
             )
             for cls in message_types().values()
         }
+        self.telemetry = Telemetry(settings)
+        self.telemetry.metrics.lag_source = self._consumer_lag
+        # Faust's own sensor records into the same provider, so /metrics and
+        # OTLP carry its faust.* metrics too.
+        self.monitor = OpenTelemetryMonitor(meter=self.telemetry.metrics.meter)
         self.bus = KafkaMessageBus(self)
         self.redis = RedisPool(settings.redis)
         self.distributed_cache = DistributedCache(self.redis)
@@ -86,6 +95,7 @@ class App(faust.App):
         self.handlers: dict[str, Handler[Any]] = {}
         self._declared: list[TopicT] = list(self.message_topics.values())
         register_commands(self)
+        views.install(self)
 
     def handler(
         self,
@@ -158,6 +168,26 @@ class App(faust.App):
         # subscribes: a missing topic would be left out of the assignment, or
         # auto-created with the broker's default partition count.
         await self.bus.declare_topics()
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        self.telemetry.flush()
+
+    def _consumer_lag(self) -> Iterable[tuple[str, int, int]]:
+        """(topic, partition, end offset - committed offset) per assigned partition."""
+        consumer = self._consumer
+        if consumer is None:
+            return []
+        lags = []
+        committed = consumer._committed_offset  # type: ignore[attr-defined]
+        for tp in sorted(consumer.assignment()):
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                lags.append((tp.topic, tp.partition, max(0, highwater - (committed[tp] or 0))))
+        return lags
+
+    def _new_web(self) -> Any:
+        return views.web_driver(self)
 
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self, loop=self.loop)

@@ -97,6 +97,7 @@ class KafkaMessageBus(Service):
         if key is None:
             key = message.partition_key()
         assert message.timestamp is not None  # set by MessageBase.__post_init__
+        headers = self.app.telemetry.tracing.stamp(topic, headers)
         try:
             return await self.app.producer.send(
                 topic,
@@ -143,6 +144,7 @@ class KafkaMessageBus(Service):
         committed on its source only after this returns, so it must not give up
         on a broker that is merely unreachable for a while.
         """
+        headers = self.app.telemetry.tracing.stamp(topic, headers)
         pause_s = 0.5
         while True:
             try:
