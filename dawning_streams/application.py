@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,12 +24,14 @@ from .partitioners import partitioner_for
 from .records import MessageBase, message_types
 from .redis_pool import RedisPool
 from .scheduler import Scheduler
-from .settings import Settings
+from .settings import Settings, shown
 from .shared_config import SharedConfig
 from .telemetry import Telemetry
 from .transport import Transport
 
 __all__ = ["App", "create_app"]
+
+logger = logging.getLogger(__name__)
 
 
 class App(faust.App):
@@ -163,6 +166,10 @@ class App(faust.App):
         return [*super().on_init_dependencies(), self.redis, self.mailer, self.scheduler]
 
     async def on_start(self) -> None:
+        # Every setting, with each secret masked, so a log shows what ran.
+        logger.info(
+            "settings: %s", " ".join(f"{k}={v}" for k, v in shown(self.dawning_settings).items())
+        )
         await super().on_start()
         # Declare every topic with its partition count before any consumer
         # subscribes: a missing topic would be left out of the assignment, or
