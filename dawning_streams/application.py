@@ -9,6 +9,7 @@ from typing import Any
 
 import faust
 from faust.sensors.otel import OpenTelemetryMonitor
+from faust.serializers import codecs as faust_codecs
 from faust.types import TopicT
 from mode import ServiceT
 
@@ -32,6 +33,19 @@ from .transport import Transport
 __all__ = ["App", "create_app"]
 
 logger = logging.getLogger(__name__)
+
+
+def _forbid_pickle() -> None:
+    """Take Faust's pickle codecs out of its registry.
+
+    Unpickling runs whatever a producer sent, so no topic or table may use it:
+    with the codecs gone, naming one fails instead of unpickling.
+    """
+    for name in [name for name in faust_codecs.codecs if name.startswith("pickle")]:
+        del faust_codecs.codecs[name]
+
+
+_forbid_pickle()
 
 
 class App(faust.App):
