@@ -88,19 +88,20 @@ async def _cluster(app: App) -> dict[str, Any]:
     group = description.to_object()["groups"][0]
     owners: dict[TopicPartition, str] = {}
     members = []
-    for member in group["members"]:
-        assigned: list[str] = []
+    for number, member in enumerate(group["members"], start=1):
+        label = f"#{number}"
+        assigned = 0
         if member["member_assignment"]:
             decoded = ConsumerProtocolMemberAssignment.decode(member["member_assignment"])
             for topic, numbers in decoded.assignment:
-                for number in numbers:
-                    owners[TopicPartition(topic, number)] = member["client_id"]
-                assigned.extend(f"{topic}/{n}" for n in numbers)
+                owners.update({TopicPartition(topic, n): label for n in numbers})
+                assigned += len(numbers)
         members.append(
             {
-                "client_id": member["client_id"],
-                "host": member["client_host"],
-                "partitions": len(assigned),
+                "member": label,
+                "member_id": member["member_id"],
+                "host": member["client_host"].lstrip("/"),
+                "partitions": assigned,
             }
         )
     rows = []
@@ -176,7 +177,7 @@ def _tables(app: App) -> list[dict[str, Any]]:
                 "changelog": table.changelog_topic.get_topic_name(),
                 "partitions": table.partitions,
                 "local_keys": len(keys),
-                "sample_keys": [_text(k) for k in keys[:5]],
+                "sample_keys": [_text(k) for k in keys[:3]],
             }
         )
     return sorted(rows, key=lambda r: r["table"])
@@ -208,8 +209,10 @@ async def overview(app: App) -> dict[str, Any]:
         "cluster_error": error,
         "topics": topics,
         "group": {k: v for k, v in cluster.items() if k != "partitions"},
+        # Partitions that hold messages or a committed offset: the empty retry
+        # tiers would only bury the ones that matter.
         "partitions": [
-            r for r in cluster["partitions"] if r["committed"] is not None or r["owner"]
+            r for r in cluster["partitions"] if r["committed"] is not None or r["end"] > r["begin"]
         ],
         "dead_letters": [
             {"topic": t["topic"], "count": t["messages"]}
@@ -371,9 +374,12 @@ def render_overview(data: dict[str, Any]) -> str:
         _section(
             f"Consumer group {group['group']} ({escape(str(group.get('state', '?')))})",
             _table(
-                ["member", "host", "partitions"],
-                [[m["client_id"], m["host"], m["partitions"]] for m in group["members"]],
-                {2},
+                ["member", "member id", "host", "partitions"],
+                [
+                    [m["member"], m["member_id"], m["host"], m["partitions"]]
+                    for m in group["members"]
+                ],
+                {3},
             )
             + "<h2 style='margin-top:12px'>Lag per partition</h2>"
             + _table(
@@ -450,7 +456,9 @@ def render_overview(data: dict[str, Any]) -> str:
         ),
         _section(
             "Settings",
-            _table(["key", "value"], [[k, v] for k, v in data["settings"].items()]),
+            "<details><summary>every setting, secrets masked</summary>"
+            + _table(["key", "value"], [[k, v] for k, v in data["settings"].items()])
+            + "</details>",
         ),
     ]
     error = (
@@ -489,6 +497,7 @@ def render_dead_letters(topic: str, letters: list[dlq.DeadLetter]) -> str:
                 summary["handler"],
                 summary["attempts"],
                 _Html(f"<pre>{escape(str(summary['exception']))}</pre>"),
+                _Html(f"<pre>{escape(_preview(letter.value))}</pre>"),
                 button,
             ]
         )
@@ -502,13 +511,29 @@ def render_dead_letters(topic: str, letters: list[dlq.DeadLetter]) -> str:
         f"<header><h1>Dead letters: {escape(topic)}</h1><a href='/'>dashboard</a></header>"
         f"<main><section>{controls}"
         + _table(
-            ["partition/offset", "dead-lettered at", "key", "handler", "attempts", "exception", ""],
+            [
+                "partition/offset",
+                "dead-lettered at",
+                "key",
+                "handler",
+                "attempts",
+                "exception",
+                "message",
+                "",
+            ],
             rows,
             {4},
         )
         + f"</section></main>{_REPLAY_SCRIPT}"
     )
     return _page(f"dead letters: {topic}", body)
+
+
+def _preview(value: bytes | None, limit: int = 600) -> str:
+    if value is None:
+        return "(no value)"
+    text = value.decode("utf-8", "replace")
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _json(value: Any) -> str:
