@@ -24,6 +24,7 @@ services: install
 ## Start the test services (own ports and data) and run the whole suite.
 test: install lint browser
 	scripts/services.sh start test
+	scripts/services.sh start sasl
 	$(VENV)/bin/pytest
 
 ## Debian's chromium, which the dashboard's browser test drives.
@@ -38,6 +39,7 @@ lint: install
 stop:
 	scripts/services.sh stop dev
 	scripts/services.sh stop test
+	scripts/services.sh stop sasl
 
 clean: stop
 	rm -rf .local $(VENV) *.egg-info
