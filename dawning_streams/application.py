@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Callable, Iterable
@@ -192,7 +193,8 @@ class App(faust.App):
 
     async def on_stop(self) -> None:
         await super().on_stop()
-        self.telemetry.flush()
+        # The OTLP exporters block while they send; keep the loop free.
+        await asyncio.to_thread(self.telemetry.flush)
 
     def _consumer_lag(self) -> Iterable[tuple[str, int, int]]:
         """(topic, partition, end offset - committed offset) per assigned partition."""
@@ -204,7 +206,7 @@ class App(faust.App):
         for tp in sorted(consumer.assignment()):
             highwater = consumer.highwater(tp)
             if highwater is not None:
-                lags.append((tp.topic, tp.partition, max(0, highwater - (committed[tp] or 0))))
+                lags.append((tp.topic, tp.partition, max(0, highwater - (committed.get(tp) or 0))))
         return lags
 
     def _new_web(self) -> Any:

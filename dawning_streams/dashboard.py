@@ -42,6 +42,8 @@ __all__ = [
 
 #: How many dead letters the browse page lists (newest first).
 BROWSE_LIMIT = 200
+#: The page shows what it has, and says the cluster did not answer, after this long.
+CLUSTER_TIMEOUT_S = 10.0
 _OUTCOMES = ("handled", "failed", "retried", "dead_lettered")
 
 
@@ -192,9 +194,10 @@ def _text(value: Any) -> str:
 async def overview(app: App) -> dict[str, Any]:
     """Everything the dashboard shows, as plain data."""
     try:
-        cluster: dict[str, Any] = await _cluster(app)
+        async with asyncio.timeout(CLUSTER_TIMEOUT_S):
+            cluster: dict[str, Any] = await _cluster(app)
         error = None
-    except (KafkaError, OSError) as exc:
+    except (KafkaError, OSError, TimeoutError) as exc:
         cluster = {
             "group": app.dawning_settings.kafka.consumer_group_id,
             "members": [],

@@ -60,7 +60,7 @@ class Telemetry:
             state = Attempt(span)
             try:
                 yield state
-            except BaseException as exc:
+            except Exception as exc:
                 state.failed(exc)
                 raise
             finally:
