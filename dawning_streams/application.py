@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -54,6 +55,8 @@ class App(faust.App):
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         self.dawning_settings = settings
+        #: time.monotonic() when the current (or last) rebalance started.
+        self.rebalance_started_at: float | None = None
         kafka = settings.kafka
         session_s = kafka.session_timeout_ms / 1000
         super().__init__(
@@ -190,6 +193,11 @@ class App(faust.App):
         # subscribes: a missing topic would be left out of the assignment, or
         # auto-created with the broker's default partition count.
         await self.bus.declare_topics()
+
+    def on_rebalance_start(self) -> None:
+        # /ready tells a rebalance that never finishes from one under way.
+        self.rebalance_started_at = time.monotonic()
+        super().on_rebalance_start()
 
     async def on_stop(self) -> None:
         await super().on_stop()

@@ -7,7 +7,8 @@ can do its work, and answers 503 with the failing checks until then:
 * ``assignment``: the consumer has joined its group and no rebalance is under way;
 * ``recovery``: table recovery has finished. While it runs, the answer shows
   how many changelog records remain, and ``stuck`` turns true once recovery has
-  read nothing for ``Health:RecoveryStallS`` seconds.
+  read nothing for ``Health:RecoveryStallS`` seconds, or a rebalance has not
+  reached recovery in that time.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class RecoveryState:
     #: Seconds since recovery started, and since it last read a record (None: never).
     running_s: float | None
     idle_s: float | None
+    #: Seconds since the rebalance under way started (None: none under way).
+    rebalancing_s: float | None = None
 
 
 def assess_recovery(state: RecoveryState, *, stall_s: float) -> dict[str, Any]:
@@ -48,6 +51,14 @@ def assess_recovery(state: RecoveryState, *, stall_s: float) -> dict[str, Any]:
             "idle_s": round(quiet_s, 1),
             "stuck": quiet_s >= stall_s,
         }
+    if state.rebalancing_s is not None:
+        # Assigned, not yet recovering: the rebalance itself must not hang.
+        return {
+            "ok": False,
+            "state": "waiting",
+            "rebalancing_s": round(state.rebalancing_s, 1),
+            "stuck": state.rebalancing_s >= stall_s,
+        }
     if not state.completed_once:
         return {"ok": False, "state": "waiting", "stuck": False}
     return {"ok": True, "state": "done", "stuck": False}
@@ -59,12 +70,14 @@ def recovery_state(app: App) -> RecoveryState:
     now = monotonic()
     started = recovery._recovery_started_at
     received = list(recovery._active_events_received_at.values())
+    rebalance_started = app.rebalance_started_at if app.rebalancing else None
     return RecoveryState(
         completed_once=recovery.completed.is_set(),
         in_recovery=bool(recovery.in_recovery),
         remaining=int(recovery.active_remaining_total()) if recovery.in_recovery else 0,
         running_s=now - started if started is not None else None,
         idle_s=now - max(received) if received else None,
+        rebalancing_s=now - rebalance_started if rebalance_started is not None else None,
     )
 
 
