@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from faust.web import Request, Response, View
 from faust.web.drivers.aiohttp import Web
 
-from . import dashboard, health
+from . import dashboard, dashboard_html, health
 from .metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def install(app: App) -> None:
 
         async def get(self, request: Request) -> Response:
             overview = await dashboard.overview(app)
-            return self.html(dashboard.render_overview(overview))
+            return self.html(dashboard_html.render_overview(overview))
 
     @app.page("/api/overview")
     class Overview(View):
@@ -113,7 +113,7 @@ def install(app: App) -> None:
             if topic not in dashboard.dead_letter_topics(app):
                 return self.json({"error": f"{topic!r} is not a dead-letter topic"}, status=404)
             letters = await dashboard.browse(app, topic)
-            return self.html(dashboard.render_dead_letters(topic, letters))
+            return self.html(dashboard_html.render_dead_letters(topic, letters))
 
     @app.page("/api/dead-letters/replay")
     class Replay(View):
