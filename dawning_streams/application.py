@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 from faust.sensors.otel import OpenTelemetryMonitor
 from faust.serializers import codecs as faust_codecs
 from faust.types import TopicT
@@ -211,10 +212,16 @@ class App(faust.App):
             return []
         lags = []
         committed = consumer._committed_offset  # type: ignore[attr-defined]
-        for tp in sorted(consumer.assignment()):
-            highwater = consumer.highwater(tp)
-            if highwater is not None:
-                lags.append((tp.topic, tp.partition, max(0, highwater - (committed.get(tp) or 0))))
+        try:
+            # The OTLP reader asks from its own thread; a rebalance or a stop
+            # may change the assignment meanwhile, and then this reading is skipped.
+            for tp in sorted(consumer.assignment()):
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    lag = max(0, highwater - (committed.get(tp) or 0))
+                    lags.append((tp.topic, tp.partition, lag))
+        except (RuntimeError, ConsumerNotStarted):
+            return []
         return lags
 
     def _new_web(self) -> Any:
