@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export PYTHON
 
-.PHONY: install run worker services test test-unit lint stop clean
+.PHONY: install run worker services test test-unit lint stop clean browser
 
 install: $(VENV)/.installed
 
@@ -22,9 +22,14 @@ services: install
 	scripts/services.sh start dev
 
 ## Start the test services (own ports and data) and run the whole suite.
-test: install lint
+test: install lint browser
 	scripts/services.sh start test
+	scripts/services.sh start sasl
 	$(VENV)/bin/pytest
+
+## Debian's chromium, which the dashboard's browser test drives.
+browser:
+	scripts/browser.sh
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -34,6 +39,7 @@ lint: install
 stop:
 	scripts/services.sh stop dev
 	scripts/services.sh stop test
+	scripts/services.sh stop sasl
 
 clean: stop
 	rm -rf .local $(VENV) *.egg-info

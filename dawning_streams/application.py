@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
+from faust.exceptions import ConsumerNotStarted
+from faust.sensors.otel import OpenTelemetryMonitor
+from faust.serializers import codecs as faust_codecs
 from faust.types import TopicT
 from mode import ServiceT
 
-from . import codec
+from . import codec, views
 from .bus import KafkaMessageBus
 from .cache import DistributedCache
 from .commands import register_commands
 from .handlers import Handler, HandlerError, HandlerOptions, handler_for
+from .kafka_security import faust_credentials
 from .lock import DistributedLock
 from .mail import Mailer
 from .partitioners import partitioner_for
 from .records import MessageBase, message_types
 from .redis_pool import RedisPool
 from .scheduler import Scheduler
-from .settings import Settings
+from .settings import Settings, shown
 from .shared_config import SharedConfig
+from .telemetry import Telemetry
 from .transport import Transport
 
 __all__ = ["App", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+def _forbid_pickle() -> None:
+    """Take Faust's pickle codecs out of its registry.
+
+    Unpickling runs whatever a producer sent, so no topic or table may use it:
+    with the codecs gone, naming one fails instead of unpickling.
+    """
+    for name in [name for name in faust_codecs.codecs if name.startswith("pickle")]:
+        del faust_codecs.codecs[name]
+
+
+_forbid_pickle()
 
 
 class App(faust.App):
@@ -33,6 +56,8 @@ class App(faust.App):
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         self.dawning_settings = settings
+        #: time.monotonic() when the current (or last) rebalance started.
+        self.rebalance_started_at: float | None = None
         kafka = settings.kafka
         session_s = kafka.session_timeout_ms / 1000
         super().__init__(
@@ -58,6 +83,7 @@ class App(faust.App):
             producer_partitioner=partitioner_for(kafka.partitioner),
             topic_partitions=kafka.partitions,
             topic_replication_factor=kafka.replication_factor,
+            broker_credentials=faust_credentials(kafka.security),
             web_bind=settings.web.host,
             web_host=settings.web.host,
             web_port=settings.web.port,
@@ -76,6 +102,11 @@ class App(faust.App):
             )
             for cls in message_types().values()
         }
+        self.telemetry = Telemetry(settings)
+        self.telemetry.metrics.lag_source = self._consumer_lag
+        # Faust's own sensor records into the same provider, so /metrics and
+        # OTLP carry its faust.* metrics too.
+        self.monitor = OpenTelemetryMonitor(meter=self.telemetry.metrics.meter)
         self.bus = KafkaMessageBus(self)
         self.redis = RedisPool(settings.redis)
         self.distributed_cache = DistributedCache(self.redis)
@@ -86,6 +117,7 @@ class App(faust.App):
         self.handlers: dict[str, Handler[Any]] = {}
         self._declared: list[TopicT] = list(self.message_topics.values())
         register_commands(self)
+        views.install(self)
 
     def handler(
         self,
@@ -159,11 +191,47 @@ class App(faust.App):
         ]
 
     async def on_start(self) -> None:
+        # Every setting, with each secret masked, so a log shows what ran.
+        logger.info(
+            "settings: %s", " ".join(f"{k}={v}" for k, v in shown(self.dawning_settings).items())
+        )
         await super().on_start()
         # Declare every topic with its partition count before any consumer
         # subscribes: a missing topic would be left out of the assignment, or
         # auto-created with the broker's default partition count.
         await self.bus.declare_topics()
+
+    def on_rebalance_start(self) -> None:
+        # /ready tells a rebalance that never finishes from one under way.
+        self.rebalance_started_at = time.monotonic()
+        super().on_rebalance_start()
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        # The OTLP exporters block while they send; keep the loop free.
+        await asyncio.to_thread(self.telemetry.flush)
+
+    def _consumer_lag(self) -> Iterable[tuple[str, int, int]]:
+        """(topic, partition, end offset - committed offset) per assigned partition."""
+        consumer = self._consumer
+        if consumer is None:
+            return []
+        lags = []
+        committed = consumer._committed_offset  # type: ignore[attr-defined]
+        try:
+            # The OTLP reader asks from its own thread; a rebalance or a stop
+            # may change the assignment meanwhile, and then this reading is skipped.
+            for tp in sorted(consumer.assignment()):
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    lag = max(0, highwater - (committed.get(tp) or 0))
+                    lags.append((tp.topic, tp.partition, lag))
+        except (RuntimeError, ConsumerNotStarted):
+            return []
+        return lags
+
+    def _new_web(self) -> Any:
+        return views.web_driver(self)
 
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self, loop=self.loop)

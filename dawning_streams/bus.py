@@ -91,6 +91,7 @@ class KafkaMessageBus(Service):
         #: Set while the spool holds records: new messages queue up behind them.
         self._spooling = False
         self._spool_waiting = asyncio.Event()
+        app.telemetry.metrics.spool_size_source = lambda: self.spool.count
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     async def on_start(self) -> None:
@@ -170,7 +171,7 @@ class KafkaMessageBus(Service):
             topic,
             key.encode() if key is not None else None,
             encode(message),
-            headers or [],
+            self.app.telemetry.tracing.stamp(topic, headers),
             int(message.timestamp.timestamp() * 1000),
             f"{message.message_type} {message.message_id}",
         )
@@ -354,6 +355,7 @@ class KafkaMessageBus(Service):
         committed on its source only after this returns, so it must not give up
         on a broker that is merely unreachable for a while.
         """
+        headers = self.app.telemetry.tracing.stamp(topic, headers)
         pause_s = 0.5
         while True:
             try:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from .kafka_security import client_options
 from .names import Header, dead_letter_topic, header_text
 
 if TYPE_CHECKING:
@@ -81,11 +82,7 @@ async def read_dead_letters(app: App, topics: Iterable[str] | None = None) -> li
     settings = app.dawning_settings.kafka
     sources = list(topics) if topics is not None else list(settings.topics.all())
     names = [t if t.endswith(".dlq") else dead_letter_topic(t) for t in sources]
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=",".join(settings.bootstrap_servers),
-        enable_auto_commit=False,
-        group_id=None,
-    )
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
     await consumer.start()
     letters: list[DeadLetter] = []
     try:

@@ -333,11 +333,14 @@ class Handler(Generic[M]):
                 await self._fail(delivery, 0, exc)
         if not decoded:
             return
-        try:
-            await self._function([message for _, message in decoded])
-        except Exception as exc:
-            for delivery, _ in decoded:
-                await self._fail(delivery, 0, exc)
+        headers = [delivery.headers for delivery, _ in decoded]
+        with self.app.telemetry.attempt(self.name, self.topic, headers, attempt=0) as run:
+            try:
+                await self._function([message for _, message in decoded])
+            except Exception as exc:
+                run.failed(exc)
+                for delivery, _ in decoded:
+                    await self._fail(delivery, 0, exc)
 
     def _waiting_consumer(self, attempt: int) -> Callable[[StreamT], Awaitable[None]]:
         async def consume(stream: StreamT) -> None:
@@ -393,12 +396,16 @@ class Handler(Generic[M]):
 
     async def _run(self, delivery: Delivery, attempt: int) -> bool:
         """Handle ``delivery`` once; route a failure. True when it went to a retry tier."""
-        try:
-            message = self._decode(delivery)
-            await self._call(message)
-        except Exception as exc:
-            return await self._fail(delivery, attempt, exc)
-        return False
+        with self.app.telemetry.attempt(
+            self.name, delivery.origin[0], [delivery.headers], attempt=attempt
+        ) as run:
+            try:
+                message = self._decode(delivery)
+                await self._call(message)
+            except Exception as exc:
+                run.failed(exc)
+                return await self._fail(delivery, attempt, exc)
+            return False
 
     def _decode(self, delivery: Delivery) -> Any:
         if self.message_type is bytes:
@@ -434,6 +441,7 @@ class Handler(Generic[M]):
                 partition=delivery.origin[1],
                 headers=headers,
             )
+            self.app.telemetry.routed(self.name, dead_letter=False)
             return True
         await self._dead_letter(delivery, attempt, exc)
         return False
@@ -471,6 +479,7 @@ class Handler(Generic[M]):
             partition=delivery.origin[1],
             headers=self._failure_headers(delivery, exc, attempt + 1),
         )
+        self.app.telemetry.routed(self.name, dead_letter=True)
 
     def _failure_headers(
         self, delivery: Delivery, exc: BaseException, attempt: int

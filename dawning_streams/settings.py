@@ -34,6 +34,8 @@ __all__ = [
     "ENV_PREFIX",
     "AlertSettings",
     "AuditSettings",
+    "HealthSettings",
+    "KafkaSecuritySettings",
     "KafkaSettings",
     "ProducerSettings",
     "RedisSettings",
@@ -41,8 +43,10 @@ __all__ = [
     "Settings",
     "SmtpSettings",
     "SpoolSettings",
+    "TelemetrySettings",
     "TopicNames",
     "WebSettings",
+    "shown",
 ]
 
 ENV_PREFIX = "DAWNING_"
@@ -53,6 +57,8 @@ Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 OffsetReset = Literal["earliest", "latest"]
 Partitioner = Literal["murmur2", "consistent_random"]
 TlsMode = Literal["none", "starttls", "tls"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class Secret:
@@ -253,6 +259,82 @@ class TopicNames:
         return dataclasses.astuple(self)
 
 
+_SECURITY_PROTOCOLS: dict[str, SecurityProtocol] = {
+    "plaintext": "PLAINTEXT",
+    "ssl": "SSL",
+    "saslplaintext": "SASL_PLAINTEXT",
+    "saslssl": "SASL_SSL",
+}
+_SASL_MECHANISMS: dict[str, SaslMechanism] = {
+    "plain": "PLAIN",
+    "scramsha256": "SCRAM-SHA-256",
+    "scramsha512": "SCRAM-SHA-512",
+}
+
+
+def _spelling(options: Mapping[str, C]) -> Callable[[Any], C]:
+    """A choice that ignores case, ``_`` and ``-``: ``SASL_SSL``, ``SaslSsl`` (Confluent .NET)."""
+    choose = _choice(options)
+
+    def parse(raw: Any) -> C:
+        try:
+            return choose(re.sub(r"[-_\s]", "", str(raw)))
+        except ValueError:
+            names = sorted(str(name) for name in options.values())
+            raise ValueError(f"must be one of {', '.join(names)}") from None
+
+    return parse
+
+
+def _readable_file(raw: Any) -> str | None:
+    path = _optional_text(raw)
+    if path is not None and not os.access(path, os.R_OK):
+        raise ValueError("no such file, or not readable")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecuritySettings:
+    """``Kafka:Security``: TLS and SASL towards the brokers (producer, consumers, admin)."""
+
+    protocol: SecurityProtocol = _setting("Protocol", _spelling(_SECURITY_PROTOCOLS), "PLAINTEXT")
+    sasl_mechanism: SaslMechanism = _setting("SaslMechanism", _spelling(_SASL_MECHANISMS), "PLAIN")
+    sasl_username: str | None = _setting("SaslUsername", _optional_text, None)
+    sasl_password: Secret | None = _setting("SaslPassword", _secret, None)
+    #: CA bundle (PEM) that signs the brokers' certificates; default: the system's.
+    ca_file: str | None = _setting("CaFile", _readable_file, None)
+    #: Client certificate and key (PEM), for brokers that authenticate clients by TLS.
+    cert_file: str | None = _setting("CertFile", _readable_file, None)
+    key_file: str | None = _setting("KeyFile", _readable_file, None)
+    key_password: Secret | None = _setting("KeyPassword", _secret, None)
+
+    def __post_init__(self) -> None:
+        if self.protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            raise SettingsError(
+                "Kafka:Security:SaslUsername",
+                self.sasl_username,
+                f"SASL (Kafka:Security:Protocol={self.protocol}) needs "
+                "Kafka:Security:SaslUsername and Kafka:Security:SaslPassword",
+            )
+        if (self.cert_file is None) != (self.key_file is None):
+            raise SettingsError(
+                "Kafka:Security:CertFile",
+                self.cert_file,
+                "a client certificate needs Kafka:Security:KeyFile, and a key needs CertFile",
+            )
+        if not self.uses_tls and (self.ca_file or self.cert_file):
+            raise SettingsError(
+                "Kafka:Security:Protocol",
+                self.protocol,
+                "certificates are set, but the protocol is not SSL or SASL_SSL",
+            )
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the brokers are reached over TLS."""
+        return self.protocol in ("SSL", "SASL_SSL")
+
+
 @dataclass(frozen=True, slots=True)
 class SpoolSettings:
     """``Kafka:Spool``: where ``publish`` keeps messages while the broker is unreachable."""
@@ -290,6 +372,7 @@ class KafkaSettings:
     producer: ProducerSettings = _section("Producer", ProducerSettings)
     topics: TopicNames = _section("Topics", TopicNames)
     spool: SpoolSettings = _section("Spool", SpoolSettings)
+    security: KafkaSecuritySettings = _section("Security", KafkaSecuritySettings)
 
     def __post_init__(self) -> None:
         if self.enable_auto_commit:
@@ -343,6 +426,9 @@ class WebSettings:
 
     host: str = _setting("Host", _text, "127.0.0.1")
     port: int = _setting("Port", _int(1, 65535), 6066)
+    #: Bearer token for every state-changing request (dead-letter replay);
+    #: without one they all answer 401.
+    admin_token: Secret | None = _setting("AdminToken", _secret, None)
 
 
 def _store_url(raw: Any) -> str:
@@ -405,6 +491,26 @@ class AlertSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    """``Telemetry``: where metrics and traces go besides ``/metrics``."""
+
+    #: OTLP/HTTP collector, e.g. ``http://otel-collector:4318``; unset: no export.
+    otlp_endpoint: str | None = _setting("OtlpEndpoint", _http_url, None)
+    #: Headers for the collector, ``name=value,name=value`` (often a token).
+    otlp_headers: Secret | None = _setting("OtlpHeaders", _secret, None)
+    export_interval_ms: int = _setting("ExportIntervalMs", _int(100), 15000)
+    service_name: str = _setting("ServiceName", _text, "dawning-streams")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """``Health``: what ``/ready`` counts as stuck."""
+
+    #: Table recovery that has read nothing for this long is reported stuck.
+    recovery_stall_s: int = _setting("RecoveryStallS", _int(1), 120)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything dawning-streams can be configured with."""
 
@@ -414,6 +520,8 @@ class Settings:
     web: WebSettings = _section("Web", WebSettings)
     audit: AuditSettings = _section("Audit", AuditSettings)
     alerts: AlertSettings = _section("Alerts", AlertSettings)
+    telemetry: TelemetrySettings = _section("Telemetry", TelemetrySettings)
+    health: HealthSettings = _section("Health", HealthSettings)
     #: Written as ``SourceInstance`` on every message this process publishes.
     instance_name: str = _setting("InstanceName", _text, lambda: socket.gethostname())
 
@@ -493,7 +601,10 @@ class _Sources:
             try:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
-                raise SettingsError(":".join(key_path), raw, str(exc), source=source) from None
+                shown_raw = _shown_value(f.metadata["parse"], raw)
+                raise SettingsError(
+                    ":".join(key_path), shown_raw, str(exc), source=source
+                ) from None
         try:
             return cls(**values)
         except SettingsError as exc:
@@ -518,3 +629,45 @@ class _Sources:
     def _source_of(self, key: str) -> str:
         found = self._lookup(tuple(key.split(":")))
         return found[1] if found else "defaults"
+
+
+_MASK = "**********"
+
+
+def _shown_value(parse: Callable[[Any], Any], raw: Any) -> Any:
+    """``raw`` as an error may show it: secrets hidden, URL passwords masked."""
+    if parse is _secret:
+        return _MASK
+    if isinstance(raw, str) and "://" in raw:
+        return _mask_url(raw)
+    return raw
+
+
+def shown(node: Any, path: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every setting as ``{"Kafka:BootstrapServers": "..."}``, secrets masked.
+
+    For logs and the dashboard: a ``Secret`` shows as asterisks (or "unset"),
+    and a password inside a URL is masked.
+    """
+    values: dict[str, str] = {}
+    for f in dataclasses.fields(node):
+        key_path = (*path, f.metadata["key"])
+        value = getattr(node, f.name)
+        if "section" in f.metadata:
+            values.update(shown(value, key_path))
+            continue
+        if isinstance(value, Secret):
+            text = _MASK
+        elif value is None:
+            text = "unset"
+        elif isinstance(value, tuple):
+            text = ",".join(map(str, value))
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif not f.repr and urlsplit(str(value)).scheme in ("http", "https"):
+            # A webhook URL is its own credential: show where it goes, not the path.
+            text = urlunsplit(urlsplit(str(value))._replace(path="/" + _MASK, query=""))
+        else:
+            text = _shown_value(f.metadata["parse"], str(value))
+        values[":".join(key_path)] = text
+    return values

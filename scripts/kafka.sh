@@ -7,6 +7,11 @@
 # KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093) and KAFKA_DATA_DIR
 # (.local/dev/kafka) choose the instance, so a test broker never collides with
 # a development one. The jars are resolved once into DAWNING_CACHE_DIR.
+#
+# With KAFKA_SASL_PORT set, the broker also listens there with SASL_SSL:
+# PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for KAFKA_SASL_USER/KAFKA_SASL_PASSWORD,
+# behind a certificate for 127.0.0.1 and localhost signed by a CA made for it
+# ($KAFKA_DATA_DIR/tls/ca.pem, which clients trust).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,6 +22,10 @@ libs="$cache_dir/kafka-$kafka_version/libs"
 port=${KAFKA_PORT:-9092}
 controller_port=${KAFKA_CONTROLLER_PORT:-9093}
 data_dir=${KAFKA_DATA_DIR:-$root/.local/dev/kafka}
+sasl_port=${KAFKA_SASL_PORT:-}
+sasl_user=${KAFKA_SASL_USER:-dawning}
+sasl_password=${KAFKA_SASL_PASSWORD:-dawning-secret}
+tls_dir="$data_dir/tls"
 pid_file="$data_dir/kafka.pid"
 log_file="$data_dir/server.log"
 
@@ -42,17 +51,52 @@ java_opts=(
     -cp "$libs/*"
 )
 
+# A CA and a broker certificate for 127.0.0.1/localhost, made once.
+make_certificates() {
+    [[ -f "$tls_dir/broker.pem" ]] && return
+    command -v openssl >/dev/null || { log "openssl is required for the SASL_SSL listener"; exit 1; }
+    mkdir -p "$tls_dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=dawning-streams test CA" \
+        -keyout "$tls_dir/ca.key" -out "$tls_dir/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$tls_dir/broker.key" -out "$tls_dir/broker.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$tls_dir/san.ext"
+    openssl x509 -req -in "$tls_dir/broker.csr" -CA "$tls_dir/ca.pem" -CAkey "$tls_dir/ca.key" \
+        -CAcreateserial -days 3650 -extfile "$tls_dir/san.ext" -out "$tls_dir/broker.crt" 2>/dev/null
+    # Kafka's PEM key store: the private key (PKCS#8), then the certificate chain.
+    openssl pkcs8 -topk8 -nocrypt -in "$tls_dir/broker.key" >"$tls_dir/broker.pem"
+    cat "$tls_dir/broker.crt" "$tls_dir/ca.pem" >>"$tls_dir/broker.pem"
+}
+
+sasl_properties() {
+    cat <<PROPS
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$sasl_user="$sasl_password";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location=$tls_dir/broker.pem
+ssl.client.auth=none
+PROPS
+}
+
 configure() {
     mkdir -p "$data_dir/logs"
+    local listeners="PLAINTEXT://127.0.0.1:$port" protocols="PLAINTEXT:PLAINTEXT"
+    if [[ -n $sasl_port ]]; then
+        make_certificates
+        listeners="$listeners,SASL_SSL://127.0.0.1:$sasl_port"
+        protocols="$protocols,SASL_SSL:SASL_SSL"
+    fi
     cat >"$data_dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$protocols,CONTROLLER:PLAINTEXT
 log.dirs=$data_dir/data
 num.partitions=3
 default.replication.factor=1
@@ -64,6 +108,7 @@ transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 PROPS
+    [[ -z $sasl_port ]] || sasl_properties >>"$data_dir/server.properties"
     cat >"$data_dir/log4j.properties" <<'PROPS'
 log4j.rootLogger=INFO, file
 log4j.appender.file=org.apache.log4j.RollingFileAppender
@@ -82,8 +127,15 @@ format_storage() {
     local cluster_id
     cluster_id=$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid)
     log "formatting storage in $data_dir/data (cluster $cluster_id)"
+    local scram=()
+    if [[ -n $sasl_port ]]; then
+        # SCRAM credentials live in the cluster metadata, written at format time.
+        for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+            scram+=(--add-scram "$mechanism=[name=$sasl_user,password=$sasl_password]")
+        done
+    fi
     java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
-        -c "$data_dir/server.properties" >/dev/null
+        -c "$data_dir/server.properties" "${scram[@]}" >/dev/null
 }
 
 start() {
@@ -117,7 +169,7 @@ start() {
         fi
         sleep 0.2
     done
-    log "Apache Kafka $kafka_version ready on 127.0.0.1:$port (pid $(cat "$pid_file"))"
+    log "Apache Kafka $kafka_version ready on 127.0.0.1:$port${sasl_port:+ (SASL_SSL on $sasl_port)} (pid $(cat "$pid_file"))"
 }
 
 stop() {

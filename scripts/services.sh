@@ -2,8 +2,10 @@
 # Starts or stops the real services on loopback: Apache Kafka (KRaft), Redis
 # and an SMTP capture server.
 #
-#   scripts/services.sh start|stop|status dev|test
+#   scripts/services.sh start|stop|status dev|test|sasl
 #
+# A profile runs only the services it gives ports for: `sasl` is a second
+# Kafka broker with a SASL_SSL listener, for the Kafka security tests.
 # The profile's ports and data directory come from scripts/<profile>.env, so the
 # test services never collide with the development ones. PYTHON is the
 # interpreter that has aiosmtpd (the project's virtualenv).
@@ -56,6 +58,7 @@ install_redis() {
 }
 
 start_redis() {
+    [[ -n ${REDIS_PORT:-} ]] || return 0
     install_redis
     mkdir -p "$data_dir/redis"
     if alive "$data_dir/redis/redis.pid"; then return; fi
@@ -107,6 +110,7 @@ stop_postgres() {
 }
 
 start_smtp() {
+    [[ -n ${SMTP_PORT:-} ]] || return 0
     mkdir -p "$data_dir"/smtp/maildir/{cur,new,tmp}
     local pid_file="$data_dir/smtp/smtp.pid"
     if alive "$pid_file"; then return; fi
@@ -149,7 +153,7 @@ case $action in
         alive "$data_dir/smtp/smtp.pid" && log "SMTP sink running" || log "SMTP sink not running"
         ;;
     *)
-        echo "usage: $0 start|stop|status dev|test" >&2
+        echo "usage: $0 start|stop|status dev|test|sasl" >&2
         exit 2
         ;;
 esac

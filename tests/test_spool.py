@@ -99,6 +99,12 @@ async def test_with_the_broker_down_at_start_messages_wait_in_the_spool_and_arri
             assert bus.spool.count == 400
             assert await bus.publish_many(second) == [None] * 600
             assert bus.spool.count == 1000
+            [gauge] = [
+                line
+                for line in bus.app.telemetry.metrics.render().decode().splitlines()
+                if line.startswith("dawning_spool_size{")
+            ]
+            assert gauge.endswith(" 1000.0")
 
             await broker.start()
             # Published while the spool drains: they queue up behind it.

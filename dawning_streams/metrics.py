@@ -1,0 +1,204 @@
+"""The worker's metrics: OpenTelemetry instruments, read as Prometheus text or sent by OTLP.
+
+Each app has its own ``MeterProvider``: a Prometheus reader into the app's own
+registry (what ``GET /metrics`` renders) and, when ``Telemetry:OtlpEndpoint``
+is set, a periodic OTLP/HTTP exporter. Faust's OpenTelemetry sensor records
+into the same provider, so its ``faust.*`` metrics sit beside these:
+
+============================  =========  ======================================
+``kafka.producer.send.total``  counter    acknowledged (or failed) sends, by topic
+                                          and ``result``
+``kafka.consumer.lag``         gauge      end offset minus committed offset, per
+                                          assigned topic and partition
+``kafka.consumer.poll.time``   histogram  seconds per consumer poll
+``dawning.handler.handled``    counter    attempts that succeeded, per handler
+``dawning.handler.failed``     counter    attempts that raised, per handler
+``dawning.handler.retried``    counter    messages sent to a retry tier
+``dawning.handler.dead_lettered``  counter  messages sent to the dead-letter topic
+``dawning.handler.duration``   histogram  seconds per attempt, by ``outcome``
+``dawning.spool.size``         gauge      messages waiting in the on-disk spool
+============================  =========  ======================================
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
+
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from .settings import TelemetrySettings
+
+__all__ = ["CONTENT_TYPE", "Metrics", "RecentCounts", "otlp_headers"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: Seconds: from a fast poll or handler call up to the long ones worth seeing.
+_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+LagSource = Callable[[], Iterable[tuple[str, int, int]]]
+SizeSource = Callable[[], int | None]
+
+
+def otlp_headers(settings: TelemetrySettings) -> dict[str, str]:
+    """``Telemetry:OtlpHeaders`` (``name=value,...``) as a dict."""
+    if settings.otlp_headers is None:
+        return {}
+    pairs = (item.split("=", 1) for item in settings.otlp_headers.reveal().split(","))
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
+class RecentCounts:
+    """Per-second counts of the last ``window_s`` seconds, for the dashboard's throughput."""
+
+    def __init__(self, window_s: int = 900) -> None:
+        self.window_s = window_s
+        self._seconds: dict[tuple[str, str], deque[list[int]]] = defaultdict(deque)
+
+    def add(self, name: str, outcome: str, count: int = 1, now: float | None = None) -> None:
+        second = int(now if now is not None else time.time())
+        buckets = self._seconds[(name, outcome)]
+        if buckets and buckets[-1][0] == second:
+            buckets[-1][1] += count
+        else:
+            buckets.append([second, count])
+        while buckets and buckets[0][0] <= second - self.window_s:
+            buckets.popleft()
+
+    def total(self, name: str, outcome: str, last_s: int, now: float | None = None) -> int:
+        """How many in the last ``last_s`` seconds."""
+        since = int(now if now is not None else time.time()) - last_s
+        return sum(n for second, n in self._seconds.get((name, outcome), ()) if second > since)
+
+    def names(self) -> list[str]:
+        return sorted({name for name, _ in self._seconds})
+
+    def series(
+        self, name: str, outcome: str, *, bucket_s: int, buckets: int, now: float | None = None
+    ) -> list[int]:
+        """Counts per ``bucket_s`` seconds, oldest first, ending now."""
+        end = int(now if now is not None else time.time()) + 1
+        counts = [0] * buckets
+        for second, n in self._seconds.get((name, outcome), ()):
+            index = buckets - 1 - (end - 1 - second) // bucket_s
+            if 0 <= index < buckets:
+                counts[index] += n
+        return counts
+
+
+class Metrics:
+    """The instruments of one app, and the Prometheus text of their current values."""
+
+    def __init__(self, settings: TelemetrySettings, resource: Resource) -> None:
+        self.registry = CollectorRegistry()
+        readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
+        if settings.otlp_endpoint is not None:
+            exporter = OTLPMetricExporter(
+                endpoint=settings.otlp_endpoint.rstrip("/") + "/v1/metrics",
+                headers=otlp_headers(settings),
+            )
+            readers.append(
+                PeriodicExportingMetricReader(
+                    exporter, export_interval_millis=settings.export_interval_ms
+                )
+            )
+        self.provider = MeterProvider(
+            resource=resource, metric_readers=readers, shutdown_on_exit=False
+        )
+        self.meter: Meter = self.provider.get_meter("dawning_streams")
+        self.recent = RecentCounts()
+        #: Set by the app: (topic, partition, lag) of every assigned partition.
+        self.lag_source: LagSource = lambda: ()
+        #: Set by the bus when it keeps a spool: how many messages wait in it.
+        self.spool_size_source: SizeSource = lambda: None
+        meter = self.meter
+        message = "{message}"
+        self.sends = meter.create_counter(
+            "kafka.producer.send.total", unit=message, description="Messages sent to Kafka."
+        )
+        self.poll_time = meter.create_histogram(
+            "kafka.consumer.poll.time",
+            unit="s",
+            description="Time per consumer poll.",
+            explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
+        )
+        meter.create_observable_gauge(
+            "kafka.consumer.lag",
+            callbacks=[self._observe_lag],
+            unit=message,
+            description="End offset minus committed offset, per assigned partition.",
+        )
+        self.handled = meter.create_counter(
+            "dawning.handler.handled", unit=message, description="Attempts that succeeded."
+        )
+        self.failed = meter.create_counter(
+            "dawning.handler.failed", unit=message, description="Attempts that raised."
+        )
+        self.retried = meter.create_counter(
+            "dawning.handler.retried", unit=message, description="Messages sent to a retry tier."
+        )
+        self.dead_lettered = meter.create_counter(
+            "dawning.handler.dead_lettered",
+            unit=message,
+            description="Messages sent to a dead-letter topic.",
+        )
+        self.duration = meter.create_histogram(
+            "dawning.handler.duration",
+            unit="s",
+            description="Time per handler attempt.",
+            explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
+        )
+        meter.create_observable_gauge(
+            "dawning.spool.size",
+            callbacks=[self._observe_spool],
+            unit=message,
+            description="Messages waiting in the on-disk spool for Kafka.",
+        )
+
+    # -- recording -------------------------------------------------------------
+
+    def sent(self, topic: str, *, ok: bool) -> None:
+        self.sends.add(1, {"topic": topic, "result": "ok" if ok else "error"})
+
+    def polled(self, seconds: float) -> None:
+        self.poll_time.record(seconds)
+
+    def attempt_ended(self, handler: str, seconds: float, *, ok: bool, count: int = 1) -> None:
+        """One handler attempt (``count`` messages for a batch) ended."""
+        outcome = "handled" if ok else "failed"
+        attributes = {"handler": handler}
+        (self.handled if ok else self.failed).add(count, attributes)
+        self.duration.record(seconds, {"handler": handler, "outcome": outcome})
+        self.recent.add(handler, outcome, count)
+
+    def routed(self, handler: str, *, dead_letter: bool) -> None:
+        """A failed message went to a retry tier, or to the dead-letter topic."""
+        outcome = "dead_lettered" if dead_letter else "retried"
+        (self.dead_lettered if dead_letter else self.retried).add(1, {"handler": handler})
+        self.recent.add(handler, outcome)
+
+    # -- reading ---------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The current values in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    def shutdown(self) -> None:
+        """Export what is pending (OTLP) and stop the readers."""
+        self.provider.shutdown()
+
+    def _observe_lag(self, options: CallbackOptions) -> Iterator[Observation]:
+        for topic, partition, lag in self.lag_source():
+            yield Observation(lag, {"topic": topic, "partition": partition})
+
+    def _observe_spool(self, options: CallbackOptions) -> Iterator[Observation]:
+        size = self.spool_size_source()
+        if size is not None:
+            yield Observation(size)

@@ -1,0 +1,138 @@
+"""Trace context across Kafka: W3C ``traceparent`` in the message headers.
+
+``publish`` (and every retry, dead letter and replay, which go through
+``forward``) starts a *producer* span and writes its context into the
+``traceparent``/``tracestate`` headers. A handler attempt starts a *consumer*
+span whose parent is the context in the message's headers, so the handler's
+span is a child of the publisher's, and a retry published from inside a
+handler attempt continues the same trace:
+
+    publish ─▶ handle (attempt 1) ─▶ publish retry-1 ─▶ handle (attempt 2) ─▶ publish dlq
+
+Each app has its own ``TracerProvider``; with ``Telemetry:OtlpEndpoint`` set,
+its spans are exported over OTLP/HTTP. The context is carried whether or not
+anything is exported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Link, Span, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .metrics import otlp_headers
+from .settings import TelemetrySettings
+
+__all__ = ["TRACE_HEADERS", "Tracing", "trace_context"]
+
+#: The W3C Trace Context headers, as Kafka header names.
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+_propagator = TraceContextTextMapPropagator()
+Headers = Iterable[tuple[str, bytes]]
+
+
+def trace_context(headers: Headers | None) -> Context | None:
+    """The trace context a message's headers carry, or None."""
+    carrier = {
+        key: value.decode("ascii", "replace")
+        for key, value in headers or ()
+        if key in TRACE_HEADERS
+    }
+    if "traceparent" not in carrier:
+        return None
+    extracted = _propagator.extract(carrier)
+    return extracted if trace.get_current_span(extracted).get_span_context().is_valid else None
+
+
+class Tracing:
+    """The app's tracer, and the two places spans start: publishing and handling."""
+
+    def __init__(self, settings: TelemetrySettings, resource: Resource) -> None:
+        self.provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        if settings.otlp_endpoint is not None:
+            exporter = OTLPSpanExporter(
+                endpoint=settings.otlp_endpoint.rstrip("/") + "/v1/traces",
+                headers=otlp_headers(settings),
+            )
+            self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        self.tracer = self.provider.get_tracer("dawning_streams")
+
+    def stamp(self, topic: str, headers: Headers | None) -> list[tuple[str, bytes]]:
+        """``headers`` with the trace context of a new span for publishing to ``topic``.
+
+        The span's parent is the current span (a handler attempt, or the
+        caller's request) or else the context the headers already carry (a
+        replayed dead letter); an existing ``traceparent`` is replaced.
+        """
+        kept = [(k, v) for k, v in headers or () if k not in TRACE_HEADERS]
+        current = trace.get_current_span().get_span_context()
+        parent = None if current.is_valid else trace_context(headers)
+        span = self.tracer.start_span(
+            f"{topic} publish",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "kafka", "messaging.destination.name": topic},
+        )
+        carrier: dict[str, str] = {}
+        _propagator.inject(carrier, context=trace.set_span_in_context(span))
+        span.end()
+        return kept + [(k, v.encode("ascii")) for k, v in carrier.items()]
+
+    @contextmanager
+    def handling(
+        self,
+        handler: str,
+        topic: str,
+        headers: Sequence[Headers],
+        *,
+        attempt: int,
+    ) -> Iterator[Span]:
+        """The current span while ``handler`` works on messages with ``headers``.
+
+        One message: its span is a child of the publisher's. A batch: a new
+        trace, linked to every message's publisher span.
+        """
+        contexts = [trace_context(h) for h in headers]
+        parent = contexts[0] if len(contexts) == 1 else None
+        links = (
+            []
+            if len(contexts) == 1
+            else [
+                Link(trace.get_current_span(c).get_span_context())
+                for c in contexts
+                if c is not None
+            ]
+        )
+        span = self.tracer.start_span(
+            f"{topic} process",
+            context=parent if parent is not None else Context(),
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": topic,
+                "messaging.batch.message_count": len(contexts),
+                "dawning.handler": handler,
+                "dawning.attempt": attempt + 1,
+            },
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            yield span
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+    def shutdown(self) -> None:
+        """Export what is pending and stop."""
+        self.provider.shutdown()
