@@ -56,7 +56,9 @@ class Broadcast(Service):
 
     async def on_start(self) -> None:
         kafka = self.app.dawning_settings.kafka
-        consumer = AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            **client_options(kafka), group_id=None, enable_auto_commit=False
+        )
         await consumer.start()
         cluster = await consumer._client.fetch_all_metadata()
         partitions = [
