@@ -20,6 +20,7 @@ from aiokafka.structs import ConsumerRecord
 from mode import Service
 
 from .errors import DawningError
+from .kafka_security import client_options
 
 if TYPE_CHECKING:
     from .application import App
@@ -56,9 +57,7 @@ class Broadcast(Service):
     async def on_start(self) -> None:
         kafka = self.app.dawning_settings.kafka
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=",".join(kafka.bootstrap_servers),
-            group_id=None,
-            enable_auto_commit=False,
+            **client_options(kafka), group_id=None, enable_auto_commit=False
         )
         await consumer.start()
         partitions = await self._partitions(consumer)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -110,7 +110,12 @@ class Metrics:
                 )
             )
         self.provider = MeterProvider(
-            resource=resource, metric_readers=readers, shutdown_on_exit=False
+            resource=resource,
+            metric_readers=readers,
+            # Exemplars would tie samples to spans; Prometheus text does not show
+            # them, and sampling one costs every recording time.
+            exemplar_filter=AlwaysOffExemplarFilter(),
+            shutdown_on_exit=False,
         )
         self.meter: Meter = self.provider.get_meter("dawning_streams")
         self.recent = RecentCounts()

@@ -115,6 +115,13 @@ async def test_the_dashboard_shows_the_worker_and_replays_a_dead_letter(
         settings_text = await text_of(page, "Settings")
         assert "Web:AdminToken\t**********" in settings_text and TOKEN not in settings_text
 
+        # Nothing spills sideways, on a wide screen or a narrow one.
+        for width in (1400, 900):
+            await page.set_viewport_size({"width": width, "height": 1000})
+            scroll_width = await page.evaluate("document.documentElement.scrollWidth")
+            assert scroll_width <= width, (width, scroll_width)
+        await page.set_viewport_size({"width": 1400, "height": 1000})
+
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shot = tmp_path / "dashboard.png"
         await page.screenshot(path=str(shot), full_page=True)

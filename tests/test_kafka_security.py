@@ -11,18 +11,28 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from dawning_streams import AuditLogMessage, Reject, Settings, SettingsError, create_app, dashboard
+import dawning_streams.agents
+from dawning_streams import (
+    AuditLogMessage,
+    ConfigChangedMessage,
+    Reject,
+    Settings,
+    SettingsError,
+    create_app,
+    dashboard,
+)
 from dawning_streams.dlq import read_dead_letters
 from dawning_streams.kafka_security import client_options
 from dawning_streams.settings import KafkaSecuritySettings, Secret
 
 from .conftest import ROOT, _profile
-from .handler_helpers import Calls, running
+from .handler_helpers import Calls, eventually, running
 
 pytestmark = pytest.mark.kafka
 
@@ -95,6 +105,24 @@ async def test_a_worker_runs_over_sasl_ssl(sasl_settings: Settings, mechanism: s
     assert overview["cluster_error"] is None
     assert len(overview["group"]["members"]) == 1
     assert {"topic": f"{kafka.topics.audit_log}.dlq", "count": 1} in overview["dead_letters"]
+
+
+async def test_every_dawning_agent_runs_over_sasl_ssl(sasl_settings: Settings) -> None:
+    # The worker's own clients beside Faust's: the changelog and topic
+    # broadcasts every instance follows, the audit store's batches, the views.
+    app = create_app(sasl_settings)
+    dawning_streams.agents.install(app)
+    async with running(app):
+        await app.bus.publish(
+            ConfigChangedMessage(config_group="security", config_key="lockout", new_value="5")
+        )
+        entry = await eventually(
+            lambda: app.shared_config.get("security", "lockout"), what="the replicated change"
+        )
+        url = f"http://127.0.0.1:{sasl_settings.web.port}/ready"
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            assert response.status == 200
+    assert entry.value == "5" and entry.version == 1
 
 
 async def test_a_wrong_password_is_refused_by_the_broker(sasl_settings: Settings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import uuid
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+import dawning_streams.agents
 from dawning_streams import AuditLogMessage, Reject, Settings, SettingsError, create_app
 from dawning_streams.settings import (
     AlertSettings,
@@ -188,3 +190,27 @@ async def test_the_log_and_the_dashboard_show_settings_masked(
     for shown_text in (logged, page, data):
         assert "hunter2" not in shown_text and TOKEN not in shown_text
         assert "**********" in shown_text
+
+
+async def test_no_route_changes_anything_without_the_token(settings: Settings) -> None:
+    """Every write method on every route of the worker (Faust's included) is refused."""
+    settings = dataclasses.replace(
+        settings, web=dataclasses.replace(settings.web, admin_token=Secret(TOKEN))
+    )
+    app = create_app(settings)
+    dawning_streams.agents.install(app)
+    base = f"http://127.0.0.1:{settings.web.port}"
+    async with running(app), aiohttp.ClientSession() as http:
+        paths = {
+            re.sub(r"\{[^}]+\}", "x", resource.canonical)
+            for resource in app.web.web_app.router.resources()  # type: ignore[attr-defined]
+        }
+        assert {"/", "/metrics", "/ready", "/api/dead-letters/replay"} <= paths
+        answers = {}
+        for path in sorted(paths):
+            for method in ("POST", "PUT", "PATCH", "DELETE"):
+                async with http.request(method, base + path, json={"all": True}) as response:
+                    answers[(method, path)] = response.status
+    assert answers.pop(("POST", "/api/dead-letters/replay")) == 401
+    refused = {key: status for key, status in answers.items() if status not in (404, 405)}
+    assert refused == {}, refused
