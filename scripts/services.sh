@@ -2,8 +2,11 @@
 # Starts or stops the real services on loopback: Apache Kafka (KRaft), Redis
 # and an SMTP capture server.
 #
-#   scripts/services.sh start|stop|status dev|test
+#   scripts/services.sh start|stop|status dev|test|faults
+#   scripts/services.sh start-kafka|stop-kafka|start-redis|stop-redis|start-smtp|stop-smtp PROFILE
 #
+# The per-service actions let the fault suite take one service down and bring
+# it back while the others keep running.
 # The profile's ports and data directory come from scripts/<profile>.env, so the
 # test services never collide with the development ones. PYTHON is the
 # interpreter that has aiosmtpd (the project's virtualenv).
@@ -143,13 +146,19 @@ case $action in
         stop_pid "$data_dir/redis/redis.pid"
         kafka stop
         ;;
+    start-kafka) kafka start ;;
+    stop-kafka) kafka stop ;;
+    start-redis) start_redis ;;
+    stop-redis) stop_pid "$data_dir/redis/redis.pid" ;;
+    start-smtp) start_smtp ;;
+    stop-smtp) stop_pid "$data_dir/smtp/smtp.pid" ;;
     status)
         kafka status || true
         alive "$data_dir/redis/redis.pid" && log "redis running" || log "redis not running"
         alive "$data_dir/smtp/smtp.pid" && log "SMTP sink running" || log "SMTP sink not running"
         ;;
     *)
-        echo "usage: $0 start|stop|status dev|test" >&2
+        echo "usage: $0 start|stop|status|{start,stop}-{kafka,redis,smtp} dev|test|faults" >&2
         exit 2
         ;;
 esac
