@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export PYTHON
 
-.PHONY: install run worker services test test-unit lint stop clean
+.PHONY: install run worker services test test-faults test-unit lint stop clean
 
 install: $(VENV)/.installed
 
@@ -21,10 +21,16 @@ run: install
 services: install
 	scripts/services.sh start dev
 
-## Start the test services (own ports and data) and run the whole suite.
+## Start the test services (own ports and data) and run the whole suite,
+## the fault scenarios included (they start and stop services of their own).
 test: install lint
 	scripts/services.sh start test
 	$(VENV)/bin/pytest
+
+## Only the fault scenarios, on the faults profile's own Kafka, Redis and SMTP
+## sink; prints a row of figures per scenario, also in .local/faults/report.json.
+test-faults: install
+	$(VENV)/bin/pytest tests/faults --basetemp=.local/faults/runs
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -34,6 +40,7 @@ lint: install
 stop:
 	scripts/services.sh stop dev
 	scripts/services.sh stop test
+	scripts/services.sh stop faults
 
 clean: stop
 	rm -rf .local $(VENV) *.egg-info

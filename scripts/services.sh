@@ -5,11 +5,11 @@
 #   scripts/services.sh start|stop|status dev|test|faults
 #   scripts/services.sh start-kafka|stop-kafka|start-redis|stop-redis|start-smtp|stop-smtp PROFILE
 #
-# The per-service actions let the fault suite take one service down and bring
-# it back while the others keep running.
 # The profile's ports and data directory come from scripts/<profile>.env, so the
 # test services never collide with the development ones. PYTHON is the
-# interpreter that has aiosmtpd (the project's virtualenv).
+# interpreter that has aiosmtpd (the project's virtualenv). The per-service
+# actions let the fault suite take one service down and bring it back while
+# the others keep running.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,7 +26,12 @@ python=${PYTHON:-$root/.venv/bin/python}
 
 log() { printf 'services: %s\n' "$*" >&2; }
 
-alive() { [[ -f $1 ]] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
+# A process that has exited but not yet been reaped (a zombie) is not alive.
+alive() {
+    local pid
+    [[ -f $1 ]] && pid=$(cat "$1" 2>/dev/null) && kill -0 "$pid" 2>/dev/null &&
+        [[ $(ps -o stat= -p "$pid" 2>/dev/null) != Z* ]]
+}
 
 port_free() {
     local port=$1 name=$2

@@ -15,7 +15,6 @@ import mailbox
 import subprocess
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -71,7 +70,9 @@ def report(request: pytest.FixtureRequest) -> Iterator[list[Row]]:
         request.config.stash[_rows].append(row)
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
     rows = config.stash.get(_rows, [])
     if not rows:
         return

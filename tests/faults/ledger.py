@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -64,7 +64,9 @@ class Ledger:
         meta = await self._producer.send_and_wait(topic, value, key=key, partition=partition)
         return Ack(meta.partition, meta.offset)
 
-    async def publish(self, topic: str, messages: Iterable[MessageBase], *, rate_per_s: float) -> None:
+    async def publish(
+        self, topic: str, messages: Iterable[MessageBase], *, rate_per_s: float
+    ) -> None:
         """Publish ``messages`` at about ``rate_per_s``, recording each ack as it comes."""
         assert self._producer is not None
         pending: list[asyncio.Future[object]] = []
@@ -106,7 +108,9 @@ def handled(folders: Iterable[Path]) -> dict[str, list[tuple[int, float]]]:
     return calls
 
 
-def lost_and_duplicated(ledger: Ledger, calls: dict[str, list[tuple[int, float]]]) -> tuple[int, int]:
+def lost_and_duplicated(
+    ledger: Ledger, calls: dict[str, list[tuple[int, float]]]
+) -> tuple[int, int]:
     """Acknowledged ids never handled; extra calls for ids handled more than once."""
     lost = sum(1 for message_id in ledger.acked if message_id not in calls)
     counts = Counter({message_id: len(c) for message_id, c in calls.items()})

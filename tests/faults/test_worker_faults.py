@@ -134,7 +134,7 @@ async def test_sigterm_of_a_worker_mid_stream_loses_and_repeats_nothing(
     topic = flow_topic(settings)
     total = 6_000
     async with workers(settings, 2, tmp_path, app=APP) as group, Ledger(bootstrap) as ledger:
-        leaving, staying = group
+        leaving = group[0]
         publishing = asyncio.create_task(ledger.publish(topic, flow(total), rate_per_s=1000))
         await eventually(lambda: len(ledger.acked) >= total * 0.4, what="40 % published")
         leaving.process.send_signal(signal.SIGTERM)
@@ -186,7 +186,10 @@ async def test_a_handler_slower_than_max_poll_interval_loses_nothing(
     bootstrap = settings.kafka.bootstrap_servers[0]
     topic = flow_topic(settings)
     kafka = dataclasses.replace(
-        settings.kafka, session_timeout_ms=6000, heartbeat_interval_ms=1000, max_poll_interval_ms=6000
+        settings.kafka,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        max_poll_interval_ms=6000,
     )
     settings = dataclasses.replace(settings, kafka=kafka)
     slow_s = 2 * kafka.max_poll_interval_ms / 1000
