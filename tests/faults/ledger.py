@@ -96,7 +96,8 @@ class Ledger:
 
 
 def handled(folders: Iterable[Path]) -> dict[str, list[tuple[int, float]]]:
-    """Each handled message id: (pid, time) of every call, from the workers' journals."""
+    """Each handled message id: (pid, time) of every call, earliest first, from the
+    workers' journals."""
     calls: dict[str, list[tuple[int, float]]] = {}
     for folder in folders:
         journal = folder / "handled.log"
@@ -105,6 +106,8 @@ def handled(folders: Iterable[Path]) -> dict[str, list[tuple[int, float]]]:
         for line in journal.read_text().splitlines():
             message_id, pid, at = line.split()
             calls.setdefault(message_id, []).append((int(pid), float(at)))
+    for made in calls.values():
+        made.sort(key=lambda call: call[1])
     return calls
 
 
