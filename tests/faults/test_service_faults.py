@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mailbox
 import os
 import time
@@ -26,7 +27,7 @@ from dawning_streams.names import Header, dead_letter_topic, retry_topic
 from ..conftest import ROOT
 from ..handler_helpers import eventually
 from ..kafka_helpers import read_topic
-from ..workers import FAUST, Worker, workers
+from ..workers import FAUST, Worker, settle, spawn, workers
 from .conftest import Row, services
 from .fault_app import echo_topic, flow_topic
 from .ledger import Ledger, handled, lost_and_duplicated, write_duplicates
@@ -276,3 +277,69 @@ async def test_with_smtp_down_emails_are_dead_lettered_then_replayed_and_all_del
         assert headers[Header.EXCEPTION_TYPE] == "dawning_streams.mail.MailError"
         assert "could not reach SMTP" in headers[Header.EXCEPTION_MESSAGE]
     assert sorted(got) == sorted(subjects)
+
+
+@pytest.mark.deadline(420)
+@pytest.mark.timeout(480)
+async def test_kafka_restarted_while_a_worker_dies_loses_nothing(
+    settings: Settings, tmp_path: Path, report: list[Row]
+) -> None:
+    """The partition of a worker that died while the broker was down moves to a
+    new owner as the broker returns. A message Faust fails to hand over then is
+    still handled once the group restarts (see README, "Fault suite")."""
+    bootstrap = settings.kafka.bootstrap_servers[0]
+    topic = flow_topic(settings)
+    fresh: list[Worker] = []
+    async with workers(settings, 3, tmp_path, app=APP) as group, Ledger(bootstrap) as ledger:
+        publishing = asyncio.create_task(ledger.publish(topic, flow(9_000), rate_per_s=300))
+        await eventually(lambda: len(ledger.acked) >= 1_500, what="a sixth published")
+        await services("stop-kafka")
+        group[1].process.kill()
+        await asyncio.sleep(3)
+        await services("start-kafka")
+        up_at = time.time()
+        await publishing
+
+        def unhandled() -> list[str]:
+            calls = handled(w.folder for w in [*group, *fresh])
+            return [m for m in ledger.acked if m not in calls]
+
+        with contextlib.suppress(AssertionError):  # a stall is counted, below
+            await eventually(lambda: not unhandled(), timeout_s=90, what="all handled")
+        stalled = len(unhandled())
+        if stalled:
+            # The group restarts: the stalled offsets are read again.
+            for worker in group:
+                await asyncio.to_thread(worker.stop)
+            fresh.extend(
+                spawn(settings, f"{settings.instance_name}-again-{n}", tmp_path, app=APP)
+                for n in range(2)
+            )
+            await settle(fresh)
+        try:
+            await eventually(lambda: not unhandled(), timeout_s=90, what="all handled at last")
+        finally:
+            for worker in fresh:
+                await asyncio.to_thread(worker.stop)
+        calls = handled(w.folder for w in [*group, *fresh])
+
+    lost, duplicated = lost_and_duplicated(ledger, calls)
+    write_duplicates(tmp_path / "duplicates.txt", ledger, calls)
+    latency = [c[0][1] - ledger.acked_at[m] for m, c in calls.items() if m in ledger.acked_at]
+    after_up = [at for c in calls.values() for _, at in c if at > up_at]
+    report.append(
+        Row(
+            "Kafka restart, worker dies",
+            len(ledger.acked),
+            len(calls),
+            lost,
+            duplicated,
+            min(after_up) - up_at if after_up else None,
+            {
+                "unhandled_until_group_restart": stalled,
+                "worst_ack_to_handled_s": round(max(latency), 1),
+                "publish_failed": len(ledger.failed),
+            },
+        )
+    )
+    assert lost == 0
