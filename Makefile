@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export PYTHON
 
-.PHONY: install run worker services test test-unit lint stop clean browser
+.PHONY: install run worker services test test-faults test-unit lint stop clean browser
 
 install: $(VENV)/.installed
 
@@ -21,7 +21,8 @@ run: install
 services: install
 	scripts/services.sh start dev
 
-## Start the test services (own ports and data) and run the whole suite.
+## Start the test services (own ports and data) and run the whole suite,
+## the fault scenarios included (they start and stop services of their own).
 test: install lint browser
 	scripts/services.sh start test
 	scripts/services.sh start sasl
@@ -30,6 +31,11 @@ test: install lint browser
 ## Debian's chromium, which the dashboard's browser test drives.
 browser:
 	scripts/browser.sh
+
+## Only the fault scenarios, on the faults profile's own Kafka, Redis and SMTP
+## sink; prints a row of figures per scenario, also in .local/faults/report.json.
+test-faults: install
+	$(VENV)/bin/pytest tests/faults --basetemp=.local/faults/runs
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -40,6 +46,7 @@ stop:
 	scripts/services.sh stop dev
 	scripts/services.sh stop test
 	scripts/services.sh stop sasl
+	scripts/services.sh stop faults
 
 clean: stop
 	rm -rf .local $(VENV) *.egg-info

@@ -10,16 +10,20 @@ is a key prefix: region ``users`` and key ``42`` is the Redis key ``users:42``.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 import redis.asyncio as redis
+from redis.exceptions import RedisError
 
 from .records import CacheInvalidationMessage
 from .redis_pool import RedisPool
 
 __all__ = ["DistributedCache", "LocalCache", "redis_key", "unlink_matching"]
+
+logger = logging.getLogger(__name__)
 
 SCAN_BATCH = 500
 
@@ -70,7 +74,12 @@ class LocalCache:
 
 
 class DistributedCache:
-    """``get`` and ``set`` with a TTL: local level first, then Redis."""
+    """``get`` and ``set`` with a TTL: local level first, then Redis.
+
+    While Redis cannot be reached the cache runs on its local level alone: a
+    ``get`` Redis would have answered is a miss, and a ``set`` is kept in this
+    process for at most ``local_ttl_s``.
+    """
 
     def __init__(
         self, pool: RedisPool, local: LocalCache | None = None, local_ttl_s: float = 30.0
@@ -89,18 +98,26 @@ class DistributedCache:
         value = self.local.get(full)
         if value is not None:
             return value
-        stored: bytes | None = await self.client.get(full)  # type: ignore[assignment]
-        if stored is not None:
+        try:
+            stored: bytes | None = await self.client.get(full)  # type: ignore[assignment]
+            if stored is None:
+                return None
             ttl_ms = await self.client.pttl(full)
-            local_ttl = self.local_ttl_s if ttl_ms < 0 else min(self.local_ttl_s, ttl_ms / 1000)
-            self.local.set(full, stored, local_ttl)
+        except (RedisError, OSError) as exc:
+            logger.warning("cache: Redis unreachable, %s is a miss: %s", full, exc)
+            return None
+        local_ttl = self.local_ttl_s if ttl_ms < 0 else min(self.local_ttl_s, ttl_ms / 1000)
+        self.local.set(full, stored, local_ttl)
         return stored
 
     async def set(self, key: str, value: bytes, ttl_s: float, region: str | None = None) -> None:
         """Store ``value`` in Redis and locally, both for at most ``ttl_s``."""
         full = redis_key(key, region)
-        await self.client.set(full, value, px=int(ttl_s * 1000))
         self.local.set(full, value, min(ttl_s, self.local_ttl_s))
+        try:
+            await self.client.set(full, value, px=int(ttl_s * 1000))
+        except (RedisError, OSError) as exc:
+            logger.warning("cache: Redis unreachable, %s kept in this process only: %s", full, exc)
 
 
 async def unlink_matching(client: redis.Redis, message: CacheInvalidationMessage) -> int:

@@ -330,7 +330,7 @@ class Handler(Generic[M]):
             try:
                 decoded.append((delivery, self._decode(delivery)))
             except MessageDecodeError as exc:
-                await self._fail(delivery, 0, exc)
+                await self._fail_or_log(delivery, exc)
         if not decoded:
             return
         headers = [delivery.headers for delivery, _ in decoded]
@@ -340,7 +340,15 @@ class Handler(Generic[M]):
             except Exception as exc:
                 run.failed(exc)
                 for delivery, _ in decoded:
-                    await self._fail(delivery, 0, exc)
+                    await self._fail_or_log(delivery, exc)
+
+    async def _fail_or_log(self, delivery: Delivery, exc: Exception) -> None:
+        """Route one failed message of a batch; one the broker refuses must not
+        take the rest of the batch down with it."""
+        try:
+            await self._fail(delivery, 0, exc)
+        except Exception:
+            self._log_unroutable(delivery, 0)
 
     def _waiting_consumer(self, attempt: int) -> Callable[[StreamT], Awaitable[None]]:
         async def consume(stream: StreamT) -> None:
@@ -362,19 +370,22 @@ class Handler(Generic[M]):
         try:
             await self._attempt(delivery, attempt=attempt)
         except Exception:
-            # The handler's own errors are routed; what lands here is a retry or
-            # dead letter the broker refused (too large, not authorised). The
-            # record stays in its topic at this offset, so say exactly where and
-            # keep the partition moving.
-            logger.critical(
-                "%s: could not retry or dead-letter %s/%d/%d (attempt %d); it remains there",
-                self.name,
-                delivery.topic,
-                delivery.partition,
-                delivery.offset,
-                attempt + 1,
-                exc_info=True,
-            )
+            self._log_unroutable(delivery, attempt)
+
+    def _log_unroutable(self, delivery: Delivery, attempt: int) -> None:
+        # The handler's own errors are routed; what lands here is a retry or
+        # dead letter the broker refused (too large, not authorised). The
+        # record stays in its topic at this offset, so say exactly where and
+        # keep the partition moving.
+        logger.critical(
+            "%s: could not retry or dead-letter %s/%d/%d (attempt %d); it remains there",
+            self.name,
+            delivery.topic,
+            delivery.partition,
+            delivery.offset,
+            attempt + 1,
+            exc_info=True,
+        )
 
     async def _attempt(self, delivery: Delivery, *, attempt: int) -> None:
         holds = self._holds

@@ -6,7 +6,8 @@
 #
 # KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093) and KAFKA_DATA_DIR
 # (.local/dev/kafka) choose the instance, so a test broker never collides with
-# a development one. The jars are resolved once into DAWNING_CACHE_DIR.
+# a development one; KAFKA_MESSAGE_MAX_BYTES raises the broker's record size
+# limit (default about 1 MB). The jars are resolved once into DAWNING_CACHE_DIR.
 #
 # With KAFKA_SASL_PORT set, the broker also listens there with SASL_SSL:
 # PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for KAFKA_SASL_USER/KAFKA_SASL_PASSWORD,
@@ -31,7 +32,10 @@ log_file="$data_dir/server.log"
 
 log() { printf 'kafka: %s\n' "$*" >&2; }
 
-running() { [[ -f $pid_file ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; }
+# A broker that has exited but not yet been reaped (a zombie) is not running.
+alive_pid() { kill -0 "$1" 2>/dev/null && [[ $(ps -o stat= -p "$1" 2>/dev/null) != Z* ]]; }
+
+running() { [[ -f $pid_file ]] && alive_pid "$(cat "$pid_file")"; }
 
 fetch() {
     [[ -f "$libs/kafka_2.13-$kafka_version.jar" ]] && return
@@ -107,6 +111,7 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
+message.max.bytes=${KAFKA_MESSAGE_MAX_BYTES:-1048588}
 PROPS
     [[ -z $sasl_port ]] || sasl_properties >>"$data_dir/server.properties"
     cat >"$data_dir/log4j.properties" <<'PROPS'
@@ -181,10 +186,10 @@ stop() {
     pid=$(cat "$pid_file")
     kill -TERM "$pid"
     for _ in $(seq 1 300); do
-        kill -0 "$pid" 2>/dev/null || break
+        alive_pid "$pid" || break
         sleep 0.1
     done
-    if kill -0 "$pid" 2>/dev/null; then
+    if alive_pid "$pid"; then
         log "broker did not stop within 30 s; killing it"
         kill -KILL "$pid"
     fi

@@ -2,13 +2,16 @@
 # Starts or stops the real services on loopback: Apache Kafka (KRaft), Redis
 # and an SMTP capture server.
 #
-#   scripts/services.sh start|stop|status dev|test|sasl
+#   scripts/services.sh start|stop|status dev|test|sasl|faults
+#   scripts/services.sh start-kafka|stop-kafka|start-redis|stop-redis|start-smtp|stop-smtp PROFILE
 #
 # A profile runs only the services it gives ports for: `sasl` is a second
 # Kafka broker with a SASL_SSL listener, for the Kafka security tests.
 # The profile's ports and data directory come from scripts/<profile>.env, so the
 # test services never collide with the development ones. PYTHON is the
-# interpreter that has aiosmtpd (the project's virtualenv).
+# interpreter that has aiosmtpd (the project's virtualenv). The per-service
+# actions let the fault suite take one service down and bring it back while
+# the others keep running.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,7 +28,12 @@ python=${PYTHON:-$root/.venv/bin/python}
 
 log() { printf 'services: %s\n' "$*" >&2; }
 
-alive() { [[ -f $1 ]] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
+# A process that has exited but not yet been reaped (a zombie) is not alive.
+alive() {
+    local pid
+    [[ -f $1 ]] && pid=$(cat "$1" 2>/dev/null) && kill -0 "$pid" 2>/dev/null &&
+        [[ $(ps -o stat= -p "$pid" 2>/dev/null) != Z* ]]
+}
 
 port_free() {
     local port=$1 name=$2
@@ -147,13 +155,19 @@ case $action in
         stop_pid "$data_dir/redis/redis.pid"
         kafka stop
         ;;
+    start-kafka) kafka start ;;
+    stop-kafka) kafka stop ;;
+    start-redis) start_redis ;;
+    stop-redis) stop_pid "$data_dir/redis/redis.pid" ;;
+    start-smtp) start_smtp ;;
+    stop-smtp) stop_pid "$data_dir/smtp/smtp.pid" ;;
     status)
         kafka status || true
         alive "$data_dir/redis/redis.pid" && log "redis running" || log "redis not running"
         alive "$data_dir/smtp/smtp.pid" && log "SMTP sink running" || log "SMTP sink not running"
         ;;
     *)
-        echo "usage: $0 start|stop|status dev|test|sasl" >&2
+        echo "usage: $0 start|stop|status|{start,stop}-{kafka,redis,smtp} dev|test|sasl|faults" >&2
         exit 2
         ;;
 esac

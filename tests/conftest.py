@@ -161,17 +161,22 @@ def tmp_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield tmp_path
 
 
-def _with_deadline(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+def _with_deadline(
+    test: Callable[..., Awaitable[None]], deadline_s: float
+) -> Callable[..., Awaitable[None]]:
     @functools.wraps(test)
     async def bounded(*args: object, **kwargs: object) -> None:
-        async with asyncio.timeout(TEST_DEADLINE_S):
+        async with asyncio.timeout(deadline_s):
             await test(*args, **kwargs)
 
     return bounded
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give every async test a deadline inside its own event loop."""
+    """Give every async test a deadline inside its own event loop:
+    ``TEST_DEADLINE_S``, or what its ``@pytest.mark.deadline(seconds)`` says."""
     for item in items:
         if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
-            item.obj = _with_deadline(item.obj)
+            marker = item.get_closest_marker("deadline")
+            deadline_s = float(marker.args[0]) if marker else TEST_DEADLINE_S
+            item.obj = _with_deadline(item.obj, deadline_s)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import uuid
 
 import pytest
 
-from dawning_streams import AuditLogMessage, Settings, UserEventMessage, create_app, decode
+from dawning_streams import (
+    AuditLogMessage,
+    Settings,
+    UserEventMessage,
+    create_app,
+    decode,
+    encode,
+)
 from dawning_streams.names import Header, dead_letter_topic
 from dawning_streams.retry import Reject, Retry, RetryLater
 
@@ -233,8 +241,9 @@ async def test_a_message_too_large_to_dead_letter_is_logged_and_the_partition_mo
         calls.add(message.action)
 
     topic = settings.kafka.topics.audit_log
-    # Fits the broker's 1 MiB limit on its own, but not with the failure headers.
-    huge = b"x" * 1_047_000
+    # Fits the broker's 1 MiB limit on its own, but not with the failure
+    # headers; random, so compression cannot make it fit.
+    huge = os.urandom(1_047_000)
     async with running(app):
         [sent] = await produce_raw(settings.kafka.bootstrap_servers[0], topic, [huge], partition=0)
         user = same_partition_users(1)[0]
@@ -242,3 +251,25 @@ async def test_a_message_too_large_to_dead_letter_is_logged_and_the_partition_mo
         await calls.wait_until(lambda items: items == ["after"])
     [record] = [r for r in caplog.records if r.levelname == "CRITICAL"]
     assert f"{topic}/0/{sent.offset}" in record.getMessage()
+
+
+async def test_a_batch_handler_goes_on_with_the_batch_when_a_dead_letter_is_refused(
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = create_app(settings, web_enabled=False)
+    calls = Calls()
+
+    @app.handler(batch_size=10, batch_within_s=1.0)
+    async def audit(messages: list[AuditLogMessage]) -> None:
+        calls.add([m.action for m in messages])
+
+    topic = settings.kafka.topics.audit_log
+    user = same_partition_users(1)[0]
+    after = AuditLogMessage(user_id=user, action="after", entity_type="U")
+    values = [os.urandom(1_047_000), encode(after)]
+    async with running(app):
+        sent = await produce_raw(settings.kafka.bootstrap_servers[0], topic, values, partition=0)
+        await calls.wait_until(lambda items: ["after"] in items)
+    [record] = [r for r in caplog.records if r.levelname == "CRITICAL"]
+    assert f"{topic}/0/{sent[0].offset}" in record.getMessage()

@@ -1,4 +1,4 @@
-"""Several real worker processes in one consumer group, for broadcast tests."""
+"""Real worker processes in one consumer group, for broadcast and fault tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +18,15 @@ import aiohttp
 from dawning_streams import Settings
 from dawning_streams.settings import WebSettings
 
-from .conftest import free_port
+from .conftest import ROOT, free_port
 
 SETTLE_S = 3.0
+FAUST = Path(sys.executable).with_name("faust")
 
 
 @dataclass
 class Worker:
-    """One ``python -m dawning_streams worker`` process."""
+    """One worker process: ``python -m dawning_streams worker`` or ``faust -A <app> worker``."""
 
     name: str
     port: int
@@ -40,6 +41,10 @@ class Worker:
         ) == log.count(b"[^---Recovery]: Worker ready")
 
     @property
+    def folder(self) -> Path:
+        return self.log.parent
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -51,44 +56,77 @@ class Worker:
         except (aiohttp.ClientError, ValueError):
             return 0, {}
 
+    def stop(self, timeout_s: float = 60) -> int:
+        """SIGTERM, then wait; SIGKILL only if it does not stop within ``timeout_s``."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def spawn(
+    settings: Settings,
+    name: str,
+    folder: Path,
+    *,
+    app: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Worker:
+    """Start a worker of ``settings`` called ``name``, with its own web port and directory.
+
+    ``app`` is a Faust app module (``faust -A app worker``); by default the
+    Dawning worker, ``python -m dawning_streams worker``.
+    """
+    mine = dataclasses.replace(settings, instance_name=name, web=WebSettings(port=free_port()))
+    workdir = folder / name
+    workdir.mkdir()
+    log = workdir / "worker.log"
+    command = (
+        [str(FAUST), "-A", app, "worker", "-l", "info"]
+        if app
+        else [sys.executable, "-m", "dawning_streams", "worker", "-l", "info"]
+    )
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **mine.to_environ(), **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return Worker(name, mine.web.port, process, log)
+
+
+async def settle(workers: list[Worker], timeout_s: float = 120) -> None:
+    """Wait until every worker is ready and the group has stopped rebalancing."""
+    async with asyncio.timeout(timeout_s):
+        while not all(worker.settled() for worker in workers):
+            for worker in workers:
+                assert worker.process.poll() is None, worker.log.read_text()
+            await asyncio.sleep(0.5)
+        # Settled means: no member has rebalanced for a while.
+        await asyncio.sleep(SETTLE_S)
+        while not all(worker.settled() for worker in workers):
+            await asyncio.sleep(0.5)
+
 
 @asynccontextmanager
-async def workers(settings: Settings, count: int, folder: Path) -> AsyncIterator[list[Worker]]:
-    """``count`` workers of ``settings``, each with its own web port, name and directory."""
+async def workers(
+    settings: Settings, count: int, folder: Path, *, app: str | None = None
+) -> AsyncIterator[list[Worker]]:
+    """``count`` settled workers of ``settings``, stopped with SIGTERM afterwards."""
     started: list[Worker] = []
     try:
         for n in range(count):
-            name = f"{settings.instance_name}-{n}"
-            mine = dataclasses.replace(
-                settings, instance_name=name, web=WebSettings(port=free_port())
-            )
-            workdir = folder / name
-            workdir.mkdir()
-            log = workdir / "worker.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "dawning_streams", "worker", "-l", "info"],
-                    cwd=workdir,
-                    env={**os.environ, **mine.to_environ()},
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            started.append(Worker(name, mine.web.port, process, log))
-        async with asyncio.timeout(120):
-            while not all(worker.settled() for worker in started):
-                for worker in started:
-                    assert worker.process.poll() is None, worker.log.read_text()
-                await asyncio.sleep(0.5)
-            # Settled means: no member has rebalanced for a while.
-            await asyncio.sleep(SETTLE_S)
-            while not all(worker.settled() for worker in started):
-                await asyncio.sleep(0.5)
+            started.append(spawn(settings, f"{settings.instance_name}-{n}", folder, app=app))
+        await settle(started)
         yield started
     finally:
         for worker in started:
-            worker.process.send_signal(signal.SIGTERM)
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
         for worker in started:
-            try:
-                worker.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.process.kill()
+            worker.stop()

@@ -1,0 +1,134 @@
+"""The fault suite's own services, and the table of figures it prints.
+
+These scenarios stop, kill and restart Kafka, Redis and the SMTP sink, so they
+run against the ``faults`` profile (scripts/faults.env), never the services
+``make test`` shares. The suite starts that profile itself and stops it at
+the end; before each scenario every service is (re)started, so one scenario's
+failure cannot leave the next without a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mailbox
+import subprocess
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import pytest
+
+from ..conftest import ROOT, _profile
+
+FAULTS_ENV = _profile("faults")
+DATA_DIR = ROOT / FAULTS_ENV["DATA_DIR"]
+MAILDIR = DATA_DIR / "smtp" / "maildir"
+REPORT = DATA_DIR / "report.json"
+SERVICES = ROOT / "scripts" / "services.sh"
+
+pytestmark = pytest.mark.faults
+
+
+@dataclass
+class Row:
+    """One scenario's figures."""
+
+    scenario: str
+    sent: int
+    handled: int
+    lost: int
+    duplicated: int
+    recover_s: float | None
+    notes: dict[str, object] = field(default_factory=dict)
+
+    def line(self) -> str:
+        recover = f"{self.recover_s:.1f}" if self.recover_s is not None else "-"
+        notes = ", ".join(f"{k}={v}" for k, v in self.notes.items())
+        return (
+            f"{self.scenario:<28} {self.sent:>7} {self.handled:>8} {self.lost:>5} "
+            f"{self.duplicated:>6} {recover:>10}  {notes}"
+        )
+
+
+HEADER = (
+    f"{'scenario':<28} {'sent':>7} {'handled':>8} {'lost':>5} {'dup':>6} {'recover_s':>10}  notes"
+)
+_rows = pytest.StashKey[list[Row]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_rows] = []
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Iterator[list[Row]]:
+    """Rows a scenario adds here are printed at the end and written to the JSON report."""
+    rows: list[Row] = []
+    yield rows
+    for row in rows:
+        print(HEADER, row.line(), sep="\n")
+        request.config.stash[_rows].append(row)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    rows = config.stash.get(_rows, [])
+    if not rows:
+        return
+    terminalreporter.section("fault scenarios")
+    terminalreporter.write_line(HEADER)
+    for row in rows:
+        terminalreporter.write_line(row.line())
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps([asdict(row) for row in rows], indent=2) + "\n")
+    terminalreporter.write_line(f"written to {REPORT.relative_to(ROOT)}")
+
+
+def _services(action: str) -> None:
+    done = subprocess.run(
+        [str(SERVICES), action, "faults"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"scripts/services.sh {action} faults:\n{done.stderr}"
+
+
+async def services(action: str) -> None:
+    """``scripts/services.sh <action> faults``, without blocking the event loop."""
+    await asyncio.to_thread(_services, action)
+
+
+@pytest.fixture(scope="session")
+def fault_services() -> Iterator[None]:
+    """The faults profile, started for the session and stopped after it."""
+    _services("start")
+    yield
+    _services("stop")
+
+
+@pytest.fixture(autouse=True)
+def every_service_up(fault_services: None) -> None:
+    """Each scenario starts with Kafka, Redis and SMTP running, whatever the last one did."""
+    _services("start")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(fault_services: None) -> str:
+    return f"127.0.0.1:{FAULTS_ENV['KAFKA_PORT']}"
+
+
+@pytest.fixture(scope="session")
+def redis_url(fault_services: None) -> str:
+    return f"redis://127.0.0.1:{FAULTS_ENV['REDIS_PORT']}/0"
+
+
+@pytest.fixture(scope="session")
+def smtp_port(fault_services: None) -> int:
+    return int(FAULTS_ENV["SMTP_PORT"])
+
+
+@pytest.fixture
+def maildir(smtp_port: int) -> mailbox.Maildir:
+    return mailbox.Maildir(MAILDIR, create=False)
+
+
+__all__ = ["Row", "services"]
