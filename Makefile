@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export PYTHON
 
-.PHONY: install run worker services test test-unit lint stop clean
+.PHONY: install run worker services test test-unit lint bench stop clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,12 @@ test: install lint
 	scripts/services.sh start test
 	$(VENV)/bin/pytest
 
+## Benchmark against the raw aiokafka client on the bench services (BENCH_SIZE=small for a smoke run).
+BENCH_SIZE ?= full
+bench: install
+	scripts/services.sh start bench
+	$(PYTHON) scripts/bench.py --profile bench --size $(BENCH_SIZE) --out .local/bench/result-$(BENCH_SIZE).json
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -34,6 +40,7 @@ lint: install
 stop:
 	scripts/services.sh stop dev
 	scripts/services.sh stop test
+	scripts/services.sh stop bench
 
 clean: stop
 	rm -rf .local $(VENV) *.egg-info

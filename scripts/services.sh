@@ -2,7 +2,7 @@
 # Starts or stops the real services on loopback: Apache Kafka (KRaft), Redis
 # and an SMTP capture server.
 #
-#   scripts/services.sh start|stop|status dev|test
+#   scripts/services.sh start|stop|status dev|test|bench
 #
 # The profile's ports and data directory come from scripts/<profile>.env, so the
 # test services never collide with the development ones. PYTHON is the
