@@ -15,6 +15,7 @@ from .bus import KafkaMessageBus
 from .cache import DistributedCache
 from .commands import register_commands
 from .handlers import Handler, HandlerError, HandlerOptions, handler_for
+from .lanes import Lane
 from .lock import DistributedLock
 from .mail import Mailer
 from .partitioners import partitioner_for
@@ -84,6 +85,8 @@ class App(faust.App):
         self.scheduler = Scheduler(self)
         self.mailer = Mailer(settings.smtp)
         self.handlers: dict[str, Handler[Any]] = {}
+        #: Handler source topics whose records skip Faust's streams (see lanes.py).
+        self.lanes: dict[str, Lane] = {}
         self._declared: list[TopicT] = list(self.message_topics.values())
         register_commands(self)
 
@@ -140,6 +143,15 @@ class App(faust.App):
         """Have ``topic`` created at start-up, with the message topics."""
         self._declared.append(topic)
         return topic
+
+    def add_lane(self, lane: Lane) -> None:
+        """Have the consumer hand ``lane.topic``'s records to ``lane``."""
+        if lane.topic in self.lanes:
+            raise HandlerError(
+                f"topic {lane.topic!r} already has a handler ({self.lanes[lane.topic]!r})"
+            )
+        self.lanes[lane.topic] = lane
+        self.add_dependency(lane)
 
     def topic_for(self, message_type: type[MessageBase]) -> TopicT:
         """The topic messages of ``message_type`` are published to."""

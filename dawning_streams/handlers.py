@@ -43,6 +43,7 @@ from faust.types import EventT, StreamT
 
 from .codec import decode, encode
 from .errors import DawningError, MessageDecodeError
+from .lanes import Lane
 from .names import (
     Header,
     dead_letter_topic,
@@ -111,7 +112,11 @@ class Delivery:
 
     @classmethod
     def of(cls, event: EventT) -> Delivery:
-        message = event.message
+        return cls.of_record(event.message)
+
+    @classmethod
+    def of_record(cls, message: Any) -> Delivery:
+        """From a Faust message or an aiokafka record (they share these attributes)."""
         return cls(
             message.topic,
             message.partition,
@@ -288,6 +293,12 @@ class Handler(Generic[M]):
         app.agent(raw_topic(self.topic), name=self.name, concurrency=self.options.concurrency)(
             self._consume_source if self.options.batch_size == 1 else self._consume_batches
         )
+        if self.options.batch_size == 1:
+            # The consumer hands this topic's records to the lane; the agent
+            # above keeps the subscription and Faust's co-partitioning.
+            app.add_lane(
+                Lane(app, self.topic, self._step_record, concurrency=self.options.concurrency)
+            )
         waiting = [(0, "delay", delay_topic(self.topic, self.name))] + [
             (n, f"retry-{n}", retry_topic(self.topic, self.name, n))
             for n in range(1, self.retry.max_retries + 1)
@@ -303,6 +314,34 @@ class Handler(Generic[M]):
                 config={"retention.ms": "-1", "retention.bytes": "-1"},
             )
         self._holds = _Holds(app, self.name, kafka.partitions) if self.options.ordered else None
+
+    async def _step_record(self, record: Any) -> None:
+        """The lane's first attempt on a fetched record.
+
+        The common case (not ordered, decodes, succeeds) needs no Delivery;
+        everything else takes the path of :meth:`_step`.
+        """
+        if self._holds is not None:
+            await self._step(Delivery.of_record(record), attempt=0)
+            return
+        try:
+            message = (
+                record.value
+                if self.message_type is bytes
+                else decode(record.value, self.message_type, topic=record.topic)  # type: ignore[type-var]
+            )
+        except MessageDecodeError:
+            # Decoded again there, to dead-letter it with its origin.
+            await self._step(Delivery.of_record(record), attempt=0)
+            return
+        try:
+            await self._function(message)
+        except Exception as exc:
+            delivery = Delivery.of_record(record)
+            try:
+                await self._fail(delivery, 0, exc)
+            except Exception:
+                self._unroutable(delivery, 0)
 
     async def _consume_source(self, stream: StreamT) -> None:
         async for event in stream.events():
@@ -355,19 +394,22 @@ class Handler(Generic[M]):
         try:
             await self._attempt(delivery, attempt=attempt)
         except Exception:
-            # The handler's own errors are routed; what lands here is a retry or
-            # dead letter the broker refused (too large, not authorised). The
-            # record stays in its topic at this offset, so say exactly where and
-            # keep the partition moving.
-            logger.critical(
-                "%s: could not retry or dead-letter %s/%d/%d (attempt %d); it remains there",
-                self.name,
-                delivery.topic,
-                delivery.partition,
-                delivery.offset,
-                attempt + 1,
-                exc_info=True,
-            )
+            self._unroutable(delivery, attempt)
+
+    def _unroutable(self, delivery: Delivery, attempt: int) -> None:
+        # The handler's own errors are routed; what lands here is a retry or
+        # dead letter the broker refused (too large, not authorised). The
+        # record stays in its topic at this offset, so say exactly where and
+        # keep the partition moving.
+        logger.critical(
+            "%s: could not retry or dead-letter %s/%d/%d (attempt %d); it remains there",
+            self.name,
+            delivery.topic,
+            delivery.partition,
+            delivery.offset,
+            attempt + 1,
+            exc_info=True,
+        )
 
     async def _attempt(self, delivery: Delivery, *, attempt: int) -> None:
         holds = self._holds

@@ -30,12 +30,11 @@ import logging
 import mailbox
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +83,9 @@ class Row:
     messages: int
     seconds: float
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: CPU time of this process (every thread) over the same span, when measured:
+    #: steadier than the wall clock on a shared machine.
+    cpu_s: float | None = None
 
     @property
     def rate(self) -> float:
@@ -95,6 +97,11 @@ class Row:
             "messages": self.messages,
             "seconds": round(self.seconds, 4),
             "per_second": round(self.rate, 1),
+            **(
+                {"cpu_us_per_message": round(self.cpu_s / self.messages * 1e6, 2)}
+                if self.cpu_s is not None and self.messages
+                else {}
+            ),
             **self.extra,
         }
 
@@ -102,6 +109,22 @@ class Row:
 def profile(name: str) -> dict[str, str]:
     lines = (ROOT / "scripts" / f"{name}.env").read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+class Clock:
+    """Wall and process CPU time since it was made."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def row(self, name: str, messages: int, **extra: Any) -> Row:
+        return Row(
+            name,
+            messages,
+            time.perf_counter() - self.wall,
+            extra,
+            cpu_s=time.process_time() - self.cpu,
+        )
 
 
 class Bench:
@@ -199,7 +222,11 @@ class Bench:
 
     def record(self, row: Row) -> Row:
         self.rows.append(row)
-        print(f"  {row.name:<40} {row.messages:>8} msgs {row.seconds:>8.3f} s {row.rate:>10,.0f}/s")
+        cpu = f"{row.cpu_s / row.messages * 1e6:7.1f} us cpu/msg" if row.cpu_s and row.messages else ""
+        print(
+            f"  {row.name:<36} {row.messages:>7} msgs {row.seconds:>7.3f} s"
+            f" {row.rate:>9,.0f}/s {cpu}"
+        )
         return row
 
     # -- messages ------------------------------------------------------------
@@ -209,13 +236,10 @@ class Bench:
         return [
             AuditLogMessage(
                 user_id=users[i % len(users)],
-                user_name="maria.gonzalez",
-                action="UpdateRole",
+                action="Login",
                 entity_type="User",
-                entity_id=str(users[(i + 1) % len(users)]),
                 ip_address="10.20.30.40",
-                user_agent="Mozilla/5.0 (X11; Linux x86_64)",
-                source_instance=f"{self.run}-instance",
+                source_instance="gateway-1",
             )
             for i in range(count)
         ]
@@ -245,25 +269,21 @@ class Bench:
             await raw.stop()
 
     async def _raw_pipelined(self, raw: AIOKafkaProducer, topic: str, n: int) -> None:
-        data = [
-            (str(m.user_id).encode(), m.to_representation()) for m in self.audit_messages(n)
-        ]
+        data = [(str(m.user_id).encode(), m.to_representation()) for m in self.audit_messages(n)]
         dumps, options = orjson.dumps, orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
-        started = time.perf_counter()
+        clock = Clock()
         pending = [await raw.send(topic, dumps(v, option=options), key=k) for k, v in data]
         await asyncio.gather(*pending)
-        self.record(Row("publish.raw_aiokafka", n, time.perf_counter() - started))
+        self.record(clock.row("publish.raw_aiokafka", n))
 
     async def _bus_pipelined(self, bus: Any, n: int) -> None:
         messages = self.audit_messages(n)
-        started = time.perf_counter()
+        clock = Clock()
         acks = await bus.publish_many(messages)
-        self.record(Row("publish.bus_publish_many", len(acks), time.perf_counter() - started))
+        self.record(clock.row("publish.bus_publish_many", len(acks)))
 
     async def _raw_callers(self, raw: AIOKafkaProducer, topic: str, n: int, callers: int) -> None:
-        data = [
-            (str(m.user_id).encode(), m.to_representation()) for m in self.audit_messages(n)
-        ]
+        data = [(str(m.user_id).encode(), m.to_representation()) for m in self.audit_messages(n)]
         dumps, options = orjson.dumps, orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
         async def caller(part: list[tuple[bytes, dict[str, Any]]]) -> int:
@@ -271,11 +291,9 @@ class Bench:
                 await raw.send_and_wait(topic, dumps(v, option=options), key=k)
             return len(part)
 
-        started = time.perf_counter()
+        clock = Clock()
         done = await asyncio.gather(*[caller(data[i::callers]) for i in range(callers)])
-        self.record(
-            Row(f"publish.raw_send_and_wait_x{callers}", sum(done), time.perf_counter() - started)
-        )
+        self.record(clock.row(f"publish.raw_send_and_wait_x{callers}", sum(done)))
 
     async def _bus_callers(self, bus: Any, n: int, callers: int) -> None:
         messages = self.audit_messages(n)
@@ -285,11 +303,9 @@ class Bench:
                 await bus.publish(m)
             return len(part)
 
-        started = time.perf_counter()
+        clock = Clock()
         done = await asyncio.gather(*[caller(messages[i::callers]) for i in range(callers)])
-        self.record(
-            Row(f"publish.bus_publish_x{callers}", sum(done), time.perf_counter() - started)
-        )
+        self.record(clock.row(f"publish.bus_publish_x{callers}", sum(done)))
 
     # -- consume -------------------------------------------------------------
 
@@ -303,8 +319,7 @@ class Bench:
         try:
             messages = self.audit_messages(n)
             pending = [
-                await producer.send(topic, encode(m), key=str(m.user_id).encode())
-                for m in messages
+                await producer.send(topic, encode(m), key=str(m.user_id).encode()) for m in messages
             ]
             await asyncio.gather(*pending)
         finally:
@@ -324,13 +339,13 @@ class Bench:
             auto_offset_reset="earliest",
         )
         await consumer.start()
-        seen, started = 0, 0.0
+        seen, clock = 0, None
         loads = orjson.loads
         try:
             while seen < n:
                 batches = await consumer.getmany(timeout_ms=1000)
-                if batches and not started:
-                    started = time.perf_counter()
+                if batches and clock is None:
+                    clock = Clock()
                 for tp, records in batches.items():
                     for record in records:
                         if typed:
@@ -339,33 +354,36 @@ class Bench:
                             loads(record.value)
                     seen += len(records)
                     await consumer.commit({tp: records[-1].offset + 1})
-            elapsed = time.perf_counter() - started
+            assert clock is not None
+            row = clock.row(
+                "consume.raw_aiokafka" if typed else "consume.raw_aiokafka_json_only", seen
+            )
         finally:
             await consumer.stop()
-        name = "consume.raw_aiokafka" if typed else "consume.raw_aiokafka_json_only"
-        committed = await self.committed(group, topic)
-        self.record(Row(name, seen, elapsed, {"committed": committed}))
+        row.extra["committed"] = await self.committed(group, topic)
+        self.record(row)
 
     async def _handler_consume(self, topic: str, n: int, *, attempt: int) -> None:
         app = create_app(self.settings("consume"))
         seen = 0
         done = asyncio.Event()
-        first = 0.0
+        clock: Clock | None = None
 
         @app.handler(AuditLogMessage, topic=topic, name="bench_noop")
         async def bench_noop(message: AuditLogMessage) -> None:
-            nonlocal seen, first
-            if not seen:
-                first = time.perf_counter()
+            nonlocal seen, clock
+            if clock is None:
+                clock = Clock()
             seen += 1
             if seen >= n:
                 done.set()
 
         async with running(app):
             await asyncio.wait_for(done.wait(), timeout=600)
-            elapsed = time.perf_counter() - first
-        committed = await self.wait_committed(app.conf.id, topic, n)
-        self.record(Row("consume.handler", seen, elapsed, {"committed": committed}))
+            assert clock is not None
+            row = clock.row("consume.handler", seen)
+        row.extra["committed"] = await self.wait_committed(app.conf.id, topic, n)
+        self.record(row)
 
     # -- end to end ----------------------------------------------------------
 
@@ -554,7 +572,9 @@ def ratios(rows: list[Row]) -> dict[str, Any]:
             "target": 0.8,
         },
         "publish_vs_raw_send_and_wait": {
-            "ratio": ratio(f"publish.bus_publish_x{callers}", f"publish.raw_send_and_wait_x{callers}"),
+            "ratio": ratio(
+                f"publish.bus_publish_x{callers}", f"publish.raw_send_and_wait_x{callers}"
+            ),
             "target": 0.8,
         },
         "handler_consume_vs_raw": {
@@ -611,8 +631,11 @@ async def main(argv: list[str]) -> int:
             "batch_size": 16384,
             "compression": "snappy",
         },
+        "message_bytes": len(encode(bench.audit_messages(1)[0])),
         "rows": [row.as_json() for row in bench.rows],
-        "ratios": ratios(bench.rows) if only == {"publish", "consume", "e2e", "audit", "email"} else {},
+        "ratios": ratios(bench.rows)
+        if only == {"publish", "consume", "e2e", "audit", "email"}
+        else {},
     }
     print(json.dumps(result["ratios"], indent=2))
     if args.out:
