@@ -1,0 +1,171 @@
+"""The handlers' fast lane on the real broker: order, commits after processing, rebalances."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from dawning_streams import App, AuditLogMessage, Settings, create_app
+
+from .handler_helpers import Calls, eventually, running, same_partition_users
+
+pytestmark = pytest.mark.kafka
+
+
+def entry(user: uuid.UUID, action: str) -> AuditLogMessage:
+    return AuditLogMessage(user_id=user, action=action, entity_type="User")
+
+
+async def committed(settings: Settings, tp: TopicPartition) -> int | None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers[0],
+        group_id=settings.kafka.consumer_group_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        return await consumer.committed(tp)
+    finally:
+        await consumer.stop()
+
+
+def quick_commits(settings: Settings) -> App:
+    return create_app(settings, web_enabled=False, broker_commit_interval=0.2)
+
+
+async def test_the_handler_topic_goes_through_the_lane(settings: Settings) -> None:
+    app = quick_commits(settings)
+
+    @app.handler(AuditLogMessage)
+    async def noop(message: AuditLogMessage) -> None: ...
+
+    assert list(app.lanes) == [app.topic_for(AuditLogMessage).get_topic_name()]
+
+
+async def test_each_partition_is_handled_in_offset_order(settings: Settings) -> None:
+    app = quick_commits(settings)
+    handled: list[int] = []
+    calls = Calls()
+
+    @app.handler(AuditLogMessage)
+    async def record(message: AuditLogMessage) -> None:
+        handled.append(int(message.action))
+        calls.add(message.action)
+
+    users = [uuid.uuid4() for _ in range(12)]
+    async with running(app):
+        acks = await app.bus.publish_many([entry(users[i % 12], str(i)) for i in range(600)])
+        await calls.wait_until(lambda items: len(items) >= 600)
+    assert sorted(handled) == list(range(600))
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    for i in handled:
+        by_partition[acks[i].partition].append(acks[i].offset)
+    assert len(by_partition) == 3
+    for partition, offsets in by_partition.items():
+        assert offsets == sorted(offsets), f"partition {partition} out of order"
+
+
+async def test_an_offset_is_committed_only_after_the_handler_finished(settings: Settings) -> None:
+    app = quick_commits(settings)
+    release = asyncio.Event()
+    calls = Calls()
+
+    @app.handler(AuditLogMessage)
+    async def slow_second(message: AuditLogMessage) -> None:
+        calls.add(message.action)
+        if message.action == "second":
+            await release.wait()
+
+    (user,) = same_partition_users(1)
+    async with running(app):
+        first, _, third = await app.bus.publish_many(
+            [entry(user, "first"), entry(user, "second"), entry(user, "third")]
+        )
+        tp = TopicPartition(first.topic, first.partition)
+        await calls.wait_until(lambda items: "second" in items)
+        await eventually(
+            lambda: _is(committed(settings, tp), first.offset + 1), what="the first commit"
+        )
+        await asyncio.sleep(1.0)  # five commit intervals while the second is in progress
+        assert await committed(settings, tp) == first.offset + 1
+        release.set()
+        await eventually(
+            lambda: _is(committed(settings, tp), third.offset + 1), what="the last commit"
+        )
+    assert calls.items == ["first", "second", "third"]
+
+
+async def test_with_concurrency_the_commit_waits_for_the_earliest_unfinished(
+    settings: Settings,
+) -> None:
+    app = quick_commits(settings)
+    release = asyncio.Event()
+    calls = Calls()
+
+    @app.handler(AuditLogMessage, concurrency=4)
+    async def slow_second(message: AuditLogMessage) -> None:
+        if message.action == "1":
+            await release.wait()
+        calls.add(message.action)
+
+    (user,) = same_partition_users(1)
+    async with running(app):
+        acks = await app.bus.publish_many([entry(user, str(i)) for i in range(8)])
+        tp = TopicPartition(acks[0].topic, acks[0].partition)
+        # Everything but "1" finishes: the committed offset stays at "1".
+        await calls.wait_until(lambda items: len(items) == 7)
+        await eventually(
+            lambda: _is(committed(settings, tp), acks[1].offset), what="the commit before 1"
+        )
+        await asyncio.sleep(1.0)
+        assert await committed(settings, tp) == acks[1].offset
+        release.set()
+        await eventually(
+            lambda: _is(committed(settings, tp), acks[-1].offset + 1), what="the last commit"
+        )
+    assert sorted(calls.items) == [str(i) for i in range(8)]  # type: ignore[type-var]
+
+
+async def test_a_second_worker_joining_loses_nothing(settings: Settings) -> None:
+    first_app, second_app = quick_commits(settings), quick_commits(settings)
+    handled: dict[str, list[str]] = {"first": [], "second": []}
+
+    for name, app in (("first", first_app), ("second", second_app)):
+
+        @app.handler(AuditLogMessage, name="count")
+        async def count(message: AuditLogMessage, name: str = name) -> None:
+            handled[name].append(message.action)
+            await asyncio.sleep(0.004)
+
+    users = [uuid.uuid4() for _ in range(30)]
+    total = 1500
+    async with running(first_app):
+        await first_app.bus.publish_many([entry(users[i % 30], str(i)) for i in range(total)])
+        await eventually(lambda: len(handled["first"]) > 100, what="the first worker starting")
+        async with running(second_app):
+            await eventually(
+                lambda: (
+                    set(handled["first"]) | set(handled["second"]) >= {str(i) for i in range(total)}
+                ),
+                what="every message handled",
+            )
+        await eventually(
+            lambda: _all_committed(settings, first_app, total), what="every offset committed"
+        )
+    assert handled["second"], "the second worker was given no partition to handle"
+    # At least once: repeats are allowed around the rebalance, gaps are not.
+    assert set(handled["first"]) | set(handled["second"]) == {str(i) for i in range(total)}
+
+
+async def _is(value: object, wanted: int) -> bool:
+    return await value == wanted  # type: ignore[misc]
+
+
+async def _all_committed(settings: Settings, app: App, total: int) -> bool:
+    topic = app.topic_for(AuditLogMessage).get_topic_name()
+    offsets = [await committed(settings, TopicPartition(topic, p)) for p in range(3)]
+    return sum(o or 0 for o in offsets) == total
