@@ -75,14 +75,21 @@ class _Progress:
         started = self.started
         if started and started[0] == offset:
             started.popleft()
-            self.committable = offset + 1
             done = self.done
             while started and started[0] in done:
-                head = started.popleft()
-                done.discard(head)
-                self.committable = head + 1
+                offset = started.popleft()
+                done.discard(offset)
+            # After a seek back, records below it come again: it never goes back.
+            if self.committable is None or offset >= self.committable:
+                self.committable = offset + 1
         else:
             self.done.add(offset)
+
+    def restarted(self) -> _Progress:
+        """The same partition after a seek: what was finished stays finished."""
+        fresh = _Progress()
+        fresh.committable = self.committable
+        return fresh
 
 
 class Lane(Service):
@@ -145,11 +152,17 @@ class Lane(Service):
         self._accepting = False
         self._drop_buffered()
 
-    def on_seek(self) -> None:
-        """The consumer is about to seek to the committed offsets: start afresh."""
+    def on_seek(self, assigned: set[TP]) -> None:
+        """The consumer is about to seek to the committed offsets: take records afresh.
+
+        Offsets already handled stay committable (the commit on stop comes after
+        such a seek); partitions no longer assigned are forgotten.
+        """
         self._drop_buffered()
         self._epoch += 1  # a record still in progress now counts for nothing
-        self._progress.clear()
+        self._progress = {
+            tp: progress.restarted() for tp, progress in self._progress.items() if tp in assigned
+        }
         self._next_offset.clear()
         self._accepting = True
 

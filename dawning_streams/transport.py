@@ -64,8 +64,9 @@ class Consumer(faust_aiokafka.Consumer):
         await super().wait_empty()
 
     async def perform_seek(self) -> None:
+        assigned = {TP(tp.topic, tp.partition) for tp in self.assignment()}
         for lane in self._lanes.values():
-            lane.on_seek()
+            lane.on_seek(assigned)
         await super().perform_seek()
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:

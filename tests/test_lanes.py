@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from dawning_streams import App, AuditLogMessage, Settings, create_app
+from dawning_streams.lanes import _Progress
 
 from .handler_helpers import Calls, eventually, running, same_partition_users
 
@@ -35,6 +36,34 @@ async def committed(settings: Settings, tp: TopicPartition) -> int | None:
 
 def quick_commits(settings: Settings) -> App:
     return create_app(settings, web_enabled=False, broker_commit_interval=0.2)
+
+
+def test_only_a_finished_prefix_of_offsets_is_committable() -> None:
+    progress = _Progress()
+    progress.started.extend([10, 11, 12, 13])
+    progress.finish(12)
+    progress.finish(11)
+    assert progress.committable is None  # 10 is still in progress
+    progress.finish(10)
+    assert progress.committable == 13
+    progress.finish(13)
+    assert progress.committable == 14
+
+
+def test_after_a_seek_back_what_was_handled_stays_committable() -> None:
+    progress = _Progress()
+    progress.started.extend([10, 11])
+    progress.finish(10)
+    progress.finish(11)
+    again = progress.restarted()  # the consumer sought back to 5, say
+    assert again.committable == 12
+    again.started.extend([5, 6])
+    again.finish(5)
+    assert again.committable == 12  # never back
+    again.started.extend(range(7, 14))
+    for offset in [6, *range(7, 14)]:
+        again.finish(offset)
+    assert again.committable == 14
 
 
 async def test_the_handler_topic_goes_through_the_lane(settings: Settings) -> None:
@@ -169,3 +198,28 @@ async def _all_committed(settings: Settings, app: App, total: int) -> bool:
     topic = app.topic_for(AuditLogMessage).get_topic_name()
     offsets = [await committed(settings, TopicPartition(topic, p)) for p in range(3)]
     return sum(o or 0 for o in offsets) == total
+
+
+async def test_a_worker_stopped_right_after_handling_commits_what_it_handled(
+    settings: Settings,
+) -> None:
+    # Stopping stops the flow first; a fetch that returns then makes Faust seek
+    # back to the committed offsets, and what was handled must still be committed.
+    for round_ in range(3):
+        app = create_app(settings, web_enabled=False)
+        calls = Calls()
+
+        @app.handler(AuditLogMessage)
+        async def count(message: AuditLogMessage, calls: Calls = calls) -> None:
+            calls.add(message.action)
+
+        wanted = {f"{round_}-{i}" for i in range(200)}
+        async with running(app):
+            acks = await app.bus.publish_many([entry(uuid.uuid4(), a) for a in sorted(wanted)])
+            await calls.wait_until(lambda items, wanted=wanted: set(items) >= wanted)
+        ends: dict[int, int] = {}
+        for ack in acks:
+            ends[ack.partition] = max(ends.get(ack.partition, 0), ack.offset + 1)
+        name = app.topic_for(AuditLogMessage).get_topic_name()
+        for partition, end in ends.items():
+            assert await committed(settings, TopicPartition(name, partition)) == end
