@@ -56,6 +56,7 @@ class KafkaMessageBus(Service):
         self.app = app
         self._instance_name = app.dawning_settings.instance_name
         self._owns_producer = False
+        self._topic_names: dict[type[MessageBase], str] = {}
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     async def on_start(self) -> None:
@@ -91,19 +92,22 @@ class KafkaMessageBus(Service):
         ``topic`` and ``key`` default to the message type's topic and natural key.
         """
         if topic is None:
-            topic = self.app.topic_for(type(message)).get_topic_name()
+            topic = self._topic_names.get(type(message))
+            if topic is None:
+                topic = self._topic_names[type(message)] = self.app.topic_for(
+                    type(message)
+                ).get_topic_name()
         if message.source_instance is None:
             message.source_instance = self._instance_name
         if key is None:
             key = message.partition_key()
         assert message.timestamp is not None  # set by MessageBase.__post_init__
         try:
-            return await self.app.producer.send(
+            return await self.app.producer.send_record(  # type: ignore[attr-defined,no-any-return]
                 topic,
                 key.encode() if key is not None else None,
                 encode(message),
-                partition=None,
-                timestamp=message.timestamp.timestamp(),
+                timestamp_ms=int(message.timestamp.timestamp() * 1000),
                 headers=headers,
             )
         except (KafkaError, FaustError) as exc:
@@ -126,7 +130,15 @@ class KafkaMessageBus(Service):
     async def publish_many(self, messages: Iterable[MessageBase]) -> list[RecordMetadata]:
         """Publish ``messages`` in order, pipelined, and wait for every ack."""
         pending = [(message, await self.send(message)) for message in messages]
-        return [await _acknowledged(message, ack) for message, ack in pending]
+        acks: list[RecordMetadata] = []
+        for message, ack in pending:
+            try:
+                acks.append(await ack)
+            except KafkaError as exc:
+                raise PublishError(
+                    f"broker did not acknowledge {message.message_type} {message.message_id}: {exc}"
+                ) from exc
+        return acks
 
     async def forward(
         self,
