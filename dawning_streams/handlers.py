@@ -293,12 +293,19 @@ class Handler(Generic[M]):
         app.agent(raw_topic(self.topic), name=self.name, concurrency=self.options.concurrency)(
             self._consume_source if self.options.batch_size == 1 else self._consume_batches
         )
-        if self.options.batch_size == 1:
-            # The consumer hands this topic's records to the lane; the agent
-            # above keeps the subscription and Faust's co-partitioning.
-            app.add_lane(
-                Lane(app, self.topic, self._step_record, concurrency=self.options.concurrency)
+        # The consumer hands this topic's records to the lane; the agent above
+        # keeps the subscription and Faust's co-partitioning.
+        options = self.options
+        app.add_lane(
+            Lane(
+                app,
+                self.topic,
+                self._step_record if options.batch_size == 1 else self._step_records,
+                concurrency=options.concurrency,
+                batch_size=options.batch_size,
+                batch_within_s=options.batch_within_s,
             )
+        )
         waiting = [(0, "delay", delay_topic(self.topic, self.name))] + [
             (n, f"retry-{n}", retry_topic(self.topic, self.name, n))
             for n in range(1, self.retry.max_retries + 1)
@@ -353,10 +360,17 @@ class Handler(Generic[M]):
             options.batch_size, within=options.batch_within_s
         )
         async for events in batches:
-            try:
-                await self._attempt_batch([Delivery.of(event) for event in events])
-            except Exception:
-                logger.critical("%s: could not route a failed batch", self.name, exc_info=True)
+            await self._step_batch([Delivery.of(event) for event in events])
+
+    async def _step_records(self, records: list[Any]) -> None:
+        """The lane's attempt on a batch of fetched records."""
+        await self._step_batch([Delivery.of_record(record) for record in records])
+
+    async def _step_batch(self, deliveries: list[Delivery]) -> None:
+        try:
+            await self._attempt_batch(deliveries)
+        except Exception:
+            logger.critical("%s: could not route a failed batch", self.name, exc_info=True)
 
     async def _attempt_batch(self, deliveries: list[Delivery]) -> None:
         """One call for the whole batch; on failure each message retries on its own."""

@@ -96,12 +96,23 @@ class Lane(Service):
     """The records of one handler's source topic, and the workers that handle them."""
 
     def __init__(
-        self, app: AppT, topic: str, step: Step, *, concurrency: int = 1, **kwargs: Any
+        self,
+        app: AppT,
+        topic: str,
+        step: Step,
+        *,
+        concurrency: int = 1,
+        batch_size: int = 1,
+        batch_within_s: float = 1.0,
+        **kwargs: Any,
     ) -> None:
         self.app = app
         self.topic = topic
+        #: Called with one record, or with a list of them when ``batch_size > 1``.
         self.step = step
         self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.batch_within_s = batch_within_s
         self.max_buffered = app.conf.stream_buffer_maxsize
         self._batches: deque[tuple[TP, list[Any]]] = deque()
         self._current: Iterator[Any] | None = None
@@ -122,8 +133,9 @@ class Lane(Service):
         return f"<Lane {self.topic} x{self.concurrency}>"
 
     async def on_start(self) -> None:
+        work = self._work if self.batch_size == 1 else self._work_in_batches
         for _ in range(self.concurrency):
-            self.add_future(self._work())
+            self.add_future(work())
 
     # -- from the consumer -----------------------------------------------------
 
@@ -174,6 +186,11 @@ class Lane(Service):
                 await waiter.wait()
             finally:
                 self._idle_waiter = None
+
+    @property
+    def paused(self) -> bool:
+        """Whether some partition is not fetched until the lane catches up."""
+        return bool(self._paused)
 
     def committable(self, tp: TP) -> int | None:
         """The offset to commit for ``tp``: everything below it has been handled."""
@@ -259,3 +276,76 @@ class Lane(Service):
                     self._current = None
             # Faust's livelock detector watches for partitions nobody reads.
             self.app.monitor.stream_inbound_time[tp] = time.monotonic()
+
+    async def _work_in_batches(self) -> None:
+        """Hand the step up to ``batch_size`` records, or what came within ``batch_within_s``."""
+        consumer: Any = self.app.consumer
+        current = _Current(None)
+        _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
+        while not self.should_stop:
+            if not consumer.flow_active:
+                await consumer.can_resume_flow.wait()
+                continue
+            taken = await self._collect()
+            if not taken:
+                continue
+            epoch = self._epoch
+            for tp, record in taken:
+                progress = self._progress.get(tp)
+                if progress is None:
+                    progress = self._progress[tp] = _Progress()
+                progress.started.append(record.offset)
+            self._in_flight += len(taken)
+            current.message = taken[-1][1]
+            try:
+                await self.step([record for _, record in taken])
+            finally:
+                current.message = None
+                self._in_flight -= len(taken)
+                if self._epoch == epoch:
+                    for tp, record in taken:
+                        self._progress[tp].finish(record.offset)
+                if not self._in_flight and self._idle_waiter is not None:
+                    self._idle_waiter.set()
+            if self._paused and self._buffered <= self.max_buffered // 2:
+                self._resume_paused()
+            self.app.monitor.stream_inbound_time[taken[-1][0]] = time.monotonic()
+
+    async def _collect(self) -> list[tuple[TP, Any]]:
+        taken: list[tuple[TP, Any]] = []
+        dropped = self._dropped
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while len(taken) < self.batch_size:
+            batch = self._next_batch()
+            if batch is None:
+                if self._paused:
+                    self._resume_paused()
+                self._wakeup.clear()
+                timed_out = False
+                if deadline is None:
+                    await self._wakeup.wait()
+                elif (remaining := deadline - loop.time()) <= 0:
+                    timed_out = True
+                else:
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    except TimeoutError:
+                        timed_out = True
+                if self._dropped != dropped or not self.app.consumer.flow_active:  # type: ignore[attr-defined]
+                    return []  # a rebalance: nothing taken was started
+                if timed_out:
+                    break
+                continue
+            tp, records = batch
+            for record in records:
+                self._buffered -= 1
+                taken.append((tp, record))
+                if len(taken) == self.batch_size:
+                    break
+            else:
+                if self._current is records:
+                    self._current = None
+            if deadline is None:
+                deadline = loop.time() + self.batch_within_s
+        return taken

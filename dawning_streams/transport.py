@@ -21,6 +21,8 @@ from .lanes import Lane
 
 __all__ = ["Consumer", "Producer", "Transport"]
 
+_PAUSED_FETCH_TIMEOUT_S = 0.01
+
 
 class Producer(faust_aiokafka.Producer):
     """Faust's aiokafka producer, idempotent when the settings say so."""
@@ -61,8 +63,12 @@ class Consumer(faust_aiokafka.Consumer):
         return getattr(self.app, "lanes", {})  # type: ignore[no-any-return]
 
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
-        records: dict[TP, list[Any]] = await super()._getmany(active_partitions, timeout)  # type: ignore[assignment]
         lanes = self._lanes
+        if any(lane.paused for lane in lanes.values()):
+            # A lane catching up resumes its partitions within milliseconds; a
+            # fetch of the other partitions must not sit out Faust's full second.
+            timeout = min(timeout, _PAUSED_FETCH_TIMEOUT_S)
+        records: dict[TP, list[Any]] = await super()._getmany(active_partitions, timeout)  # type: ignore[assignment]
         if records and lanes:
             # Whole batches for the lanes; the rest go Faust's way.
             for tp in [tp for tp in records if tp.topic in lanes]:

@@ -203,6 +203,20 @@ class Bench:
         finally:
             await admin.close()
 
+    async def prefill(self, topic: str, messages: list[Any]) -> None:
+        """Put ``messages`` on a new ``topic`` before the app that reads it starts."""
+        await self.create_topics(topic)
+        producer = self.raw_producer()
+        await producer.start()
+        try:
+            pending = [
+                await producer.send(topic, encode(m), key=m.partition_key().encode())
+                for m in messages
+            ]
+            await asyncio.gather(*pending)
+        finally:
+            await producer.stop()
+
     async def committed(self, group: str, topic: str) -> int:
         """How many of ``topic``'s records ``group`` has committed."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group)
@@ -329,17 +343,7 @@ class Bench:
         n = self.size.consume
         print(f"consume ({n} messages, already on the topic)")
         topic = f"{self.run}.consume"
-        await self.create_topics(topic)
-        producer = self.raw_producer()
-        await producer.start()
-        try:
-            messages = self.audit_messages(n)
-            pending = [
-                await producer.send(topic, encode(m), key=str(m.user_id).encode()) for m in messages
-            ]
-            await asyncio.gather(*pending)
-        finally:
-            await producer.stop()
+        await self.prefill(topic, self.audit_messages(n))
         for attempt in range(2):
             await self._raw_consume(topic, n, typed=True, attempt=attempt)
             await self._handler_consume(topic, n, attempt=attempt)
@@ -501,8 +505,8 @@ class Bench:
             return int(stored)
 
         store.write = timed_write
+        await self.prefill(app.topic_for(AuditLogMessage).get_topic_name(), self.audit_messages(n))
         async with running(app):
-            await app.bus.publish_many(self.audit_messages(n))
             async with asyncio.timeout(600):
                 while sum(s for _, _, s in spans) < n:
                     await asyncio.sleep(0.05)
@@ -535,8 +539,8 @@ class Bench:
             EmailMessage(to=f"user{i}@example.com", subject=f"{subject} #{i}", body="Hello " * 40)
             for i in range(n)
         ]
+        await self.prefill(app.topic_for(EmailMessage).get_topic_name(), messages)
         async with running(app):
-            await app.bus.publish_many(messages)
             async with asyncio.timeout(600):
                 while len(spans) < n:
                     await asyncio.sleep(0.05)
