@@ -88,6 +88,7 @@ class App(faust.App):
         self.handlers: dict[str, Handler[Any]] = {}
         #: Handler source topics whose records skip Faust's streams (see lanes.py).
         self.lanes: dict[str, Lane] = {}
+        self._shared_topics: set[str] = set()
         self._declared: list[TopicT] = list(self.message_topics.values())
         register_commands(self)
 
@@ -146,13 +147,18 @@ class App(faust.App):
         return topic
 
     def add_lane(self, lane: Lane) -> None:
-        """Have the consumer hand ``lane.topic``'s records to ``lane``."""
+        """Have the consumer hand ``lane.topic``'s records to ``lane`` (see lanes.py).
+
+        Two handlers on one topic each see every message: Faust's channels fan
+        it out, so such a topic stays on Faust's path.
+        """
+        if lane.topic in self._shared_topics:
+            return
         if lane.topic in self.lanes:
-            raise HandlerError(
-                f"topic {lane.topic!r} already has a handler ({self.lanes[lane.topic]!r})"
-            )
+            del self.lanes[lane.topic]
+            self._shared_topics.add(lane.topic)
+            return
         self.lanes[lane.topic] = lane
-        self.add_dependency(lane)
 
     def topic_for(self, message_type: type[MessageBase]) -> TopicT:
         """The topic messages of ``message_type`` are published to."""
@@ -162,8 +168,14 @@ class App(faust.App):
             raise TypeError(f"{message_type.__name__} is not a dawning message type") from None
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
-        """Faust's services, then the clients the agents use."""
-        return [*super().on_init_dependencies(), self.redis, self.mailer, self.scheduler]
+        """Faust's services, then the clients the agents use, and the handlers' lanes."""
+        return [
+            *super().on_init_dependencies(),
+            self.redis,
+            self.mailer,
+            self.scheduler,
+            *self.lanes.values(),
+        ]
 
     async def on_start(self) -> None:
         await super().on_start()

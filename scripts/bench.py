@@ -551,6 +551,14 @@ class Bench:
         )
 
 
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), "")
+
+
 def percentile(ordered: list[float], pct: float) -> float:
     if not ordered:
         return float("nan")
@@ -674,6 +682,7 @@ async def main(argv: list[str]) -> int:
         "started_at": started,
         "machine": {
             "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "load_average": list(os.getloadavg()),

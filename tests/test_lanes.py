@@ -75,6 +75,26 @@ async def test_the_handler_topic_goes_through_the_lane(settings: Settings) -> No
     assert list(app.lanes) == [app.topic_for(AuditLogMessage).get_topic_name()]
 
 
+async def test_two_handlers_on_one_topic_each_see_every_message(settings: Settings) -> None:
+    app = quick_commits(settings)
+    first, second = Calls(), Calls()
+
+    @app.handler(AuditLogMessage)
+    async def store(message: AuditLogMessage) -> None:
+        first.add(message.action)
+
+    @app.handler(AuditLogMessage)
+    async def index(message: AuditLogMessage) -> None:
+        second.add(message.action)
+
+    assert app.lanes == {}  # Faust's channels fan the topic out to both
+    async with running(app):
+        await app.bus.publish_many([entry(uuid.uuid4(), str(i)) for i in range(20)])
+        await first.wait_until(lambda items: len(items) == 20)
+        await second.wait_until(lambda items: len(items) == 20)
+    assert sorted(first.items) == sorted(second.items) == sorted(str(i) for i in range(20))  # type: ignore[type-var]
+
+
 async def test_each_partition_is_handled_in_offset_order(settings: Settings) -> None:
     app = quick_commits(settings)
     handled: list[int] = []
