@@ -238,6 +238,8 @@ class Bench:
         return seen
 
     def record(self, row: Row) -> Row:
+        # Other work on a shared machine shows here: the 1-minute load average.
+        row.extra["load_1m"] = round(os.getloadavg()[0], 2)
         self.rows.append(row)
         cpu = (
             f"{row.cpu_s / row.messages * 1e6:7.1f} us cpu/msg"
