@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from dawning_streams import App, AuditLogMessage, Settings, create_app
 from dawning_streams.lanes import _Progress
+from dawning_streams.partitioners import murmur2
 
 from .handler_helpers import Calls, eventually, running, same_partition_users
 
@@ -105,7 +106,7 @@ async def test_each_partition_is_handled_in_offset_order(settings: Settings) -> 
         handled.append(int(message.action))
         calls.add(message.action)
 
-    users = [uuid.uuid4() for _ in range(12)]
+    users = users_on_every_partition(4)
     async with running(app):
         acks = await app.bus.publish_many([entry(users[i % 12], str(i)) for i in range(600)])
         await calls.wait_until(lambda items: len(items) >= 600)
@@ -208,6 +209,15 @@ async def test_a_second_worker_joining_loses_nothing(settings: Settings) -> None
     assert handled["second"], "the second worker was given no partition to handle"
     # At least once: repeats are allowed around the rebalance, gaps are not.
     assert set(handled["first"]) | set(handled["second"]) == {str(i) for i in range(total)}
+
+
+def users_on_every_partition(each: int, partitions: int = 3) -> list[uuid.UUID]:
+    """``each`` user ids for every one of the ``partitions``, as murmur2 places them."""
+    found: dict[int, list[uuid.UUID]] = defaultdict(list)
+    while any(len(found[p]) < each for p in range(partitions)):
+        user = uuid.uuid4()
+        found[murmur2(str(user).encode(), list(range(partitions)), [])].append(user)
+    return [user for p in range(partitions) for user in found[p][:each]]
 
 
 async def _is(value: object, wanted: int) -> bool:
