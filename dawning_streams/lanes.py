@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Lane"]
 
+#: Records a worker handles before it lets the event loop run other tasks.
+_YIELD_EVERY = 100
+
 Step = Callable[[Any], Awaitable[None]]
 
 
@@ -233,6 +236,7 @@ class Lane(Service):
         # point it at each record in turn.
         current = _Current(None)
         _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
+        handled = 0
         while not self.should_stop:
             if not consumer.flow_active:
                 # A rebalance: Faust resumes the flow after seeking.
@@ -267,6 +271,11 @@ class Lane(Service):
                         finish(offset)
                     if not self._in_flight and self._idle_waiter is not None:
                         self._idle_waiter.set()
+                handled += 1
+                if handled % _YIELD_EVERY == 0:
+                    # A function that never awaits must not hold the event loop
+                    # (fetches, publishers, heartbeats) for a whole batch.
+                    await asyncio.sleep(0)
                 if self._dropped != dropped or not consumer.flow_active:
                     break
                 if self._paused and self._buffered <= self.max_buffered // 2:

@@ -439,6 +439,7 @@ class Bench:
             # A short warm-up, not counted: the first fetches and the producer's first batch.
             await app.bus.publish_many(self.audit_messages(10, action="warm-up"))
             await asyncio.sleep(1)
+            rebalances = app.rebalancing_count
             # Acks are checked as they come, not kept: a publisher holding every
             # message until the end would make the collector's pauses its own.
             acks: list[Any] = []
@@ -457,6 +458,7 @@ class Bench:
                 await asyncio.sleep(0.001)
             await asyncio.gather(*acks)
             await asyncio.wait_for(done.wait(), timeout=120)
+            rebalances = app.rebalancing_count - rebalances
         ordered = sorted(latencies_ms)
         self.record(
             Row(
@@ -469,6 +471,8 @@ class Bench:
                     "p50_ms": round(percentile(ordered, 50), 2),
                     "p99_ms": round(percentile(ordered, 99), 2),
                     "max_ms": round(ordered[-1], 2),
+                    # A rebalance while measuring stops every partition for a while.
+                    "rebalances": rebalances,
                 },
             )
         )
