@@ -68,10 +68,12 @@ class Size:
     audit: int
     email: int
     callers: int = 64
+    #: Each pair runs this many times, alternating sides; the ratios take the best of each.
+    rounds: int = 3
 
 
 SIZES = {
-    "small": Size(publish=300, consume=300, e2e_s=2.0, audit=300, email=20),
+    "small": Size(publish=300, consume=300, e2e_s=2.0, audit=300, email=20, rounds=1),
     "full": Size(publish=50_000, consume=50_000, e2e_s=15.0, audit=20_000, email=1_000),
 }
 
@@ -292,7 +294,7 @@ class Bench:
                 await bus.publish_many(self.audit_messages(100))
                 await asyncio.gather(*[await raw.send(raw_topic, b"{}") for _ in range(100)])
 
-                for _ in range(2):
+                for _ in range(self.size.rounds):
                     await self._raw_pipelined(raw, raw_topic, n)
                     await self._bus_pipelined(bus, n)
                     await self._raw_callers(raw, raw_topic, n, callers)
@@ -346,7 +348,7 @@ class Bench:
         print(f"consume ({n} messages, already on the topic)")
         topic = f"{self.run}.consume"
         await self.prefill(topic, self.audit_messages(n))
-        for attempt in range(2):
+        for attempt in range(self.size.rounds):
             await self._raw_consume(topic, n, typed=True, attempt=attempt)
             await self._handler_consume(topic, n, attempt=attempt)
         await self._raw_consume(topic, n, typed=False, attempt=0)
