@@ -191,6 +191,11 @@ class App(faust.App):
         # each of them stall the event loop, and every partition, for tens of ms.
         gc.freeze()
 
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        # A process that goes on (tests, the benchmark) may collect it again.
+        gc.unfreeze()
+
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self, loop=self.loop)
 
