@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export PYTHON
 
-.PHONY: install run worker services test test-faults test-unit lint stop clean browser
+.PHONY: install run worker services test test-faults test-unit lint bench stop clean browser
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,12 @@ browser:
 test-faults: install
 	$(VENV)/bin/pytest tests/faults --basetemp=.local/faults/runs
 
+## Benchmark against the raw aiokafka client on the bench services (BENCH_SIZE=small for a smoke run).
+BENCH_SIZE ?= full
+bench: install
+	scripts/services.sh start bench
+	$(PYTHON) scripts/bench.py --profile bench --size $(BENCH_SIZE) --out .local/bench/result-$(BENCH_SIZE).json
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -47,6 +53,7 @@ stop:
 	scripts/services.sh stop test
 	scripts/services.sh stop sasl
 	scripts/services.sh stop faults
+	scripts/services.sh stop bench
 
 clean: stop
 	rm -rf .local $(VENV) *.egg-info

@@ -22,10 +22,10 @@ EMAIL_RETRY = Retry(max_retries=3, backoff_s=2)
 SENT_MARKER_TTL_S = 7 * 24 * 3600
 
 
-def install(app: App, *, retry: Retry = EMAIL_RETRY) -> Handler[EmailMessage]:
-    """Declare the email handler on ``app``."""
+def install(app: App, *, retry: Retry = EMAIL_RETRY, concurrency: int = 1) -> Handler[EmailMessage]:
+    """Declare the email handler on ``app``; ``concurrency`` mails are sent at a time."""
 
-    @app.handler(EmailMessage, retry=retry, name="send_email")
+    @app.handler(EmailMessage, retry=retry, name="send_email", concurrency=concurrency)
     async def send_email(message: EmailMessage) -> None:
         """Send ``message`` unless a previous delivery already did."""
         redis = app.redis.client

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from .cache import DistributedCache
 from .commands import register_commands
 from .handlers import Handler, HandlerError, HandlerOptions, handler_for
 from .kafka_security import faust_credentials
+from .lanes import Lane
 from .lock import DistributedLock
 from .mail import Mailer
 from .partitioners import partitioner_for
@@ -122,6 +124,9 @@ class App(faust.App):
         self.scheduler = Scheduler(self)
         self.mailer = Mailer(settings.smtp)
         self.handlers: dict[str, Handler[Any]] = {}
+        #: Handler source topics whose records skip Faust's streams (see lanes.py).
+        self.lanes: dict[str, Lane] = {}
+        self._shared_topics: set[str] = set()
         self._declared: list[TopicT] = list(self.message_topics.values())
         register_commands(self)
         views.install(self)
@@ -180,6 +185,20 @@ class App(faust.App):
         self._declared.append(topic)
         return topic
 
+    def add_lane(self, lane: Lane) -> None:
+        """Have the consumer hand ``lane.topic``'s records to ``lane`` (see lanes.py).
+
+        Two handlers on one topic each see every message: Faust's channels fan
+        it out, so such a topic stays on Faust's path.
+        """
+        if lane.topic in self._shared_topics:
+            return
+        if lane.topic in self.lanes:
+            del self.lanes[lane.topic]
+            self._shared_topics.add(lane.topic)
+            return
+        self.lanes[lane.topic] = lane
+
     def topic_for(self, message_type: type[MessageBase]) -> TopicT:
         """The topic messages of ``message_type`` are published to."""
         try:
@@ -188,13 +207,14 @@ class App(faust.App):
             raise TypeError(f"{message_type.__name__} is not a dawning message type") from None
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
-        """Faust's services, then the clients the agents use."""
+        """Faust's services, then the clients the agents use, and the handlers' lanes."""
         return [
             *super().on_init_dependencies(),
             self.redis,
             self.mailer,
             self.scheduler,
             self.bus,
+            *self.lanes.values(),
         ]
 
     async def on_start(self) -> None:
@@ -213,8 +233,17 @@ class App(faust.App):
         self.rebalance_started_at = time.monotonic()
         super().on_rebalance_start()
 
+    async def on_started(self) -> None:
+        await super().on_started()
+        # What exists now (Faust, aiokafka, the agents) lives as long as the
+        # worker. Kept out of the collector's full passes, it no longer makes
+        # each of them stall the event loop, and every partition, for tens of ms.
+        gc.freeze()
+
     async def on_stop(self) -> None:
         await super().on_stop()
+        # A process that goes on (tests, the benchmark) may collect it again.
+        gc.unfreeze()
         # The OTLP exporters block while they send; keep the loop free.
         await asyncio.to_thread(self.telemetry.flush)
 

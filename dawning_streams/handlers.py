@@ -43,6 +43,7 @@ from faust.types import EventT, StreamT
 
 from .codec import decode, encode
 from .errors import DawningError, MessageDecodeError
+from .lanes import Lane
 from .names import (
     Header,
     dead_letter_topic,
@@ -111,7 +112,11 @@ class Delivery:
 
     @classmethod
     def of(cls, event: EventT) -> Delivery:
-        message = event.message
+        return cls.of_record(event.message)
+
+    @classmethod
+    def of_record(cls, message: Any) -> Delivery:
+        """From a Faust message or an aiokafka record (they share these attributes)."""
         return cls(
             message.topic,
             message.partition,
@@ -292,6 +297,19 @@ class Handler(Generic[M]):
         app.agent(raw_topic(self.topic), name=self.name, concurrency=self.options.concurrency)(
             self._consume_source if self.options.batch_size == 1 else self._consume_batches
         )
+        # The consumer hands this topic's records to the lane; the agent above
+        # keeps the subscription and Faust's co-partitioning.
+        options = self.options
+        app.add_lane(
+            Lane(
+                app,
+                self.topic,
+                self._step_record if options.batch_size == 1 else self._step_records,
+                concurrency=options.concurrency,
+                batch_size=options.batch_size,
+                batch_within_s=options.batch_within_s,
+            )
+        )
         waiting = [(0, "delay", delay_topic(self.topic, self.name))] + [
             (n, f"retry-{n}", retry_topic(self.topic, self.name, n))
             for n in range(1, self.retry.max_retries + 1)
@@ -308,6 +326,38 @@ class Handler(Generic[M]):
             )
         self._holds = _Holds(app, self.name, kafka.partitions) if self.options.ordered else None
 
+    async def _step_record(self, record: Any) -> None:
+        """The lane's first attempt on a fetched record.
+
+        The common case (not ordered, decodes, succeeds) needs no Delivery;
+        everything else takes the path of :meth:`_step`.
+        """
+        if self._holds is not None:
+            await self._step(Delivery.of_record(record), attempt=0)
+            return
+        try:
+            message = (
+                record.value
+                if self.message_type is bytes
+                else decode(record.value, self.message_type, topic=record.topic)  # type: ignore[type-var]
+            )
+        except MessageDecodeError:
+            # Decoded again there, to dead-letter it with its origin.
+            await self._step(Delivery.of_record(record), attempt=0)
+            return
+        with self.app.telemetry.attempt(
+            self.name, record.topic, [record.headers], attempt=0
+        ) as run:
+            try:
+                await self._function(message)
+            except Exception as exc:
+                run.failed(exc)
+                delivery = Delivery.of_record(record)
+                try:
+                    await self._fail(delivery, 0, exc)
+                except Exception:
+                    self._log_unroutable(delivery, 0)
+
     async def _consume_source(self, stream: StreamT) -> None:
         async for event in stream.events():
             await self._step(Delivery.of(event), attempt=0)
@@ -318,10 +368,17 @@ class Handler(Generic[M]):
             options.batch_size, within=options.batch_within_s
         )
         async for events in batches:
-            try:
-                await self._attempt_batch([Delivery.of(event) for event in events])
-            except Exception:
-                logger.critical("%s: could not route a failed batch", self.name, exc_info=True)
+            await self._step_batch([Delivery.of(event) for event in events])
+
+    async def _step_records(self, records: list[Any]) -> None:
+        """The lane's attempt on a batch of fetched records."""
+        await self._step_batch([Delivery.of_record(record) for record in records])
+
+    async def _step_batch(self, deliveries: list[Delivery]) -> None:
+        try:
+            await self._attempt_batch(deliveries)
+        except Exception:
+            logger.critical("%s: could not route a failed batch", self.name, exc_info=True)
 
     async def _attempt_batch(self, deliveries: list[Delivery]) -> None:
         """One call for the whole batch; on failure each message retries on its own."""

@@ -16,8 +16,10 @@ Beyond the seed's fields every message carries, from :class:`MessageBase`:
 
 from __future__ import annotations
 
+import operator
 import typing
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -68,6 +70,8 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
     #: The ``Kafka:Topics`` attribute naming this type's topic.
     topic_setting: ClassVar[str] = ""
     wire_fields: ClassVar[tuple[WireField, ...]] = ()
+    _wire_names: ClassVar[tuple[str, ...]] = ()
+    _wire_values: ClassVar[Callable[[Any], tuple[Any, ...]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -84,6 +88,8 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
                 kind = next(a for a in args if a is not type(None))
             wire_fields.append(WireField(attr, _pascal(attr), kind, optional, attr not in defaults))
         cls.wire_fields = tuple(wire_fields)
+        cls._wire_names = tuple(f.wire for f in wire_fields)
+        cls._wire_values = operator.attrgetter(*(f.attr for f in wire_fields))
         _TYPES[cls.__name__] = cls
 
     def __post_init__(self) -> None:
@@ -109,7 +115,8 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
 
     def to_representation(self) -> dict[str, Any]:
         """The wire mapping: PascalCase names, no Python module paths."""
-        return {f.wire: getattr(self, f.attr) for f in self.wire_fields}
+        cls = type(self)
+        return dict(zip(cls._wire_names, cls._wire_values(self), strict=True))
 
     def partition_key(self) -> str | None:
         """The natural key that decides the partition; see each type."""

@@ -1,29 +1,61 @@
-"""The Faust transport: the producer settings Faust leaves out, metrics, and a consumer
-whose commits keep up after a rebalance.
+"""The Faust transport: the producer settings Faust leaves out, metrics, the handlers'
+fast lane, and a consumer whose commits keep up after a rebalance.
 
 Faust builds aiokafka's producer without ``enable_idempotence`` unless it is in
 a transaction; this transport passes it, with ``acks``, from the settings. It
 also counts every send by its outcome (``kafka.producer.send.total``) and
 times every consumer poll (``kafka.consumer.poll.time``), whoever sends or
 polls: the bus, retries, dead letters, table changelogs.
+
+Its consumer hands the records of handler source topics to their
+:class:`~dawning_streams.lanes.Lane` instead of Faust's per-message path, and
+commits the offsets the lanes have finished along with Faust's own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any
 
 from aiokafka.structs import RecordMetadata
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from .lanes import Lane
+
 __all__ = ["Consumer", "Producer", "Transport"]
+
+_PAUSED_FETCH_TIMEOUT_S = 0.01
 
 
 class Producer(faust_aiokafka.Producer):
     """Faust's aiokafka producer, idempotent when the settings say so."""
+
+    async def send_record(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[RecordMetadata]:
+        """Hand one record to aiokafka; the result resolves on the broker's ack.
+
+        The bus's path: Faust's ``send`` around the same call adds a signal
+        and header conversions the bus does not use, per message. aiokafka's
+        errors (KafkaError) pass through.
+        """
+        try:
+            pending = await self._ensure_producer().send(
+                topic, value, key=key, timestamp_ms=timestamp_ms, headers=headers
+            )
+        except BaseException:
+            self._sent(topic, ok=False)
+            raise
+        return self._counted(topic, pending)
 
     def _settings_extra(self) -> Mapping[str, Any]:
         settings = self.app.dawning_settings.kafka.producer  # type: ignore[attr-defined]
@@ -34,23 +66,30 @@ class Producer(faust_aiokafka.Producer):
         }
 
     async def send(self, topic: str, *args: Any, **kwargs: Any) -> Awaitable[RecordMetadata]:
-        metrics = self.app.telemetry.metrics  # type: ignore[attr-defined]
         try:
             pending = await super().send(topic, *args, **kwargs)
         except BaseException:
-            metrics.sent(topic, ok=False)
+            self._sent(topic, ok=False)
             raise
+        return self._counted(topic, pending)
+
+    def _sent(self, topic: str, *, ok: bool) -> None:
+        self.app.telemetry.metrics.sent(topic, ok=ok)  # type: ignore[attr-defined]
+
+    def _counted(self, topic: str, pending: Awaitable[RecordMetadata]) -> Awaitable[RecordMetadata]:
+        """``pending``, counted in ``kafka.producer.send.total`` when the broker answers."""
 
         def count(done: asyncio.Future[RecordMetadata]) -> None:
-            metrics.sent(topic, ok=not done.cancelled() and done.exception() is None)
+            self._sent(topic, ok=not done.cancelled() and done.exception() is None)
 
-        asyncio.ensure_future(pending).add_done_callback(count)
-        return pending
+        future = asyncio.ensure_future(pending)
+        future.add_done_callback(count)
+        return future
 
 
 class Consumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer, committing what it handled before a rebalance,
-    and at full speed after one.
+    """Faust's aiokafka consumer, with the handlers' lanes beside its streams,
+    committing what it handled before a rebalance, and at full speed after one.
 
     Faust commits the longest run of consecutive acknowledged offsets. After a
     rebalance, records fetched before the seek to the committed offset arrive
@@ -64,28 +103,36 @@ class Consumer(faust_aiokafka.Consumer):
     Each poll is timed (``kafka.consumer.poll.time``).
     """
 
+    @property
+    def _lanes(self) -> Mapping[str, Lane]:
+        return getattr(self.app, "lanes", {})  # type: ignore[no-any-return]
+
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
         started = time.perf_counter()
         try:
-            return await super()._getmany(active_partitions, timeout)
+            return await self._getmany_for_lanes(active_partitions, timeout)
         finally:
             self.app.telemetry.metrics.polled(time.perf_counter() - started)  # type: ignore[attr-defined]
 
-    def _new_offset(self, tp: TP) -> int | None:
-        acked = self._acked[tp]
-        gaps = self._gap[tp]
-        if acked and gaps:
-            top = max(acked)
-            filled = [n for gap in gaps.overlap(0, top) for n in range(gap.begin, gap.end)]
-            if filled:
-                acked.extend(filled)
-                gaps.chop(0, max(max(filled) + 1, top + 1))
-        unique = sorted(set(acked))
-        if len(unique) != len(acked):
-            acked[:] = unique
-        return super()._new_offset(tp)  # type: ignore[no-any-return]
+    async def _getmany_for_lanes(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        lanes = self._lanes
+        if any(lane.paused for lane in lanes.values()):
+            # A lane catching up resumes its partitions within milliseconds; a
+            # fetch of the other partitions must not sit out Faust's full second.
+            timeout = min(timeout, _PAUSED_FETCH_TIMEOUT_S)
+        records: dict[TP, list[Any]] = await super()._getmany(active_partitions, timeout)  # type: ignore[assignment]
+        if records and lanes:
+            # Whole batches for the lanes; the rest go Faust's way.
+            for tp in [tp for tp in records if tp.topic in lanes]:
+                batch = records.pop(tp)
+                if self.flow_active:
+                    lanes[tp.topic].deliver(TP(tp.topic, tp.partition), batch)
+        return records
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # A lane drops what it has buffered but not started.
+        for lane in self._lanes.values():
+            lane.on_revoke()
         # Faust drops the acknowledged offsets of revoked partitions before its
         # own final commit, so every rebalance would hand out again what each
         # member handled since its last periodic commit. Stop taking new
@@ -98,6 +145,43 @@ class Consumer(faust_aiokafka.Consumer):
             self.app.flow_control.clear()
             await self.wait_empty()
         await super().on_partitions_revoked(revoked)
+
+    async def wait_empty(self) -> None:
+        # Records a lane is handling finish before Faust's commit.
+        for lane in self._lanes.values():
+            if not self.should_stop:
+                await lane.wait_idle()
+        await super().wait_empty()
+
+    async def perform_seek(self) -> None:
+        assigned = {TP(tp.topic, tp.partition) for tp in self.assignment()}
+        for lane in self._lanes.values():
+            lane.on_seek(assigned)
+        await super().perform_seek()
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        yield from super()._filter_tps_with_pending_acks(topics)
+        for lane in self._lanes.values():
+            for tp in lane.partitions():
+                if topics is None or tp in topics or tp.topic in topics:
+                    yield tp
+
+    def _new_offset(self, tp: TP) -> int | None:
+        lane = self._lanes.get(tp.topic)
+        if lane is not None:
+            return lane.committable(tp)
+        acked = self._acked[tp]
+        gaps = self._gap[tp]
+        if acked and gaps:
+            top = max(acked)
+            filled = [n for gap in gaps.overlap(0, top) for n in range(gap.begin, gap.end)]
+            if filled:
+                acked.extend(filled)
+                gaps.chop(0, max(max(filled) + 1, top + 1))
+        unique = sorted(set(acked))
+        if len(unique) != len(acked):
+            acked[:] = unique
+        return super()._new_offset(tp)  # type: ignore[no-any-return]
 
 
 class Transport(faust_aiokafka.Transport):

@@ -2,7 +2,7 @@
 # Starts or stops the real services on loopback: Apache Kafka (KRaft), Redis
 # and an SMTP capture server.
 #
-#   scripts/services.sh start|stop|status dev|test|sasl|faults
+#   scripts/services.sh start|stop|status dev|test|sasl|faults|bench
 #   scripts/services.sh start-kafka|stop-kafka|start-redis|stop-redis|start-smtp|stop-smtp PROFILE
 #
 # A profile runs only the services it gives ports for: `sasl` is a second

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import inspect
 import mailbox
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -48,7 +49,9 @@ TEARDOWN_DEADLINE_S = 30.0
 KAFKA_PORT = int(TEST_ENV["KAFKA_PORT"])
 REDIS_PORT = int(TEST_ENV["REDIS_PORT"])
 SMTP_PORT = int(TEST_ENV["SMTP_PORT"])
-MAILDIR = ROOT / TEST_ENV["DATA_DIR"] / "smtp" / "maildir"
+# The sink writes under the data directory of the checkout that started it;
+# TEST_MAILDIR names it when the services run from another checkout.
+MAILDIR = Path(os.environ.get("TEST_MAILDIR") or ROOT / TEST_ENV["DATA_DIR"] / "smtp" / "maildir")
 BOOTSTRAP = f"127.0.0.1:{KAFKA_PORT}"
 
 
