@@ -53,9 +53,6 @@ def _forbid_pickle() -> None:
 _forbid_pickle()
 
 
-PRODUCER_MAX_REQUEST_BYTES = 64 * 1024 * 1024
-
-
 class App(faust.App):
     """A Faust app that honours every Kafka setting and knows each message's topic."""
 
@@ -80,10 +77,7 @@ class App(faust.App):
             producer_acks=-1 if kafka.producer.acks == "all" else kafka.producer.acks,
             producer_linger=kafka.producer.linger_ms / 1000,
             producer_max_batch_size=kafka.producer.batch_size,
-            # The broker's message.max.bytes is the limit that counts; with
-            # aiokafka's 1 MB default a worker could not dead-letter a larger
-            # record it had just read from a topic that allows it.
-            producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+            producer_max_request_size=kafka.producer.max_request_bytes,
             producer_compression_type=(
                 None
                 if kafka.producer.compression_type == "none"

@@ -216,6 +216,11 @@ class ProducerSettings:
     linger_ms: int = _setting("LingerMs", _int(0), 5)
     batch_size: int = _setting("BatchSize", _int(1), 16384)
     compression_type: Compression = _setting("CompressionType", _choice(_COMPRESSION), "snappy")
+    #: The largest record the producer sends (Java's ``max.request.size``), before
+    #: compression. Keep it at most the broker's ``message.max.bytes``: a record the
+    #: broker refuses after the producer numbered it breaks the idempotent
+    #: producer's sequence for its partition, while one refused here costs nothing.
+    max_request_bytes: int = _setting("MaxRequestBytes", _int(1024), 1048576)
 
     def __post_init__(self) -> None:
         if self.enable_idempotence and self.acks != "all":

@@ -59,7 +59,7 @@ def test_defaults_are_the_seeds(tmp_cwd: Path) -> None:
         15000,
         300000,
     )
-    assert dataclasses.astuple(kafka.producer) == ("all", True, 5, 5, 16384, "snappy")
+    assert dataclasses.astuple(kafka.producer) == ("all", True, 5, 5, 16384, "snappy", 1048576)
     assert kafka.topics.all() == (
         "dawning.audit-log",
         "dawning.alert-notification",

@@ -10,6 +10,7 @@ failure cannot leave the next without a broker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import mailbox
 import subprocess
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import pytest
+
+from dawning_streams import Settings
 
 from ..conftest import ROOT, _profile
 
@@ -124,6 +127,17 @@ def redis_url(fault_services: None) -> str:
 @pytest.fixture(scope="session")
 def smtp_port(fault_services: None) -> int:
     return int(FAULTS_ENV["SMTP_PORT"])
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The suite's settings, with the producer allowed what this profile's broker takes."""
+    producer = dataclasses.replace(
+        settings.kafka.producer, max_request_bytes=int(FAULTS_ENV["KAFKA_MESSAGE_MAX_BYTES"])
+    )
+    return dataclasses.replace(
+        settings, kafka=dataclasses.replace(settings.kafka, producer=producer)
+    )
 
 
 @pytest.fixture
