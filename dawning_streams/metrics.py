@@ -23,7 +23,7 @@ into the same provider, so its ``faust.*`` metrics sit beside these:
 from __future__ import annotations
 
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -42,6 +42,13 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 #: Seconds: from a fast poll or handler call up to the long ones worth seeing.
 _SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+_OUTCOMES = {
+    "handled": "Attempts that succeeded.",
+    "failed": "Attempts that raised.",
+    "retried": "Messages sent to a retry tier.",
+    "dead_lettered": "Messages sent to a dead-letter topic.",
+}
 
 LagSource = Callable[[], Iterable[tuple[str, int, int]]]
 SizeSource = Callable[[], int | None]
@@ -125,8 +132,15 @@ class Metrics:
         self.spool_size_source: SizeSource = lambda: None
         meter = self.meter
         message = "{message}"
-        self.sends = meter.create_counter(
-            "kafka.producer.send.total", unit=message, description="Messages sent to Kafka."
+        # Counted in plain dicts, read when the metrics are collected: an SDK
+        # counter's add costs every message several microseconds.
+        self._sends: Counter[tuple[str, str]] = Counter()
+        self._outcomes: Counter[tuple[str, str]] = Counter()
+        meter.create_observable_counter(
+            "kafka.producer.send.total",
+            callbacks=[self._observe_sends],
+            unit=message,
+            description="Messages sent to Kafka.",
         )
         self.poll_time = meter.create_histogram(
             "kafka.consumer.poll.time",
@@ -140,20 +154,13 @@ class Metrics:
             unit=message,
             description="End offset minus committed offset, per assigned partition.",
         )
-        self.handled = meter.create_counter(
-            "dawning.handler.handled", unit=message, description="Attempts that succeeded."
-        )
-        self.failed = meter.create_counter(
-            "dawning.handler.failed", unit=message, description="Attempts that raised."
-        )
-        self.retried = meter.create_counter(
-            "dawning.handler.retried", unit=message, description="Messages sent to a retry tier."
-        )
-        self.dead_lettered = meter.create_counter(
-            "dawning.handler.dead_lettered",
-            unit=message,
-            description="Messages sent to a dead-letter topic.",
-        )
+        for outcome, description in _OUTCOMES.items():
+            meter.create_observable_counter(
+                f"dawning.handler.{outcome}",
+                callbacks=[self._outcome_observer(outcome)],
+                unit=message,
+                description=description,
+            )
         self.duration = meter.create_histogram(
             "dawning.handler.duration",
             unit="s",
@@ -170,7 +177,7 @@ class Metrics:
     # -- recording -------------------------------------------------------------
 
     def sent(self, topic: str, *, ok: bool) -> None:
-        self.sends.add(1, {"topic": topic, "result": "ok" if ok else "error"})
+        self._sends[(topic, "ok" if ok else "error")] += 1
 
     def polled(self, seconds: float) -> None:
         self.poll_time.record(seconds)
@@ -178,15 +185,14 @@ class Metrics:
     def attempt_ended(self, handler: str, seconds: float, *, ok: bool, count: int = 1) -> None:
         """One handler attempt (``count`` messages for a batch) ended."""
         outcome = "handled" if ok else "failed"
-        attributes = {"handler": handler}
-        (self.handled if ok else self.failed).add(count, attributes)
+        self._outcomes[(handler, outcome)] += count
         self.duration.record(seconds, {"handler": handler, "outcome": outcome})
         self.recent.add(handler, outcome, count)
 
     def routed(self, handler: str, *, dead_letter: bool) -> None:
         """A failed message went to a retry tier, or to the dead-letter topic."""
         outcome = "dead_lettered" if dead_letter else "retried"
-        (self.dead_lettered if dead_letter else self.retried).add(1, {"handler": handler})
+        self._outcomes[(handler, outcome)] += 1
         self.recent.add(handler, outcome)
 
     # -- reading ---------------------------------------------------------------
@@ -198,6 +204,18 @@ class Metrics:
     def shutdown(self) -> None:
         """Export what is pending (OTLP) and stop the readers."""
         self.provider.shutdown()
+
+    def _observe_sends(self, options: CallbackOptions) -> Iterator[Observation]:
+        for (topic, result), count in dict(self._sends).items():
+            yield Observation(count, {"topic": topic, "result": result})
+
+    def _outcome_observer(self, outcome: str) -> Callable[[CallbackOptions], Iterator[Observation]]:
+        def observe(options: CallbackOptions) -> Iterator[Observation]:
+            for (handler, counted), count in dict(self._outcomes).items():
+                if counted == outcome:
+                    yield Observation(count, {"handler": handler})
+
+        return observe
 
     def _observe_lag(self, options: CallbackOptions) -> Iterator[Observation]:
         for topic, partition, lag in self.lag_source():

@@ -13,6 +13,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from dawning_streams import AuditLogMessage, Retry, Settings, create_app
 from dawning_streams.dlq import read_dead_letters, replay
+from dawning_streams.telemetry import Telemetry
 
 from .handler_helpers import Calls, eventually, running
 from .kafka_helpers import read_topic
@@ -109,3 +110,26 @@ async def test_a_replayed_dead_letter_continues_its_trace(settings: Settings) ->
     # The caller's request span is the root; the replay joins the same trace.
     assert [traceparent(r)[0] for r in records] == [trace_id, trace_id]
     assert traceparent(records[0])[1] != traceparent(records[1])[1]
+
+
+def test_with_nothing_recording_the_trace_is_carried_by_hand() -> None:
+    tracing = Telemetry(Settings()).tracing
+    assert not tracing.provider.recording
+    [(name, published)] = tracing.stamp("orders", None)
+    assert name == "traceparent"
+    version, trace_id, span_id, flags = published.decode().split("-")
+    assert (version, len(trace_id), len(span_id), flags) == ("00", 32, 16, "01")
+
+    with tracing.handling(
+        "h", "orders", [[("dawning-attempt", b"0"), (name, published)]], attempt=0
+    ):
+        headers = tracing.stamp("orders.h.retry-1", [("dawning-attempt", b"1"), (name, published)])
+    assert headers[0] == ("dawning-attempt", b"1")
+    [(_, child)] = [h for h in headers if h[0] == "traceparent"]
+    _, child_trace, child_span, _ = child.decode().split("-")
+    assert child_trace == trace_id, "the handler's publish continues the publisher's trace"
+    assert child_span != span_id
+
+    # Outside a handler, a message's own context is kept (a replayed dead letter).
+    [(_, replayed)] = tracing.stamp("orders", [(name, published)])
+    assert replayed.decode().split("-")[1] == trace_id
