@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from pathlib import Path
@@ -42,12 +43,11 @@ def echo_topic(settings: Settings) -> str:
     return f"{flow_topic(settings)}.echo"
 
 
+@functools.cache
 def _journal(name: str) -> int:
+    """The journal in the worker's directory, opened on its first line (the tests
+    import this module for its topic names, and must not create journals)."""
     return os.open(Path.cwd() / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-
-handled_log = _journal("handled.log")
-scheduled_log = _journal("scheduled.log")
 
 
 @app.handler(AuditLogMessage, topic=flow_topic(settings), name="record_handled")
@@ -57,13 +57,14 @@ async def record_handled(message: AuditLogMessage) -> None:
         await asyncio.sleep(float(message.action.removeprefix("slow:")))
     if message.action == "echo":
         await app.bus.forward(echo_topic(settings), None, str(message.message_id).encode())
-    os.write(handled_log, f"{message.message_id} {os.getpid()} {time.time():.3f}\n".encode())
+    line = f"{message.message_id} {os.getpid()} {time.time():.3f}\n"
+    os.write(_journal("handled.log"), line.encode())
 
 
 @app.scheduled(every_s=1.0, name="fault-tick", lock_ttl_s=5.0)
 async def fault_tick() -> None:
     """Note each run, so a test can count runs while Redis is down."""
-    os.write(scheduled_log, f"{os.getpid()} {time.time():.3f}\n".encode())
+    os.write(_journal("scheduled.log"), f"{os.getpid()} {time.time():.3f}\n".encode())
 
 
 @app.page("/faults/cache/{key}")
