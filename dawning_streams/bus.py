@@ -197,7 +197,7 @@ class KafkaMessageBus(Service):
             return await self._send_record(record)
         except (KafkaError, ProducerSendError) as exc:
             if _refused_for_good(exc):
-                raise PublishError(f"the broker refused {record.what}: {exc!r}") from exc
+                raise PublishError(f"{record.what}: {exc!r}") from exc
             raise
 
     async def send(
@@ -243,32 +243,58 @@ class KafkaMessageBus(Service):
         return await self._publish([self._outgoing(m, None, None, None) for m in messages])
 
     async def _publish(self, records: list[_Outgoing]) -> list[RecordMetadata | None]:
+        """Send ``records`` pipelined; spool from the first one not acknowledged in time.
+
+        A record the broker refuses for good is neither sent nor spooled: once
+        the others are published (or spooled), :class:`PublishError` names it.
+        """
         receipts: list[RecordMetadata | None] = [None] * len(records)
-        done = 0
+        refused: dict[int, str] = {}
+        confirmed = 0  # records[:confirmed] are acknowledged or refused
         if not self._spooling:
             loop = asyncio.get_running_loop()
             try:
                 # The deadline is for progress: it moves on with every ack.
                 async with asyncio.timeout(self._send_timeout_s) as deadline:
-                    pending = [await self._send(record) for record in records]
+                    pending = [
+                        await self._send_or_refuse(r, n, refused) for n, r in enumerate(records)
+                    ]
                     for ack in pending:
-                        receipts[done] = await ack
-                        done += 1
+                        if ack is not None:
+                            try:
+                                receipts[confirmed] = await ack
+                            except KafkaError as exc:
+                                if not _refused_for_good(exc):
+                                    raise
+                                refused[confirmed] = f"{records[confirmed].what}: {exc!r}"
+                        confirmed += 1
                         deadline.reschedule(loop.time() + self._send_timeout_s)
             except _UNREACHABLE as exc:
-                if _refused_for_good(exc):
-                    raise PublishError(f"the broker refused {records[done].what}: {exc!r}") from exc
                 logger.warning(
                     "Kafka did not take %s (%s); spooling it and what follows to %s",
-                    records[done].what,
+                    records[confirmed].what,
                     _reason(exc),
                     self.spool.path,
                 )
                 self._start_spooling()
-        for record in records[done:]:
-            await self.spool.append(*record[:5])
-            self._spool_waiting.set()
+        for n in range(confirmed, len(records)):
+            if n not in refused:
+                await self.spool.append(*records[n][:5])
+                self._spool_waiting.set()
+        if refused:
+            raise PublishError(
+                "the broker refused " + "; ".join(refused[n] for n in sorted(refused))
+            )
         return receipts
+
+    async def _send_or_refuse(
+        self, record: _Outgoing, n: int, refused: dict[int, str]
+    ) -> Awaitable[RecordMetadata] | None:
+        try:
+            return await self._send(record)
+        except PublishError as exc:
+            refused[n] = str(exc)
+            return None
 
     def _start_spooling(self) -> None:
         self._spooling = True

@@ -135,3 +135,22 @@ async def test_a_message_the_broker_refuses_for_good_raises_and_is_not_spooled(
             await bus.publish(huge)
         assert bus.spool.count == 0
         assert await bus.publish(UserEventMessage(user_id=uuid.uuid4(), event_type="ok"))
+
+
+async def test_a_refused_message_in_a_batch_is_named_and_the_rest_are_published(
+    settings: Settings,
+) -> None:
+    user = uuid.uuid4()
+    before, after = (
+        UserEventMessage(user_id=user, event_type="before"),
+        UserEventMessage(user_id=user, event_type="after"),
+    )
+    huge = UserEventMessage(user_id=user, event_type="huge", user_name=INCOMPRESSIBLE_2MB)
+    async with create_app(settings).bus as bus:
+        with pytest.raises(PublishError, match=f"refused UserEventMessage {huge.message_id}"):
+            await bus.publish_many([before, huge, after])
+        assert bus.spool.count == 0
+    records = await read_topic(
+        settings.kafka.bootstrap_servers[0], settings.kafka.topics.user_event, 2
+    )
+    assert [decode(r.value, UserEventMessage).event_type for r in records] == ["before", "after"]
