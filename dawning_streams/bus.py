@@ -59,7 +59,12 @@ class _Outgoing(NamedTuple):
     value: bytes
     headers: list[tuple[str, bytes]]
     timestamp_ms: int | None
-    what: str
+    message: MessageBase
+
+    @property
+    def what(self) -> str:
+        """The message, as errors and logs name it."""
+        return f"{self.message.message_type} {self.message.message_id}"
 
 
 class KafkaMessageBus(Service):
@@ -178,7 +183,7 @@ class KafkaMessageBus(Service):
             encode(message),
             self.app.telemetry.tracing.stamp(topic, headers),
             int(message.timestamp.timestamp() * 1000),
-            f"{message.message_type} {message.message_id}",
+            message,
         )
 
     async def _send_record(self, record: _Outgoing | SpooledRecord) -> Awaitable[RecordMetadata]:

@@ -7,6 +7,8 @@ import asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
+from dawning_streams import Settings
+
 
 async def read_topic(
     bootstrap: str, topic: str, count: int, timeout_s: float = 20.0
@@ -47,6 +49,20 @@ async def produce_raw(
         await producer.stop()
 
 
+async def committed(settings: Settings, tp: TopicPartition) -> int | None:
+    """The offset ``settings``' consumer group has committed for ``tp``."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers[0],
+        group_id=settings.kafka.consumer_group_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        return await consumer.committed(tp)
+    finally:
+        await consumer.stop()
+
+
 async def partition_count(bootstrap: str, topic: str) -> int:
     """How many partitions the broker has for ``topic``."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
@@ -58,4 +74,4 @@ async def partition_count(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
-__all__ = ["TopicPartition", "partition_count", "produce_raw", "read_topic"]
+__all__ = ["TopicPartition", "committed", "partition_count", "produce_raw", "read_topic"]

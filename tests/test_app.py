@@ -7,10 +7,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from dawning_streams import App, AuditLogMessage, Settings, create_app
 from dawning_streams.partitioners import murmur2
+
+from .kafka_helpers import committed
 
 pytestmark = pytest.mark.kafka
 
@@ -80,16 +82,3 @@ async def test_an_offset_is_committed_only_after_the_message_is_processed(
         while await committed(settings, tp) != ack.offset + 1:
             await asyncio.sleep(0.2)
     assert running_app.handled == [message]  # type: ignore[attr-defined]
-
-
-async def committed(settings: Settings, tp: TopicPartition) -> int | None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers[0],
-        group_id=settings.kafka.consumer_group_id,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        return await consumer.committed(tp)
-    finally:
-        await consumer.stop()

@@ -7,32 +7,20 @@ import uuid
 from collections import defaultdict
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from dawning_streams import App, AuditLogMessage, Settings, create_app
 from dawning_streams.lanes import _Progress
 from dawning_streams.partitioners import murmur2
 
 from .handler_helpers import Calls, eventually, running, same_partition_users
+from .kafka_helpers import committed
 
 pytestmark = pytest.mark.kafka
 
 
 def entry(user: uuid.UUID, action: str) -> AuditLogMessage:
     return AuditLogMessage(user_id=user, action=action, entity_type="User")
-
-
-async def committed(settings: Settings, tp: TopicPartition) -> int | None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers[0],
-        group_id=settings.kafka.consumer_group_id,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        return await consumer.committed(tp)
-    finally:
-        await consumer.stop()
 
 
 def quick_commits(settings: Settings) -> App:
