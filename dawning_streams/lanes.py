@@ -18,7 +18,11 @@ The guarantees stay Faust's and the broker's:
   time, in the order they were fetched;
 - rebalances: when partitions are revoked the lane drops what it has buffered,
   lets the records in progress finish before Faust commits, and accepts nothing
-  until the consumer has sought to the committed offsets again;
+  until the consumer has sought to the committed offsets again. A fetch can
+  land while that seek is in progress, from a position the seek is about to
+  replace, so the lane starts accepting only once the seek is done; the
+  records it refused until then are fetched again from the committed offset,
+  or, on a partition with none, from the first of them (:meth:`Lane.refused`);
 - back-pressure: a partition whose buffer is full stops being fetched until the
   lane has caught up, as Faust's stream buffers do.
 
@@ -129,6 +133,7 @@ class Lane(Service):
         self._accepting = True
         self._progress: dict[TP, _Progress] = {}
         self._next_offset: dict[TP, int] = {}
+        self._refused: dict[TP, int] = {}
         self._paused: set[TP] = set()
         super().__init__(**kwargs)
 
@@ -144,7 +149,10 @@ class Lane(Service):
 
     def deliver(self, tp: TP, records: list[Any]) -> None:
         """Take a fetched batch of ``tp``; records already taken are skipped."""
-        if not self._accepting or not records:
+        if not records:
+            return
+        if not self._accepting:
+            self.refuse(tp, records)
             return
         expected = self._next_offset.get(tp)
         if expected is not None and records[0].offset < expected:
@@ -159,6 +167,21 @@ class Lane(Service):
             self._paused.add(tp)
             self.app.consumer.on_buffer_full(tp)
 
+    def refuse(self, tp: TP, records: list[Any]) -> None:
+        """Note a fetched batch of ``tp`` that will not be handled: the consumer's
+        position is past it, and the next seek must go back to it."""
+        first = records[0].offset
+        self._refused[tp] = min(first, self._refused.get(tp, first))
+
+    def refused(self) -> dict[TP, int]:
+        """The first offset of each partition fetched and refused since the last seek."""
+        return dict(self._refused)
+
+    def on_assign(self) -> None:
+        """A new assignment: the consumer fetches each partition from its committed
+        offset again, so what was refused before counts no more."""
+        self._refused.clear()
+
     def on_revoke(self) -> None:
         """Drop what is buffered and accept nothing until :meth:`on_seek`.
 
@@ -168,7 +191,7 @@ class Lane(Service):
         self._drop_buffered()
 
     def on_seek(self, assigned: set[TP]) -> None:
-        """The consumer is about to seek to the committed offsets: take records afresh.
+        """The consumer has sought to the committed offsets: take records afresh.
 
         Offsets already handled stay committable (the commit on stop comes after
         such a seek); partitions no longer assigned are forgotten.
@@ -179,6 +202,7 @@ class Lane(Service):
             tp: progress.restarted() for tp, progress in self._progress.items() if tp in assigned
         }
         self._next_offset.clear()
+        self._refused.clear()
         self._accepting = True
 
     async def wait_idle(self) -> None:

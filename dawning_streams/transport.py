@@ -123,10 +123,13 @@ class Consumer(faust_aiokafka.Consumer):
         records: dict[TP, list[Any]] = await super()._getmany(active_partitions, timeout)  # type: ignore[assignment]
         if records and lanes:
             # Whole batches for the lanes; the rest go Faust's way.
-            for tp in [tp for tp in records if tp.topic in lanes]:
-                batch = records.pop(tp)
+            for fetched in [tp for tp in records if tp.topic in lanes]:
+                batch, tp = records.pop(fetched), TP(fetched.topic, fetched.partition)
                 if self.flow_active:
-                    lanes[tp.topic].deliver(TP(tp.topic, tp.partition), batch)
+                    lanes[tp.topic].deliver(tp, batch)
+                else:
+                    # Faust seeks back after a fetch that lands with the flow stopped.
+                    lanes[tp.topic].refuse(tp, batch)
         return records
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
@@ -146,6 +149,11 @@ class Consumer(faust_aiokafka.Consumer):
             await self.wait_empty()
         await super().on_partitions_revoked(revoked)
 
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        for lane in self._lanes.values():
+            lane.on_assign()
+        await super().on_partitions_assigned(assigned, generation_id)
+
     async def wait_empty(self) -> None:
         # Records a lane is handling finish before Faust's commit.
         for lane in self._lanes.values():
@@ -154,10 +162,23 @@ class Consumer(faust_aiokafka.Consumer):
         await super().wait_empty()
 
     async def perform_seek(self) -> None:
+        await super().perform_seek()
+        # Only now: a fetch that lands during the seek is from the position
+        # before it, and a lane must refuse it.
         assigned = {TP(tp.topic, tp.partition) for tp in self.assignment()}
         for lane in self._lanes.values():
             lane.on_seek(assigned)
-        await super().perform_seek()
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed: Mapping[TP, int] = await super().seek_to_committed()
+        # aiokafka seeks only the partitions with a committed offset above 0; on
+        # the others, records a lane refused are behind the consumer's position.
+        assigned = self.assignment()
+        for lane in self._lanes.values():
+            for tp, offset in lane.refused().items():
+                if tp in assigned and not committed.get(tp):
+                    await self.seek(tp, offset)
+        return committed
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         yield from super()._filter_tps_with_pending_acks(topics)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from faust.types import TP
 
-from dawning_streams import App, AuditLogMessage, Settings, create_app
-from dawning_streams.lanes import _Progress
+from dawning_streams import App, AuditLogMessage, Settings, create_app, transport
+from dawning_streams.lanes import Lane, _Progress
 from dawning_streams.partitioners import murmur2
 
 from .handler_helpers import Calls, eventually, running, same_partition_users
@@ -197,6 +200,73 @@ async def test_a_second_worker_joining_loses_nothing(settings: Settings) -> None
     assert handled["second"], "the second worker was given no partition to handle"
     # At least once: repeats are allowed around the rebalance, gaps are not.
     assert set(handled["first"]) | set(handled["second"]) == {str(i) for i in range(total)}
+
+
+async def test_a_fetch_that_lands_while_the_consumer_seeks_is_fetched_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # When a table has a changelog to read after a rebalance, Faust resumes the
+    # flow before it seeks to the committed offsets. A fetch landing in between
+    # comes from positions the seek then replaces: the lane must refuse it and
+    # take the records again after the seek, never let a later batch jump over them.
+    # The windows a loaded machine opens by chance: before the seek, and during it.
+    perform_seek, seek_to_committed = (
+        transport.Consumer.perform_seek,
+        transport.Consumer.seek_to_committed,
+    )
+
+    async def late_seek(self: transport.Consumer) -> None:
+        await asyncio.sleep(0.3)
+        await perform_seek(self)
+
+    async def slow_seek(self: transport.Consumer) -> Mapping[TP, int]:
+        await asyncio.sleep(0.3)
+        return await seek_to_committed(self)
+
+    refused: list[tuple[TP, int]] = []
+    refuse = Lane.refuse
+
+    def noted_refuse(self: Lane, tp: TP, records: list[Any]) -> None:
+        refused.append((tp, len(records)))
+        refuse(self, tp, records)
+
+    monkeypatch.setattr(transport.Consumer, "perform_seek", late_seek)
+    monkeypatch.setattr(transport.Consumer, "seek_to_committed", slow_seek)
+    monkeypatch.setattr(Lane, "refuse", noted_refuse)
+    first_app, second_app = quick_commits(settings), quick_commits(settings)
+    handled: list[str] = []
+    for app in (first_app, second_app):
+        seen = app.Table("seen", default=int, partitions=3)
+
+        @app.handler(AuditLogMessage, name="count")
+        async def count(message: AuditLogMessage, seen: Any = seen) -> None:
+            handled.append(message.action)
+            seen[str(message.user_id)] += 1  # the changelog the newcomer recovers
+            await asyncio.sleep(0.002)
+
+    users = users_on_every_partition(10)
+    total = 6000
+    wanted = {str(i) for i in range(total)}
+    messages = [entry(users[i % len(users)], str(i)) for i in range(total)]
+
+    async def keep_publishing() -> None:
+        # Records keep coming while the newcomer joins, reads the changelog and seeks.
+        for start in range(1000, total, 25):
+            await first_app.bus.publish_many(messages[start : start + 25])
+            await asyncio.sleep(0.005)
+
+    async with running(first_app):
+        await first_app.bus.publish_many(messages[:1000])
+        await eventually(lambda: len(handled) > 100, what="the first worker starting")
+        publishing = asyncio.create_task(keep_publishing())
+        async with running(second_app):
+            await publishing
+            await eventually(lambda: set(handled) >= wanted, what="every message handled")
+        await eventually(
+            lambda: _all_committed(settings, first_app, total), what="every offset committed"
+        )
+    assert refused, "no fetch landed between the assignment and the seek"
+    assert set(handled) == wanted
 
 
 def users_on_every_partition(each: int, partitions: int = 3) -> list[uuid.UUID]:
