@@ -19,10 +19,12 @@ The guarantees stay Faust's and the broker's:
 - rebalances: when partitions are revoked the lane drops what it has buffered,
   lets the records in progress finish before Faust commits, and accepts nothing
   until the consumer has sought to the committed offsets again. A fetch can
-  land while that seek is in progress, from a position the seek is about to
-  replace, so the lane starts accepting only once the seek is done; the
-  records it refused until then are fetched again from the committed offset,
-  or, on a partition with none, from the first of them (:meth:`Lane.refused`);
+  land while a seek is in progress, from a position the seek is about to
+  replace, so the lane refuses records from the start of every seek until its
+  end; they are fetched again from the committed offset or, on a partition
+  with none, from the first of them (:meth:`Lane.refused`). After a seek, the
+  records of a partition the worker kept that it has already started come
+  again, and are skipped: each is handled once per owner;
 - back-pressure: a partition whose buffer is full stops being fetched until the
   lane has caught up, as Faust's stream buffers do.
 
@@ -92,11 +94,10 @@ class _Progress:
         else:
             self.done.add(offset)
 
-    def restarted(self) -> _Progress:
-        """The same partition after a seek: what was finished stays finished."""
-        fresh = _Progress()
-        fresh.committable = self.committable
-        return fresh
+    @property
+    def next_offset(self) -> int | None:
+        """The first offset not started yet: everything below is finished or in progress."""
+        return self.started[-1] + 1 if self.started else self.committable
 
 
 class Lane(Service):
@@ -124,11 +125,11 @@ class Lane(Service):
         self._batches: deque[tuple[TP, list[Any]]] = deque()
         self._current: Iterator[Any] | None = None
         self._current_tp: TP | None = None
+        self._current_records: list[Any] = []
         self._buffered = 0
         self._wakeup = asyncio.Event()
         self._idle_waiter: asyncio.Event | None = None
         self._in_flight = 0
-        self._epoch = 0
         self._dropped = 0
         self._accepting = True
         self._progress: dict[TP, _Progress] = {}
@@ -177,12 +178,14 @@ class Lane(Service):
         """The first offset of each partition fetched and refused since the last seek."""
         return dict(self._refused)
 
-    def on_assign(self) -> None:
+    def on_assign(self, assigned: set[TP]) -> None:
         """A new assignment: the consumer fetches each partition from its committed
-        offset again, so what was refused before counts no more."""
+        offset again, so what was refused counts no more, and the partitions
+        this worker no longer has are forgotten."""
         self._refused.clear()
+        self._progress = {tp: p for tp, p in self._progress.items() if tp in assigned}
 
-    def on_revoke(self) -> None:
+    def hold(self) -> None:
         """Drop what is buffered and accept nothing until :meth:`on_seek`.
 
         Records being handled finish, and count: Faust commits after them.
@@ -190,18 +193,19 @@ class Lane(Service):
         self._accepting = False
         self._drop_buffered()
 
-    def on_seek(self, assigned: set[TP]) -> None:
-        """The consumer has sought to the committed offsets: take records afresh.
+    def on_seek(self) -> None:
+        """The consumer has sought to the committed offsets: take records again.
 
-        Offsets already handled stay committable (the commit on stop comes after
-        such a seek); partitions no longer assigned are forgotten.
+        On a partition this worker kept, the records it has already started come
+        again from the committed offset, and are skipped; what was handled stays
+        committable (the commit on stop comes after such a seek).
         """
         self._drop_buffered()
-        self._epoch += 1  # a record still in progress now counts for nothing
-        self._progress = {
-            tp: progress.restarted() for tp, progress in self._progress.items() if tp in assigned
+        self._next_offset = {
+            tp: offset
+            for tp, progress in self._progress.items()
+            if (offset := progress.next_offset) is not None
         }
-        self._next_offset.clear()
         self._refused.clear()
         self._accepting = True
 
@@ -229,6 +233,12 @@ class Lane(Service):
         return [tp for tp, p in self._progress.items() if p.committable is not None]
 
     def _drop_buffered(self) -> None:
+        # The consumer's position is past what is dropped: a seek must go back.
+        if self._current is not None:
+            assert self._current_tp is not None
+            self.refuse(self._current_tp, self._current_records)
+        for tp, records in self._batches:
+            self.refuse(tp, records)
         self._dropped += 1  # workers leave the batch they are in
         self._batches.clear()
         self._current = None
@@ -248,6 +258,7 @@ class Lane(Service):
                 return None
             tp, records = self._batches.popleft()
             self._current, self._current_tp = iter(records), tp
+            self._current_records = records
         assert self._current_tp is not None
         return self._current_tp, self._current
 
@@ -278,7 +289,7 @@ class Lane(Service):
             if progress is None:
                 progress = self._progress[tp] = _Progress()
             started, finish = progress.started, progress.finish
-            dropped, epoch = self._dropped, self._epoch
+            dropped = self._dropped
             # Workers share the iterator: each record goes to exactly one.
             for record in records:
                 self._buffered -= 1
@@ -291,8 +302,7 @@ class Lane(Service):
                 finally:
                     current.message = None
                     self._in_flight -= 1
-                    if self._epoch == epoch:
-                        finish(offset)
+                    finish(offset)
                     if not self._in_flight and self._idle_waiter is not None:
                         self._idle_waiter.set()
                 handled += 1
@@ -322,12 +332,13 @@ class Lane(Service):
             taken = await self._collect()
             if not taken:
                 continue
-            epoch = self._epoch
+            started: list[tuple[_Progress, int]] = []
             for tp, record in taken:
                 progress = self._progress.get(tp)
                 if progress is None:
                     progress = self._progress[tp] = _Progress()
                 progress.started.append(record.offset)
+                started.append((progress, record.offset))
             self._in_flight += len(taken)
             current.message = taken[-1][1]
             try:
@@ -335,9 +346,8 @@ class Lane(Service):
             finally:
                 current.message = None
                 self._in_flight -= len(taken)
-                if self._epoch == epoch:
-                    for tp, record in taken:
-                        self._progress[tp].finish(record.offset)
+                for progress, offset in started:
+                    progress.finish(offset)
                 if not self._in_flight and self._idle_waiter is not None:
                     self._idle_waiter.set()
             if self._paused and self._buffered <= self.max_buffered // 2:

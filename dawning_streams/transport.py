@@ -135,7 +135,7 @@ class Consumer(faust_aiokafka.Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         # A lane drops what it has buffered but not started.
         for lane in self._lanes.values():
-            lane.on_revoke()
+            lane.hold()
         # Faust drops the acknowledged offsets of revoked partitions before its
         # own final commit, so every rebalance would hand out again what each
         # member handled since its last periodic commit. Stop taking new
@@ -150,8 +150,9 @@ class Consumer(faust_aiokafka.Consumer):
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        tps = {TP(tp.topic, tp.partition) for tp in assigned}
         for lane in self._lanes.values():
-            lane.on_assign()
+            lane.on_assign(tps)
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def wait_empty(self) -> None:
@@ -162,12 +163,35 @@ class Consumer(faust_aiokafka.Consumer):
         await super().wait_empty()
 
     async def perform_seek(self) -> None:
-        await super().perform_seek()
-        # Only now: a fetch that lands during the seek is from the position
-        # before it, and a lane must refuse it.
-        assigned = {TP(tp.topic, tp.partition) for tp in self.assignment()}
-        for lane in self._lanes.values():
-            lane.on_seek(assigned)
+        # A fetch can land while the seek is in progress, from the position
+        # before it. The lanes refuse what was fetched before their partitions
+        # are paused in the client, and nothing is fetched until the seek is done.
+        lanes = self._lanes
+        held = [tp for tp in self.assignment() if tp.topic in lanes]
+        for lane in lanes.values():
+            lane.hold()
+        await self._fetching(held, paused=True)
+        try:
+            await super().perform_seek()
+        finally:
+            for lane in lanes.values():
+                lane.on_seek()
+            await self._fetching(held, paused=False)
+
+    async def _fetching(self, tps: list[TP], *, paused: bool) -> None:
+        """Pause or resume ``tps`` in aiokafka, which then neither fetches them nor
+        returns what it fetched before (Faust's own pause only stops asking)."""
+        if not tps:
+            return
+        thread: Any = self._thread
+        consumer = thread._ensure_consumer()
+
+        def apply() -> None:
+            assigned = consumer.assignment()  # it may have changed meanwhile
+            chosen = [tp for tp in faust_aiokafka.ensure_aiokafka_TPset(tps) if tp in assigned]
+            (consumer.pause if paused else consumer.resume)(*chosen)
+
+        await thread.call_thread(apply)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed: Mapping[TP, int] = await super().seek_to_committed()

@@ -42,20 +42,15 @@ def test_only_a_finished_prefix_of_offsets_is_committable() -> None:
     assert progress.committable == 14
 
 
-def test_after_a_seek_back_what_was_handled_stays_committable() -> None:
+def test_the_next_offset_is_the_first_not_started() -> None:
     progress = _Progress()
-    progress.started.extend([10, 11])
+    assert progress.next_offset is None  # nothing fetched yet: from the committed offset
+    progress.started.extend([10, 11, 12])
     progress.finish(10)
+    assert progress.next_offset == 13  # 11 and 12 are in progress
+    progress.finish(12)
     progress.finish(11)
-    again = progress.restarted()  # the consumer sought back to 5, say
-    assert again.committable == 12
-    again.started.extend([5, 6])
-    again.finish(5)
-    assert again.committable == 12  # never back
-    again.started.extend(range(7, 14))
-    for offset in [6, *range(7, 14)]:
-        again.finish(offset)
-    assert again.committable == 14
+    assert (progress.committable, progress.next_offset) == (13, 13)
 
 
 async def test_the_handler_topic_goes_through_the_lane(settings: Settings) -> None:
@@ -221,7 +216,9 @@ async def test_a_fetch_that_lands_while_the_consumer_seeks_is_fetched_again(
 
     async def slow_seek(self: transport.Consumer) -> Mapping[TP, int]:
         await asyncio.sleep(0.3)
-        return await seek_to_committed(self)
+        committed = await seek_to_committed(self)
+        await asyncio.sleep(0.3)  # more partitions to seek, one after the other
+        return committed
 
     refused: list[tuple[TP, int]] = []
     refuse = Lane.refuse
