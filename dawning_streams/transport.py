@@ -162,7 +162,18 @@ class Consumer(faust_aiokafka.Consumer):
                 await lane.wait_idle()
         await super().wait_empty()
 
+    _seeking: asyncio.Lock | None = None
+
     async def perform_seek(self) -> None:
+        # Faust seeks from its recovery and from its fetcher (when a fetch lands
+        # with the flow stopped): one at a time, or the end of one would let the
+        # lanes take records in the middle of the other.
+        if self._seeking is None:
+            self._seeking = asyncio.Lock()
+        async with self._seeking:
+            await self._seek_held()
+
+    async def _seek_held(self) -> None:
         # A fetch can land while the seek is in progress, from the position
         # before it. The lanes refuse what was fetched before their partitions
         # are paused in the client, and nothing is fetched until the seek is done.
