@@ -278,7 +278,7 @@ class Bench:
         await self.create_topics(raw_topic)
         raw = self.raw_producer()
         await raw.start()
-        app = create_app(self.settings("publish"))
+        app = create_app(self.settings("publish"), web_enabled=False)
         try:
             bus = app.bus
             async with bus:
@@ -388,7 +388,7 @@ class Bench:
         self.record(row)
 
     async def _handler_consume(self, topic: str, n: int, *, attempt: int) -> None:
-        app = create_app(self.settings("consume"))
+        app = create_app(self.settings("consume"), web_enabled=False)
         seen = 0
         done = asyncio.Event()
         clock: Clock | None = None
@@ -423,7 +423,7 @@ class Bench:
             print(f"end to end ({rate:,.0f} msg/s for {duration_s:.0f} s, 20% of {maximum:,.0f}/s)")
         else:
             print(f"end to end ({rate:,.0f} msg/s for {duration_s:.0f} s)")
-        app = create_app(self.settings("e2e"))
+        app = create_app(self.settings("e2e"), web_enabled=False)
         latencies_ms: list[float] = []
         expected = int(rate * duration_s)
         done = asyncio.Event()
@@ -500,7 +500,9 @@ class Bench:
             await admin.close()
 
     async def _audit(self, store_url: str, label: str, n: int) -> None:
-        app = create_app(self.settings(label, audit=AuditSettings(store_url=store_url)))
+        app = create_app(
+            self.settings(label, audit=AuditSettings(store_url=store_url)), web_enabled=False
+        )
         audit_log.install(app)
         store = app.audit_store  # type: ignore[attr-defined]
         spans: list[tuple[float, float, int]] = []
@@ -531,7 +533,7 @@ class Bench:
             await self._email(n, concurrency)
 
     async def _email(self, n: int, concurrency: int) -> None:
-        app = create_app(self.settings(f"email{concurrency}"))
+        app = create_app(self.settings(f"email{concurrency}"), web_enabled=False)
         email_queue.install(app, concurrency=concurrency)
         subject = f"{self.run} c{concurrency}"
         spans: list[tuple[float, float]] = []
