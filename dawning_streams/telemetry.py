@@ -9,9 +9,9 @@ handled or failed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import Span, Status, StatusCode
@@ -23,12 +23,49 @@ from .tracing import Headers, Tracing
 __all__ = ["Attempt", "Telemetry"]
 
 
-@dataclass
 class Attempt:
-    """One handler attempt in progress; call :meth:`failed` if it raised."""
+    """One handler attempt in progress; call :meth:`failed` if it raised.
 
-    span: Span
-    ok: bool = True
+    A context manager of its own (entered once per handled message, so a class
+    with slots rather than a generator): on leaving, the attempt's duration
+    and outcome are recorded, and an exception raised inside marks it failed.
+    """
+
+    __slots__ = ("_count", "_handler", "_metrics", "_scope", "_started", "ok", "span")
+
+    def __init__(
+        self, metrics: Metrics, handler: str, count: int, scope: AbstractContextManager[Span]
+    ) -> None:
+        self._metrics = metrics
+        self._handler = handler
+        self._count = count
+        self._scope = scope
+        self.ok = True
+
+    def __enter__(self) -> Attempt:
+        self._started = time.perf_counter()
+        self.span = self._scope.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if isinstance(exc, Exception):
+                self.failed(exc)
+        finally:
+            try:
+                self._metrics.attempt_ended(
+                    self._handler,
+                    time.perf_counter() - self._started,
+                    ok=self.ok,
+                    count=self._count,
+                )
+            finally:
+                self._scope.__exit__(exc_type, exc, tb)
 
     def failed(self, exc: BaseException) -> None:
         self.ok = False
@@ -50,23 +87,16 @@ class Telemetry:
         self.metrics = Metrics(settings.telemetry, resource)
         self.tracing = Tracing(settings.telemetry, resource)
 
-    @contextmanager
     def attempt(
         self, handler: str, topic: str, headers: Sequence[Headers], *, attempt: int
-    ) -> Iterator[Attempt]:
+    ) -> Attempt:
         """Wrap one attempt of ``handler`` on the messages with ``headers``."""
-        started = time.perf_counter()
-        with self.tracing.handling(handler, topic, headers, attempt=attempt) as span:
-            state = Attempt(span)
-            try:
-                yield state
-            except Exception as exc:
-                state.failed(exc)
-                raise
-            finally:
-                self.metrics.attempt_ended(
-                    handler, time.perf_counter() - started, ok=state.ok, count=len(headers)
-                )
+        return Attempt(
+            self.metrics,
+            handler,
+            len(headers),
+            self.tracing.handling(handler, topic, headers, attempt=attempt),
+        )
 
     def routed(self, handler: str, *, dead_letter: bool) -> None:
         """A failed message went to a retry tier or to the dead-letter topic."""

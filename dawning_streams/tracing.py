@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 
 from opentelemetry import context as otel_context
@@ -44,6 +44,7 @@ __all__ = ["TRACE_HEADERS", "Tracing", "trace_context"]
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 _propagator = TraceContextTextMapPropagator()
+_SPAN_BITS = (1 << 64) - 1
 Headers = Iterable[tuple[str, bytes]]
 
 
@@ -60,8 +61,9 @@ def trace_context(headers: Headers | None) -> Context | None:
     return extracted if trace.get_current_span(extracted).get_span_context().is_valid else None
 
 
-#: (trace id, flags) of the message a handler is working on, while nothing records spans.
-_handled_trace: ContextVar[tuple[str, str] | None] = ContextVar("dawning_trace", default=None)
+#: The ``traceparent`` of the message a handler is working on, while nothing records
+#: spans; read only when the handler publishes.
+_handled_trace: ContextVar[bytes | None] = ContextVar("dawning_trace", default=None)
 
 
 def _traceparent(value: bytes) -> tuple[str, str] | None:
@@ -130,19 +132,27 @@ class Tracing:
                 carried = _traceparent(value)
             else:
                 kept.append((key, value))
-        context = _handled_trace.get()
+        handled = _handled_trace.get()
+        context = _traceparent(handled) if handled is not None else None
         if context is None:
             current = trace.get_current_span().get_span_context()
             if current.is_valid:
                 context = (f"{current.trace_id:032x}", f"{current.trace_flags:02x}")
+            elif carried is not None:
+                context = carried
             else:
-                context = carried or (f"{random.getrandbits(128) or 1:032x}", "01")
+                # A new trace: its id and the span id from one draw.
+                drawn = random.getrandbits(192)
+                if not drawn >> 64 or not drawn & _SPAN_BITS:  # all zeros is invalid
+                    drawn |= 1 << 64 | 1
+                ids = f"{drawn:048x}"
+                kept.append(("traceparent", f"00-{ids[:32]}-{ids[32:]}-01".encode("ascii")))
+                return kept
         trace_id, flags = context
         span_id = random.getrandbits(64) or 1
         kept.append(("traceparent", f"00-{trace_id}-{span_id:016x}-{flags}".encode("ascii")))
         return kept
 
-    @contextmanager
     def handling(
         self,
         handler: str,
@@ -150,15 +160,20 @@ class Tracing:
         headers: Sequence[Headers],
         *,
         attempt: int,
-    ) -> Iterator[Span]:
+    ) -> AbstractContextManager[Span]:
         """The current span while ``handler`` works on messages with ``headers``.
 
         One message: its span is a child of the publisher's. A batch: a new
         trace, linked to every message's publisher span.
         """
         if not self.provider.recording:
-            yield from self._carrying(headers)
-            return
+            return _Carrying(headers)
+        return self._span(handler, topic, headers, attempt=attempt)
+
+    @contextmanager
+    def _span(
+        self, handler: str, topic: str, headers: Sequence[Headers], *, attempt: int
+    ) -> Iterator[Span]:
         contexts = [trace_context(h) for h in headers]
         parent = contexts[0] if len(contexts) == 1 else None
         links = (
@@ -189,20 +204,30 @@ class Tracing:
             otel_context.detach(token)
             span.end()
 
-    def _carrying(self, headers: Sequence[Headers]) -> Iterator[Span]:
-        """``handling`` while nothing records: what the handler publishes stays in the trace."""
-        carried = None
-        if len(headers) == 1:
-            for key, value in headers[0]:
-                if key == "traceparent":
-                    carried = _traceparent(value)
-                    break
-        token = _handled_trace.set(carried)
-        try:
-            yield trace.INVALID_SPAN
-        finally:
-            _handled_trace.reset(token)
-
     def shutdown(self) -> None:
         """Export what is pending and stop."""
         self.provider.shutdown()
+
+
+class _Carrying:
+    """``handling`` while nothing records: what the handler publishes stays in the trace.
+
+    A class rather than a generator: it is entered once per handled message.
+    """
+
+    __slots__ = ("_token", "_traceparent")
+
+    def __init__(self, headers: Sequence[Headers]) -> None:
+        self._traceparent = None
+        if len(headers) == 1:
+            for key, value in headers[0]:
+                if key == "traceparent":
+                    self._traceparent = value
+                    break
+
+    def __enter__(self) -> Span:
+        self._token = _handled_trace.set(self._traceparent)
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc_info: object) -> None:
+        _handled_trace.reset(self._token)

@@ -10,6 +10,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client.parser import text_string_to_metric_families
 
 from dawning_streams import AuditLogMessage, Retry, Settings, create_app
 from dawning_streams.dlq import read_dead_letters, replay
@@ -133,3 +134,21 @@ def test_with_nothing_recording_the_trace_is_carried_by_hand() -> None:
     # Outside a handler, a message's own context is kept (a replayed dead letter).
     [(_, replayed)] = tracing.stamp("orders", [(name, published)])
     assert replayed.decode().split("-")[1] == trace_id
+
+
+def test_an_attempt_that_raises_is_counted_failed_and_the_error_goes_on() -> None:
+    telemetry = Telemetry(Settings())
+    with pytest.raises(ValueError), telemetry.attempt("h", "orders", [[]], attempt=0):
+        raise ValueError("bad")
+    with telemetry.attempt("h", "orders", [[], []], attempt=0) as run:
+        assert run.ok
+    counted = {
+        (sample.name, sample.labels.get("outcome")): sample.value
+        for family in text_string_to_metric_families(telemetry.metrics.render().decode())
+        for sample in family.samples
+        if sample.labels.get("handler") == "h"
+    }
+    assert counted[("dawning_handler_failed_total", None)] == 1
+    assert counted[("dawning_handler_handled_total", None)] == 2
+    assert counted[("dawning_handler_duration_seconds_count", "failed")] == 1
+    assert counted[("dawning_handler_duration_seconds_count", "handled")] == 1
