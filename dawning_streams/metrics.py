@@ -281,7 +281,8 @@ class Metrics:
         message = "{message}"
         # Counted in plain dicts, read when the metrics are collected: an SDK
         # counter's add costs every message several microseconds.
-        self._sends: Counter[tuple[str, str]] = Counter()
+        #: (topic, "ok" or "error") -> sends; the bus adds to it directly.
+        self.sends: Counter[tuple[str, str]] = Counter()
         self._outcomes: Counter[tuple[str, str]] = Counter()
         meter.create_observable_counter(
             "kafka.producer.send.total",
@@ -318,7 +319,7 @@ class Metrics:
     # -- recording -------------------------------------------------------------
 
     def sent(self, topic: str, *, ok: bool) -> None:
-        self._sends[(topic, "ok" if ok else "error")] += 1
+        self.sends[(topic, "ok" if ok else "error")] += 1
 
     def polled(self, seconds: float) -> None:
         self.poll_time.record(seconds)
@@ -358,7 +359,7 @@ class Metrics:
         return scope if scope is not None else InstrumentationScope("dawning_streams")
 
     def _observe_sends(self, options: CallbackOptions) -> Iterator[Observation]:
-        for (topic, result), count in dict(self._sends).items():
+        for (topic, result), count in dict(self.sends).items():
             yield Observation(count, {"topic": topic, "result": result})
 
     def _outcome_observer(self, outcome: str) -> Callable[[CallbackOptions], Iterator[Observation]]:
