@@ -94,8 +94,12 @@ class RecentCounts:
         self._seconds: dict[tuple[str, str], deque[list[int]]] = defaultdict(deque)
 
     def add(self, name: str, outcome: str, count: int = 1, now: float | None = None) -> None:
+        self.add_to((name, outcome), count, now)
+
+    def add_to(self, key: tuple[str, str], count: int = 1, now: float | None = None) -> None:
+        """``add`` to ``(name, outcome)``."""
         second = int(now if now is not None else time.time())
-        buckets = self._seconds[(name, outcome)]
+        buckets = self._seconds[key]
         if buckets and buckets[-1][0] == second:
             buckets[-1][1] += count
         else:
@@ -142,12 +146,11 @@ class Durations:
         #: (handler, outcome) -> [sum, min, max, bucket 0, ..., bucket len(bounds)]
         self._series: dict[tuple[str, str], list[Any]] = {}
 
-    def record(self, handler: str, outcome: str, seconds: float) -> None:
-        series = self._series.get((handler, outcome))
+    def record(self, key: tuple[str, str], seconds: float) -> None:
+        """One attempt of ``key`` (handler, outcome) took ``seconds``."""
+        series = self._series.get(key)
         if series is None:
-            series = self._series[(handler, outcome)] = [0.0, math.inf, -math.inf] + [0] * (
-                len(self.bounds) + 1
-            )
+            series = self._series[key] = [0.0, math.inf, -math.inf] + [0] * (len(self.bounds) + 1)
         series[3 + bisect_left(self.bounds, seconds)] += 1
         series[0] += seconds
         if seconds < series[1]:
@@ -326,10 +329,10 @@ class Metrics:
 
     def attempt_ended(self, handler: str, seconds: float, *, ok: bool, count: int = 1) -> None:
         """One handler attempt (``count`` messages for a batch) ended."""
-        outcome = "handled" if ok else "failed"
-        self._outcomes[(handler, outcome)] += count
-        self.duration.record(handler, outcome, seconds)
-        self.recent.add(handler, outcome, count)
+        key = (handler, "handled" if ok else "failed")
+        self._outcomes[key] += count
+        self.duration.record(key, seconds)
+        self.recent.add_to(key, count)
 
     def routed(self, handler: str, *, dead_letter: bool) -> None:
         """A failed message went to a retry tier, or to the dead-letter topic."""

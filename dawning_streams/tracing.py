@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -38,7 +38,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from .metrics import otlp_headers
 from .settings import TelemetrySettings
 
-__all__ = ["TRACE_HEADERS", "Tracing", "trace_context"]
+__all__ = ["TRACE_HEADERS", "Tracing", "carried", "carry", "trace_context", "uncarry"]
 
 #: The W3C Trace Context headers, as Kafka header names.
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -209,25 +209,35 @@ class Tracing:
         self.provider.shutdown()
 
 
-class _Carrying:
-    """``handling`` while nothing records: what the handler publishes stays in the trace.
+def carried(headers: Sequence[Headers]) -> bytes | None:
+    """The ``traceparent`` a handler carries on while nothing records: one message's."""
+    if len(headers) == 1:
+        for key, value in headers[0]:
+            if key == "traceparent":
+                return value
+    return None
 
-    A class rather than a generator: it is entered once per handled message.
-    """
+
+def carry(traceparent: bytes | None) -> Token[bytes | None]:
+    """Make ``traceparent`` what a handler's publishes continue, until :func:`uncarry`."""
+    return _handled_trace.set(traceparent)
+
+
+def uncarry(token: Token[bytes | None]) -> None:
+    _handled_trace.reset(token)
+
+
+class _Carrying:
+    """``handling`` while nothing records: what the handler publishes stays in the trace."""
 
     __slots__ = ("_token", "_traceparent")
 
     def __init__(self, headers: Sequence[Headers]) -> None:
-        self._traceparent = None
-        if len(headers) == 1:
-            for key, value in headers[0]:
-                if key == "traceparent":
-                    self._traceparent = value
-                    break
+        self._traceparent = carried(headers)
 
     def __enter__(self) -> Span:
-        self._token = _handled_trace.set(self._traceparent)
+        self._token = carry(self._traceparent)
         return trace.INVALID_SPAN
 
     def __exit__(self, *exc_info: object) -> None:
-        _handled_trace.reset(self._token)
+        uncarry(self._token)
