@@ -275,9 +275,13 @@ class KafkaMessageBus(Service):
             sends = self.app.telemetry.metrics.sends
             pending: list[asyncio.Future[RecordMetadata] | None] = []
             loop = asyncio.get_running_loop()
+            timeout_s = self._send_timeout_s
             try:
-                # The deadline is for progress: each wait for an ack gets all of it.
-                async with asyncio.timeout(self._send_timeout_s) as deadline:
+                # The deadline is for progress: each wait for an ack gets all of
+                # it (less a hundredth, so that a timer is not replaced by an
+                # equal one for every message).
+                set_at = loop.time()
+                async with asyncio.timeout(timeout_s) as deadline:
                     for n, record in enumerate(records):
                         ack = None
                         value = self._encoded(records, n, unencodable)
@@ -297,8 +301,9 @@ class KafkaMessageBus(Service):
                         pending.append(ack)
                     for ack in pending:
                         if ack is not None:
-                            if not ack.done():
-                                deadline.reschedule(loop.time() + self._send_timeout_s)
+                            if not ack.done() and loop.time() - set_at > timeout_s / 100:
+                                set_at = loop.time()
+                                deadline.reschedule(set_at + timeout_s)
                             topic = records[confirmed].topic
                             try:
                                 receipts[confirmed] = await ack
