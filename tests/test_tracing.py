@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
-from dawning_streams import AuditLogMessage, Retry, Settings, create_app
+from dawning_streams import AuditLogMessage, Retry, Settings, UserEventMessage, create_app
 from dawning_streams.dlq import read_dead_letters, replay
 from dawning_streams.telemetry import Telemetry
 
@@ -111,6 +111,26 @@ async def test_a_replayed_dead_letter_continues_its_trace(settings: Settings) ->
     # The caller's request span is the root; the replay joins the same trace.
     assert [traceparent(r)[0] for r in records] == [trace_id, trace_id]
     assert traceparent(records[0])[1] != traceparent(records[1])[1]
+
+
+async def test_with_nothing_recording_what_a_handler_publishes_continues_the_trace(
+    settings: Settings,
+) -> None:
+    app = create_app(settings, web_enabled=False)
+    assert not app.telemetry.tracing.provider.recording
+    bootstrap = settings.kafka.bootstrap_servers[0]
+
+    @app.handler
+    async def audit(message: AuditLogMessage) -> None:
+        await app.bus.publish(UserEventMessage(user_id=message.user_id, event_type="audited"))
+
+    async with running(app):
+        await app.bus.publish(AuditLogMessage(user_id=uuid.uuid4(), action="a", entity_type="U"))
+        [published] = await read_topic(bootstrap, settings.kafka.topics.audit_log, 1)
+        [follow_up] = await read_topic(bootstrap, settings.kafka.topics.user_event, 1)
+    trace_id, publish_span = traceparent(published)
+    assert traceparent(follow_up)[0] == trace_id
+    assert traceparent(follow_up)[1] != publish_span
 
 
 def test_with_nothing_recording_the_trace_is_carried_by_hand() -> None:
