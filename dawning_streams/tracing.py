@@ -127,11 +127,12 @@ class Tracing:
         """``stamp`` while nothing records: the trace goes on under a new span id."""
         kept: list[tuple[str, bytes]] = []
         carried = None
-        for key, value in headers or ():
-            if key == "traceparent":
-                carried = _traceparent(value)
-            else:
-                kept.append((key, value))
+        if headers:
+            for key, value in headers:
+                if key == "traceparent":
+                    carried = _traceparent(value)
+                else:
+                    kept.append((key, value))
         handled = _handled_trace.get()
         context = _traceparent(handled) if handled is not None else None
         if context is None:
@@ -145,8 +146,9 @@ class Tracing:
                 drawn = random.getrandbits(192)
                 if not drawn >> 64 or not drawn & _SPAN_BITS:  # all zeros is invalid
                     drawn |= 1 << 64 | 1
-                ids = f"{drawn:048x}"
-                kept.append(("traceparent", f"00-{ids[:32]}-{ids[32:]}-01".encode("ascii")))
+                kept.append(
+                    ("traceparent", b"00-%032x-%016x-01" % (drawn >> 64, drawn & _SPAN_BITS))
+                )
                 return kept
         trace_id, flags = context
         span_id = random.getrandbits(64) or 1
