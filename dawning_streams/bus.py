@@ -315,12 +315,14 @@ class KafkaMessageBus(Service):
                             else:
                                 sends[(topic, "ok")] += 1
                         confirmed += 1
-            except _UNREACHABLE as exc:
+            except BaseException as exc:
                 # What was sent but not awaited is counted when the broker answers.
                 for n in range(confirmed, len(pending)):
                     ack = pending[n]
                     if ack is not None:
                         producer.counted(records[n].topic, ack)  # type: ignore[attr-defined]
+                if not isinstance(exc, _UNREACHABLE):
+                    raise
                 logger.warning(
                     "Kafka did not take %s (%s); spooling it and what follows to %s",
                     records[confirmed].what,
