@@ -60,6 +60,8 @@ def murmur2(key: bytes | None, all_partitions: Sequence[int], available: Sequenc
     """Kafka's Java ``DefaultPartitioner`` for keyed messages."""
     if key is None:
         return _random(all_partitions, available)
+    if type(key) is not bytes:  # a bytearray or memoryview: the cache needs a hashable key
+        key = bytes(key)
     return all_partitions[(murmur2_hash(key) & 0x7FFFFFFF) % len(all_partitions)]
 
 

@@ -37,6 +37,11 @@ def test_murmur2_hashes_every_key_as_aiokafka_does() -> None:
     assert [murmur2_hash(key) for key in keys] == [aiokafka_murmur2(key) for key in keys]
 
 
+def test_murmur2_takes_a_bytearray_key_too() -> None:
+    key = b"9f706e05-3812-4496-a6d4-6f1f5f5e0512"
+    assert murmur2(bytearray(key), PARTITIONS, PARTITIONS) == 0
+
+
 def test_consistent_random_is_librdkafkas_crc32() -> None:
     # 0xCBF43926 is CRC-32's published check value for "123456789".
     assert zlib.crc32(b"123456789") == 0xCBF43926
