@@ -54,6 +54,7 @@ from .names import (
 )
 from .records import MessageBase
 from .retry import Retry, RetryLater
+from .tracing import carried, carry, uncarry
 
 if TYPE_CHECKING:
     from .application import App
@@ -64,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 M = TypeVar("M")
 HandlerFn = Callable[[M], Awaitable[None] | None]
+
+_perf_counter = time.perf_counter
 
 _EXCEPTION_MESSAGE_LIMIT = 2_000
 _TRACEBACK_LIMIT = 8_000
@@ -345,18 +348,35 @@ class Handler(Generic[M]):
             # Decoded again there, to dead-letter it with its origin.
             await self._step(Delivery.of_record(record), attempt=0)
             return
-        with self.app.telemetry.attempt(
-            self.name, record.topic, [record.headers], attempt=0
-        ) as run:
+        telemetry = self.app.telemetry
+        if not telemetry.tracing.provider.recording:
+            # What Telemetry.attempt does while nothing records spans, without
+            # the context manager: this runs for every message.
+            token = carry(carried((record.headers,)))
+            started = _perf_counter()
+            ok = True
+            try:
+                await self._function(message)
+            except Exception as exc:
+                ok = False
+                await self._route_first_failure(record, exc)
+            finally:
+                telemetry.metrics.attempt_ended(self.name, _perf_counter() - started, ok=ok)
+                uncarry(token)
+            return
+        with telemetry.attempt(self.name, record.topic, [record.headers], attempt=0) as run:
             try:
                 await self._function(message)
             except Exception as exc:
                 run.failed(exc)
-                delivery = Delivery.of_record(record)
-                try:
-                    await self._fail(delivery, 0, exc)
-                except Exception:
-                    self._log_unroutable(delivery, 0)
+                await self._route_first_failure(record, exc)
+
+    async def _route_first_failure(self, record: Any, exc: Exception) -> None:
+        delivery = Delivery.of_record(record)
+        try:
+            await self._fail(delivery, 0, exc)
+        except Exception:
+            self._log_unroutable(delivery, 0)
 
     async def _consume_source(self, stream: StreamT) -> None:
         async for event in stream.events():

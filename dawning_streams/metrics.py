@@ -18,25 +18,49 @@ into the same provider, so its ``faust.*`` metrics sit beside these:
 ``dawning.handler.duration``   histogram  seconds per attempt, by ``outcome``
 ``dawning.spool.size``         gauge      messages waiting in the on-disk spool
 ============================  =========  ======================================
+
+What is counted per message is counted in plain Python and read when the
+metrics are collected: an SDK counter's ``add`` costs a message several
+microseconds, an SDK histogram's ``record`` about nine. The SDK has no
+observable histogram, so ``dawning.handler.duration`` is aggregated in process
+(:class:`Durations`) and handed to every reader with what the SDK collected:
+Prometheus and OTLP see the same histogram, cumulative, with the same name,
+attributes and buckets an SDK histogram would have.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
+from bisect import bisect_left
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricExporter,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+    ResourceMetrics,
+    ScopeMetrics,
+)
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .settings import TelemetrySettings
 
-__all__ = ["CONTENT_TYPE", "Metrics", "RecentCounts", "otlp_headers"]
+__all__ = ["CONTENT_TYPE", "Durations", "Metrics", "RecentCounts", "otlp_headers"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -70,8 +94,12 @@ class RecentCounts:
         self._seconds: dict[tuple[str, str], deque[list[int]]] = defaultdict(deque)
 
     def add(self, name: str, outcome: str, count: int = 1, now: float | None = None) -> None:
+        self.add_to((name, outcome), count, now)
+
+    def add_to(self, key: tuple[str, str], count: int = 1, now: float | None = None) -> None:
+        """``add`` to ``(name, outcome)``."""
         second = int(now if now is not None else time.time())
-        buckets = self._seconds[(name, outcome)]
+        buckets = self._seconds[key]
         if buckets and buckets[-1][0] == second:
             buckets[-1][1] += count
         else:
@@ -100,20 +128,142 @@ class RecentCounts:
         return counts
 
 
+class Durations:
+    """A histogram of seconds per (handler, outcome), aggregated in process.
+
+    ``record`` is a bisect and a few list updates. ``metric`` reads it as the
+    SDK's cumulative histogram would: explicit bounds, a count per bucket
+    (values equal to a bound fall in that bound's bucket), sum, min and max.
+    Each series is one list, copied whole when read, so a reader in another
+    thread (the OTLP exporter's) sees the buckets and the count agree.
+    """
+
+    def __init__(self, name: str, description: str, bounds: Sequence[float]) -> None:
+        self.name = name
+        self.description = description
+        self.bounds = tuple(bounds)
+        self.started_ns = time.time_ns()
+        #: (handler, outcome) -> [sum, min, max, bucket 0, ..., bucket len(bounds)]
+        self._series: dict[tuple[str, str], list[Any]] = {}
+
+    def record(self, key: tuple[str, str], seconds: float) -> None:
+        """One attempt of ``key`` (handler, outcome) took ``seconds``."""
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = [0.0, math.inf, -math.inf] + [0] * (len(self.bounds) + 1)
+        series[3 + bisect_left(self.bounds, seconds)] += 1
+        series[0] += seconds
+        if seconds < series[1]:
+            series[1] = seconds
+        if seconds > series[2]:
+            series[2] = seconds
+
+    def metric(self, now_ns: int | None = None) -> Metric | None:
+        """The histogram as the SDK would collect it, or None before the first record."""
+        now_ns = now_ns if now_ns is not None else time.time_ns()
+        points = []
+        for (handler, outcome), series in list(self._series.items()):
+            snapshot = list(series)
+            buckets = snapshot[3:]
+            points.append(
+                HistogramDataPoint(
+                    attributes={"handler": handler, "outcome": outcome},
+                    start_time_unix_nano=self.started_ns,
+                    time_unix_nano=now_ns,
+                    count=sum(buckets),
+                    sum=snapshot[0],
+                    bucket_counts=buckets,
+                    explicit_bounds=self.bounds,
+                    min=snapshot[1],
+                    max=snapshot[2],
+                )
+            )
+        if not points:
+            return None
+        return Metric(
+            name=self.name,
+            description=self.description,
+            unit="s",
+            data=Histogram(
+                data_points=points,
+                aggregation_temporality=AggregationTemporality.CUMULATIVE,
+            ),
+        )
+
+
+def _with_metric(
+    data: MetricsData | None, metric: Metric, scope: InstrumentationScope, resource: Resource
+) -> MetricsData:
+    """``data`` with ``metric`` added to ``scope``'s metrics (the collections are frozen)."""
+    if data is None or not data.resource_metrics:
+        data = MetricsData(
+            resource_metrics=[ResourceMetrics(resource=resource, scope_metrics=[], schema_url="")]
+        )
+    first, *others = data.resource_metrics
+    scopes = list(first.scope_metrics)
+    for n, scoped in enumerate(scopes):
+        if scoped.scope == scope:
+            scopes[n] = dataclasses.replace(scoped, metrics=[*scoped.metrics, metric])
+            break
+    else:
+        scopes.append(ScopeMetrics(scope=scope, metrics=[metric], schema_url=""))
+    return MetricsData(resource_metrics=[dataclasses.replace(first, scope_metrics=scopes), *others])
+
+
+class _Merging:
+    """A reader mixin: what the SDK collected, plus the in-process histograms."""
+
+    _extra: Callable[[MetricsData | None], MetricsData | None]
+
+    def _receive_metrics(
+        self, metrics_data: MetricsData | None, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> None:
+        super()._receive_metrics(  # type: ignore[misc]
+            self._extra(metrics_data), timeout_millis=timeout_millis, **kwargs
+        )
+
+
+class _PrometheusReader(_Merging, PrometheusMetricReader):
+    def __init__(
+        self, extra: Callable[[MetricsData | None], MetricsData | None], **kwargs: Any
+    ) -> None:
+        self._extra = extra
+        super().__init__(**kwargs)
+
+
+class _ExportingReader(_Merging, PeriodicExportingMetricReader):
+    def __init__(
+        self,
+        extra: Callable[[MetricsData | None], MetricsData | None],
+        exporter: MetricExporter,
+        **kwargs: Any,
+    ) -> None:
+        self._extra = extra
+        super().__init__(exporter, **kwargs)
+
+
 class Metrics:
     """The instruments of one app, and the Prometheus text of their current values."""
 
     def __init__(self, settings: TelemetrySettings, resource: Resource) -> None:
         self.registry = CollectorRegistry()
-        readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
+        self.resource = resource
+        self.duration = Durations(
+            "dawning.handler.duration", "Time per handler attempt.", _SECONDS_BUCKETS
+        )
+        readers: list[MetricReader] = [
+            _PrometheusReader(self._with_durations, registry=self.registry)
+        ]
         if settings.otlp_endpoint is not None:
             exporter = OTLPMetricExporter(
                 endpoint=settings.otlp_endpoint.rstrip("/") + "/v1/metrics",
                 headers=otlp_headers(settings),
             )
             readers.append(
-                PeriodicExportingMetricReader(
-                    exporter, export_interval_millis=settings.export_interval_ms
+                _ExportingReader(
+                    self._with_durations,
+                    exporter,
+                    export_interval_millis=settings.export_interval_ms,
                 )
             )
         self.provider = MeterProvider(
@@ -134,7 +284,8 @@ class Metrics:
         message = "{message}"
         # Counted in plain dicts, read when the metrics are collected: an SDK
         # counter's add costs every message several microseconds.
-        self._sends: Counter[tuple[str, str]] = Counter()
+        #: (topic, "ok" or "error") -> sends; the bus adds to it directly.
+        self.sends: Counter[tuple[str, str]] = Counter()
         self._outcomes: Counter[tuple[str, str]] = Counter()
         meter.create_observable_counter(
             "kafka.producer.send.total",
@@ -161,12 +312,6 @@ class Metrics:
                 unit=message,
                 description=description,
             )
-        self.duration = meter.create_histogram(
-            "dawning.handler.duration",
-            unit="s",
-            description="Time per handler attempt.",
-            explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
-        )
         meter.create_observable_gauge(
             "dawning.spool.size",
             callbacks=[self._observe_spool],
@@ -177,17 +322,17 @@ class Metrics:
     # -- recording -------------------------------------------------------------
 
     def sent(self, topic: str, *, ok: bool) -> None:
-        self._sends[(topic, "ok" if ok else "error")] += 1
+        self.sends[(topic, "ok" if ok else "error")] += 1
 
     def polled(self, seconds: float) -> None:
         self.poll_time.record(seconds)
 
     def attempt_ended(self, handler: str, seconds: float, *, ok: bool, count: int = 1) -> None:
         """One handler attempt (``count`` messages for a batch) ended."""
-        outcome = "handled" if ok else "failed"
-        self._outcomes[(handler, outcome)] += count
-        self.duration.record(seconds, {"handler": handler, "outcome": outcome})
-        self.recent.add(handler, outcome, count)
+        key = (handler, "handled" if ok else "failed")
+        self._outcomes[key] += count
+        self.duration.record(key, seconds)
+        self.recent.add_to(key, count)
 
     def routed(self, handler: str, *, dead_letter: bool) -> None:
         """A failed message went to a retry tier, or to the dead-letter topic."""
@@ -205,8 +350,19 @@ class Metrics:
         """Export what is pending (OTLP) and stop the readers."""
         self.provider.shutdown()
 
+    def _with_durations(self, data: MetricsData | None) -> MetricsData | None:
+        metric = self.duration.metric()
+        if metric is None:
+            return data
+        return _with_metric(data, metric, self._scope, self.resource)
+
+    @property
+    def _scope(self) -> InstrumentationScope:
+        scope = getattr(self.meter, "_instrumentation_scope", None)
+        return scope if scope is not None else InstrumentationScope("dawning_streams")
+
     def _observe_sends(self, options: CallbackOptions) -> Iterator[Observation]:
-        for (topic, result), count in dict(self._sends).items():
+        for (topic, result), count in dict(self.sends).items():
             yield Observation(count, {"topic": topic, "result": result})
 
     def _outcome_observer(self, outcome: str) -> Callable[[CallbackOptions], Iterator[Observation]]:

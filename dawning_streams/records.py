@@ -72,6 +72,8 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
     wire_fields: ClassVar[tuple[WireField, ...]] = ()
     _wire_names: ClassVar[tuple[str, ...]] = ()
     _wire_values: ClassVar[Callable[[Any], tuple[Any, ...]]]
+    #: (wire name, attribute) of every field, when none is coerced lazily on access.
+    _wire_plain: ClassVar[tuple[tuple[str, str], ...] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -90,6 +92,10 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
         cls.wire_fields = tuple(wire_fields)
         cls._wire_names = tuple(f.wire for f in wire_fields)
         cls._wire_values = operator.attrgetter(*(f.attr for f in wire_fields))
+        # Faust's field descriptors run Python code on every read; a field that
+        # is not coerced on access (generic types are) reads the same from __dict__.
+        lazy = any(getattr(cls, f.attr).lazy_coercion for f in wire_fields)
+        cls._wire_plain = None if lazy else tuple((f.wire, f.attr) for f in wire_fields)
         _TYPES[cls.__name__] = cls
 
     def __post_init__(self) -> None:
@@ -116,6 +122,10 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
     def to_representation(self) -> dict[str, Any]:
         """The wire mapping: PascalCase names, no Python module paths."""
         cls = type(self)
+        plain = cls._wire_plain
+        if plain is not None:
+            values = self.__dict__
+            return {wire: values[attr] for wire, attr in plain}
         return dict(zip(cls._wire_names, cls._wire_values(self), strict=True))
 
     def partition_key(self) -> str | None:

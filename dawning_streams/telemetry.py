@@ -9,26 +9,87 @@ handled or failed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode
 
 from .metrics import Metrics
 from .settings import Settings
-from .tracing import Headers, Tracing
+from .tracing import Headers, Tracing, carried, carry, uncarry
 
 __all__ = ["Attempt", "Telemetry"]
 
+_perf_counter = time.perf_counter
 
-@dataclass
+
 class Attempt:
-    """One handler attempt in progress; call :meth:`failed` if it raised."""
+    """One handler attempt in progress; call :meth:`failed` if it raised.
+
+    A context manager of its own, entered once per handled message (so a
+    class with slots, not a generator): on leaving, the attempt's duration and
+    outcome are recorded, and an exception raised inside marks it failed.
+    While nothing records spans, it carries the message's trace itself
+    rather than through :meth:`Tracing.handling`.
+    """
+
+    __slots__ = (
+        "_count",
+        "_handler",
+        "_metrics",
+        "_scope",
+        "_started",
+        "_token",
+        "_traceparent",
+        "ok",
+        "span",
+    )
 
     span: Span
-    ok: bool = True
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        handler: str,
+        headers: Sequence[Headers],
+        scope: AbstractContextManager[Span] | None,
+    ) -> None:
+        self._metrics = metrics
+        self._handler = handler
+        self._count = len(headers)
+        self._scope = scope
+        self._traceparent = carried(headers) if scope is None else None
+        self.ok = True
+
+    def __enter__(self) -> Attempt:
+        if self._scope is None:
+            self._token = carry(self._traceparent)
+            self.span = INVALID_SPAN
+        else:
+            self.span = self._scope.__enter__()
+        self._started = _perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        seconds = _perf_counter() - self._started
+        try:
+            if isinstance(exc, Exception):
+                self.failed(exc)
+        finally:
+            try:
+                self._metrics.attempt_ended(self._handler, seconds, ok=self.ok, count=self._count)
+            finally:
+                if self._scope is None:
+                    uncarry(self._token)
+                else:
+                    self._scope.__exit__(exc_type, exc, tb)
 
     def failed(self, exc: BaseException) -> None:
         self.ok = False
@@ -50,23 +111,17 @@ class Telemetry:
         self.metrics = Metrics(settings.telemetry, resource)
         self.tracing = Tracing(settings.telemetry, resource)
 
-    @contextmanager
     def attempt(
         self, handler: str, topic: str, headers: Sequence[Headers], *, attempt: int
-    ) -> Iterator[Attempt]:
+    ) -> Attempt:
         """Wrap one attempt of ``handler`` on the messages with ``headers``."""
-        started = time.perf_counter()
-        with self.tracing.handling(handler, topic, headers, attempt=attempt) as span:
-            state = Attempt(span)
-            try:
-                yield state
-            except Exception as exc:
-                state.failed(exc)
-                raise
-            finally:
-                self.metrics.attempt_ended(
-                    handler, time.perf_counter() - started, ok=state.ok, count=len(headers)
-                )
+        tracing = self.tracing
+        scope = (
+            tracing.handling(handler, topic, headers, attempt=attempt)
+            if tracing.provider.recording
+            else None
+        )
+        return Attempt(self.metrics, handler, headers, scope)
 
     def routed(self, handler: str, *, dead_letter: bool) -> None:
         """A failed message went to a retry tier or to the dead-letter topic."""

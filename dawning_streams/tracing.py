@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar, Token
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -38,12 +38,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from .metrics import otlp_headers
 from .settings import TelemetrySettings
 
-__all__ = ["TRACE_HEADERS", "Tracing", "trace_context"]
+__all__ = ["TRACE_HEADERS", "Tracing", "carried", "carry", "trace_context", "uncarry"]
 
 #: The W3C Trace Context headers, as Kafka header names.
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 _propagator = TraceContextTextMapPropagator()
+_SPAN_BITS = (1 << 64) - 1
 Headers = Iterable[tuple[str, bytes]]
 
 
@@ -60,8 +61,9 @@ def trace_context(headers: Headers | None) -> Context | None:
     return extracted if trace.get_current_span(extracted).get_span_context().is_valid else None
 
 
-#: (trace id, flags) of the message a handler is working on, while nothing records spans.
-_handled_trace: ContextVar[tuple[str, str] | None] = ContextVar("dawning_trace", default=None)
+#: The ``traceparent`` of the message a handler is working on, while nothing records
+#: spans; read only when the handler publishes.
+_handled_trace: ContextVar[bytes | None] = ContextVar("dawning_trace", default=None)
 
 
 def _traceparent(value: bytes) -> tuple[str, str] | None:
@@ -125,24 +127,34 @@ class Tracing:
         """``stamp`` while nothing records: the trace goes on under a new span id."""
         kept: list[tuple[str, bytes]] = []
         carried = None
-        for key, value in headers or ():
-            if key == "traceparent":
-                carried = _traceparent(value)
-            else:
-                kept.append((key, value))
-        context = _handled_trace.get()
+        if headers:
+            for key, value in headers:
+                if key == "traceparent":
+                    carried = _traceparent(value)
+                else:
+                    kept.append((key, value))
+        handled = _handled_trace.get()
+        context = _traceparent(handled) if handled is not None else None
         if context is None:
             current = trace.get_current_span().get_span_context()
             if current.is_valid:
                 context = (f"{current.trace_id:032x}", f"{current.trace_flags:02x}")
+            elif carried is not None:
+                context = carried
             else:
-                context = carried or (f"{random.getrandbits(128) or 1:032x}", "01")
+                # A new trace: its id and the span id from one draw.
+                drawn = random.getrandbits(192)
+                if not drawn >> 64 or not drawn & _SPAN_BITS:  # all zeros is invalid
+                    drawn |= 1 << 64 | 1
+                kept.append(
+                    ("traceparent", b"00-%032x-%016x-01" % (drawn >> 64, drawn & _SPAN_BITS))
+                )
+                return kept
         trace_id, flags = context
         span_id = random.getrandbits(64) or 1
         kept.append(("traceparent", f"00-{trace_id}-{span_id:016x}-{flags}".encode("ascii")))
         return kept
 
-    @contextmanager
     def handling(
         self,
         handler: str,
@@ -150,15 +162,20 @@ class Tracing:
         headers: Sequence[Headers],
         *,
         attempt: int,
-    ) -> Iterator[Span]:
+    ) -> AbstractContextManager[Span]:
         """The current span while ``handler`` works on messages with ``headers``.
 
         One message: its span is a child of the publisher's. A batch: a new
         trace, linked to every message's publisher span.
         """
         if not self.provider.recording:
-            yield from self._carrying(headers)
-            return
+            return _Carrying(headers)
+        return self._span(handler, topic, headers, attempt=attempt)
+
+    @contextmanager
+    def _span(
+        self, handler: str, topic: str, headers: Sequence[Headers], *, attempt: int
+    ) -> Iterator[Span]:
         contexts = [trace_context(h) for h in headers]
         parent = contexts[0] if len(contexts) == 1 else None
         links = (
@@ -189,20 +206,40 @@ class Tracing:
             otel_context.detach(token)
             span.end()
 
-    def _carrying(self, headers: Sequence[Headers]) -> Iterator[Span]:
-        """``handling`` while nothing records: what the handler publishes stays in the trace."""
-        carried = None
-        if len(headers) == 1:
-            for key, value in headers[0]:
-                if key == "traceparent":
-                    carried = _traceparent(value)
-                    break
-        token = _handled_trace.set(carried)
-        try:
-            yield trace.INVALID_SPAN
-        finally:
-            _handled_trace.reset(token)
-
     def shutdown(self) -> None:
         """Export what is pending and stop."""
         self.provider.shutdown()
+
+
+def carried(headers: Sequence[Headers]) -> bytes | None:
+    """The ``traceparent`` a handler carries on while nothing records: one message's."""
+    if len(headers) == 1:
+        for key, value in headers[0]:
+            if key == "traceparent":
+                return value
+    return None
+
+
+def carry(traceparent: bytes | None) -> Token[bytes | None]:
+    """Make ``traceparent`` what a handler's publishes continue, until :func:`uncarry`."""
+    return _handled_trace.set(traceparent)
+
+
+def uncarry(token: Token[bytes | None]) -> None:
+    _handled_trace.reset(token)
+
+
+class _Carrying:
+    """``handling`` while nothing records: what the handler publishes stays in the trace."""
+
+    __slots__ = ("_token", "_traceparent")
+
+    def __init__(self, headers: Sequence[Headers]) -> None:
+        self._traceparent = carried(headers)
+
+    def __enter__(self) -> Span:
+        self._token = carry(self._traceparent)
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc_info: object) -> None:
+        uncarry(self._token)

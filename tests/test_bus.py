@@ -154,3 +154,22 @@ async def test_a_refused_message_in_a_batch_is_named_and_the_rest_are_published(
         settings.kafka.bootstrap_servers[0], settings.kafka.topics.user_event, 2
     )
     assert [decode(r.value, UserEventMessage).event_type for r in records] == ["before", "after"]
+
+
+async def test_a_message_that_cannot_be_encoded_is_named_and_the_rest_are_published(
+    settings: Settings,
+) -> None:
+    user = uuid.uuid4()
+    before, after = (
+        UserEventMessage(user_id=user, event_type="before"),
+        UserEventMessage(user_id=user, event_type="after"),
+    )
+    odd = UserEventMessage(user_id=user, event_type="odd", event_data={"at": object()})
+    async with create_app(settings).bus as bus:
+        with pytest.raises(PublishError, match=f"cannot encode UserEventMessage {odd.message_id}"):
+            await bus.publish_many([before, odd, after])
+        assert bus.spool.count == 0
+    records = await read_topic(
+        settings.kafka.bootstrap_servers[0], settings.kafka.topics.user_event, 2
+    )
+    assert [decode(r.value, UserEventMessage).event_type for r in records] == ["before", "after"]

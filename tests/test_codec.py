@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -82,6 +83,16 @@ def test_every_seed_message_type_has_a_record() -> None:
 @pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
 def test_a_message_survives_the_round_trip(message: MessageBase) -> None:
     assert decode(encode(message), type(message)) == message
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_the_wire_mapping_has_every_field_as_read_in_declaration_order(
+    message: MessageBase,
+) -> None:
+    message = copy.copy(message)
+    message.source_instance = "set-after-creation"
+    expected = {f.wire: getattr(message, f.attr) for f in type(message).wire_fields}
+    assert list(message.to_representation().items()) == list(expected.items())
 
 
 def test_fields_are_written_in_pascal_case_without_module_paths() -> None:

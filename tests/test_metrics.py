@@ -7,10 +7,12 @@ import uuid
 
 import aiohttp
 import pytest
+from opentelemetry.sdk.resources import Resource
 from prometheus_client.parser import text_string_to_metric_families
 
 from dawning_streams import AuditLogMessage, Reject, Retry, Settings, create_app
-from dawning_streams.metrics import RecentCounts
+from dawning_streams.metrics import Metrics, RecentCounts
+from dawning_streams.settings import TelemetrySettings
 
 from .handler_helpers import Calls, eventually, running
 from .kafka_helpers import read_topic
@@ -143,3 +145,38 @@ def test_recent_counts_keep_a_window_of_seconds() -> None:
     assert recent.series("h", "handled", bucket_s=30, buckets=2, now=1030) == [3, 1]
     recent.add("h", "handled", now=1070)  # the first three fall out of the window
     assert recent.total("h", "handled", 3600, now=1070) == 2
+
+
+def test_handler_duration_on_metrics_counts_every_attempt_in_its_bucket() -> None:
+    metrics = Metrics(TelemetrySettings(), Resource.create({}))
+    handled = [0.0004, 0.001, 0.003, 0.003, 0.2, 0.2, 0.2, 7.0, 61.0]
+    for seconds in handled:
+        metrics.attempt_ended("audit", seconds, ok=True)
+    metrics.attempt_ended("audit", 0.02, ok=False, count=5)  # a batch: one attempt
+    found = samples(metrics.render().decode())
+
+    def bucket(outcome: str, le: str) -> float | None:
+        return value(
+            found,
+            "dawning_handler_duration_seconds_bucket",
+            handler="audit",
+            outcome=outcome,
+            le=le,
+        )
+
+    # Cumulative, a value equal to a bound counted in that bound's bucket.
+    expected = {
+        "0.001": 2, "0.005": 4, "0.01": 4, "0.025": 4, "0.05": 4, "0.1": 4, "0.25": 7,
+        "0.5": 7, "1": 7, "2.5": 7, "5": 7, "10": 8, "30": 8, "60": 8, "+Inf": 9,
+    }  # fmt: skip
+    assert {le: bucket("handled", le) for le in expected} == expected
+    count = value(
+        found, "dawning_handler_duration_seconds_count", handler="audit", outcome="handled"
+    )
+    total = value(found, "dawning_handler_duration_seconds_sum", handler="audit", outcome="handled")
+    assert count == 9
+    assert total == pytest.approx(sum(handled))
+    assert bucket("failed", "0.01") == 0 and bucket("failed", "0.025") == 1
+    assert bucket("failed", "+Inf") == 1
+    # Handled messages are counted per message, the duration per attempt.
+    assert value(found, "dawning_handler_failed_total", handler="audit") == 5

@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AGGREGATION_TEMPORALITY_CUMULATIVE
 
 from dawning_streams import AuditLogMessage, Settings, create_app
 from dawning_streams.settings import Secret, TelemetrySettings
@@ -89,6 +90,7 @@ async def test_metrics_and_spans_are_exported_over_otlp(
         assert headers["authorization"] == "Bearer collector-token"
 
     metrics: dict[str, float] = {}
+    durations = []
     for path, _, body in receiver.received:
         if path != "/v1/metrics":
             continue
@@ -100,8 +102,22 @@ async def test_metrics_and_spans_are_exported_over_otlp(
                 for metric in scope.metrics:
                     if metric.HasField("sum"):
                         metrics[metric.name] = sum(p.as_int for p in metric.sum.data_points)
+                    if metric.name == "dawning.handler.duration":
+                        durations.append(metric)
     assert metrics["dawning.handler.handled"] == 1
     assert metrics["kafka.producer.send.total"] >= 1
+    # The handler's duration histogram goes out too, as an SDK histogram would.
+    [duration] = durations
+    assert duration.unit == "s"
+    assert duration.histogram.aggregation_temporality == AGGREGATION_TEMPORALITY_CUMULATIVE
+    [point] = duration.histogram.data_points
+    point_attributes = {a.key: a.value.string_value for a in point.attributes}
+    assert point_attributes == {"handler": "audit", "outcome": "handled"}
+    assert point.count == 1 and sum(point.bucket_counts) == 1
+    assert list(point.explicit_bounds) == [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
+    ]  # fmt: skip
+    assert 0 < point.min <= point.max and point.sum == pytest.approx(point.max)
 
     spans = []
     for path, _, body in receiver.received:

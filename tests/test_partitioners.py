@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import zlib
 
 import pytest
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from dawning_streams.partitioners import consistent_random, murmur2
+from dawning_streams.partitioners import consistent_random, murmur2, murmur2_hash
 
 PARTITIONS = [0, 1, 2]
 
@@ -25,6 +27,19 @@ JAVA_MURMUR2 = [
 @pytest.mark.parametrize(("key", "partition"), JAVA_MURMUR2)
 def test_murmur2_picks_the_java_clients_partition(key: str, partition: int) -> None:
     assert murmur2(key.encode(), PARTITIONS, PARTITIONS) == partition
+
+
+def test_murmur2_hashes_every_key_as_aiokafka_does() -> None:
+    keys = [random.randbytes(length) for length in range(64) for _ in range(20)]
+    keys += [bytes([255] * n) for n in range(9)]
+    assert [murmur2_hash(key) for key in keys] == [aiokafka_murmur2(key) for key in keys]
+    # Asked again, from the cache.
+    assert [murmur2_hash(key) for key in keys] == [aiokafka_murmur2(key) for key in keys]
+
+
+def test_murmur2_takes_a_bytearray_key_too() -> None:
+    key = b"9f706e05-3812-4496-a6d4-6f1f5f5e0512"
+    assert murmur2(bytearray(key), PARTITIONS, PARTITIONS) == 0
 
 
 def test_consistent_random_is_librdkafkas_crc32() -> None:

@@ -10,8 +10,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client.parser import text_string_to_metric_families
 
-from dawning_streams import AuditLogMessage, Retry, Settings, create_app
+from dawning_streams import AuditLogMessage, Retry, Settings, UserEventMessage, create_app
 from dawning_streams.dlq import read_dead_letters, replay
 from dawning_streams.telemetry import Telemetry
 
@@ -112,6 +113,26 @@ async def test_a_replayed_dead_letter_continues_its_trace(settings: Settings) ->
     assert traceparent(records[0])[1] != traceparent(records[1])[1]
 
 
+async def test_with_nothing_recording_what_a_handler_publishes_continues_the_trace(
+    settings: Settings,
+) -> None:
+    app = create_app(settings, web_enabled=False)
+    assert not app.telemetry.tracing.provider.recording
+    bootstrap = settings.kafka.bootstrap_servers[0]
+
+    @app.handler
+    async def audit(message: AuditLogMessage) -> None:
+        await app.bus.publish(UserEventMessage(user_id=message.user_id, event_type="audited"))
+
+    async with running(app):
+        await app.bus.publish(AuditLogMessage(user_id=uuid.uuid4(), action="a", entity_type="U"))
+        [published] = await read_topic(bootstrap, settings.kafka.topics.audit_log, 1)
+        [follow_up] = await read_topic(bootstrap, settings.kafka.topics.user_event, 1)
+    trace_id, publish_span = traceparent(published)
+    assert traceparent(follow_up)[0] == trace_id
+    assert traceparent(follow_up)[1] != publish_span
+
+
 def test_with_nothing_recording_the_trace_is_carried_by_hand() -> None:
     tracing = Telemetry(Settings()).tracing
     assert not tracing.provider.recording
@@ -133,3 +154,21 @@ def test_with_nothing_recording_the_trace_is_carried_by_hand() -> None:
     # Outside a handler, a message's own context is kept (a replayed dead letter).
     [(_, replayed)] = tracing.stamp("orders", [(name, published)])
     assert replayed.decode().split("-")[1] == trace_id
+
+
+def test_an_attempt_that_raises_is_counted_failed_and_the_error_goes_on() -> None:
+    telemetry = Telemetry(Settings())
+    with pytest.raises(ValueError), telemetry.attempt("h", "orders", [[]], attempt=0):
+        raise ValueError("bad")
+    with telemetry.attempt("h", "orders", [[], []], attempt=0) as run:
+        assert run.ok
+    counted = {
+        (sample.name, sample.labels.get("outcome")): sample.value
+        for family in text_string_to_metric_families(telemetry.metrics.render().decode())
+        for sample in family.samples
+        if sample.labels.get("handler") == "h"
+    }
+    assert counted[("dawning_handler_failed_total", None)] == 1
+    assert counted[("dawning_handler_handled_total", None)] == 2
+    assert counted[("dawning_handler_duration_seconds_count", "failed")] == 1
+    assert counted[("dawning_handler_duration_seconds_count", "handled")] == 1
