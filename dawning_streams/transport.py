@@ -151,6 +151,21 @@ class Consumer(faust_aiokafka.Consumer):
             await self.wait_empty()
         await super().on_partitions_revoked(revoked)
 
+    # The consumer thread hands each rebalance to the main loop and waits for it.
+    # When the group rebalances while this worker stops, the main loop's method
+    # queue may be gone already and the thread (and the stop with it) would wait
+    # for ever; the rebalance means nothing to a worker that is leaving.
+
+    async def threadsafe_partitions_revoked(self, receiver_loop: Any, revoked: set[TP]) -> None:
+        if not self.should_stop:
+            await super().threadsafe_partitions_revoked(receiver_loop, revoked)
+
+    async def threadsafe_partitions_assigned(
+        self, receiver_loop: Any, assigned: set[TP], generation_id: int = 0
+    ) -> None:
+        if not self.should_stop:
+            await super().threadsafe_partitions_assigned(receiver_loop, assigned, generation_id)
+
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         tps = {TP(tp.topic, tp.partition) for tp in assigned}
         for lane in self._lanes.values():
@@ -179,21 +194,26 @@ class Consumer(faust_aiokafka.Consumer):
         # A fetch can land while the seek is in progress, from the position
         # before it. The lanes refuse what was fetched before their partitions
         # are paused in the client, and nothing is fetched until the seek is done.
+        # A seek that fails or is cancelled (the worker stops, or a new
+        # rebalance restarts recovery) leaves the lanes holding and their
+        # partitions paused: the seek that follows every assignment resumes them.
         lanes = self._lanes
         held = [tp for tp in self.assignment() if tp.topic in lanes]
         for lane in lanes.values():
             lane.hold()
         await self._fetching(held, paused=True)
-        try:
-            await super().perform_seek()
-        finally:
-            for lane in lanes.values():
-                lane.on_seek()
-            await self._fetching(held, paused=False)
+        await super().perform_seek()
+        for lane in lanes.values():
+            lane.on_seek()
+        await self._fetching(held, paused=False, wait=False)
 
-    async def _fetching(self, tps: list[TP], *, paused: bool) -> None:
+    async def _fetching(self, tps: list[TP], *, paused: bool, wait: bool = True) -> None:
         """Pause or resume ``tps`` in aiokafka, which then neither fetches them nor
-        returns what it fetched before (Faust's own pause only stops asking)."""
+        returns what it fetched before (Faust's own pause only stops asking).
+
+        Without ``wait`` the call is only handed to the consumer's thread: a
+        worker stopping must not wait on a thread that is stopping too.
+        """
         if not tps:
             return
         thread: Any = self._thread
@@ -204,7 +224,9 @@ class Consumer(faust_aiokafka.Consumer):
             chosen = [tp for tp in faust_aiokafka.ensure_aiokafka_TPset(tps) if tp in assigned]
             (consumer.pause if paused else consumer.resume)(*chosen)
 
-        await thread.call_thread(apply)
+        done = await thread.method_queue.call(thread.parent_loop.create_future(), apply)
+        if wait:
+            await done
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed: Mapping[TP, int] = await super().seek_to_committed()

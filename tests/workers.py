@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from dawning_streams.settings import WebSettings
 from .conftest import ROOT, free_port
 
 SETTLE_S = 3.0
+#: Seconds the workers of a group get to stop after SIGTERM, all together.
+STOP_S = 60.0
 FAUST = Path(sys.executable).with_name("faust")
 
 
@@ -129,5 +132,7 @@ async def workers(
         for worker in started:
             if worker.process.poll() is None:
                 worker.process.send_signal(signal.SIGTERM)
+        # One deadline for all: they stop side by side.
+        deadline = time.monotonic() + STOP_S
         for worker in started:
-            worker.stop()
+            worker.stop(timeout_s=max(deadline - time.monotonic(), 1.0))
