@@ -123,9 +123,9 @@ class Lane(Service):
         self.batch_within_s = batch_within_s
         self.max_buffered = app.conf.stream_buffer_maxsize
         self._batches: deque[tuple[TP, list[Any]]] = deque()
+        #: The batch the workers share, and their iterator over its records.
+        self._current_batch: tuple[TP, list[Any]] | None = None
         self._current: Iterator[Any] | None = None
-        self._current_tp: TP | None = None
-        self._current_records: list[Any] = []
         self._buffered = 0
         self._wakeup = asyncio.Event()
         self._idle_waiter: asyncio.Event | None = None
@@ -198,9 +198,9 @@ class Lane(Service):
 
         On a partition this worker kept, the records it has already started come
         again from the committed offset, and are skipped; what was handled stays
-        committable (the commit on stop comes after such a seek).
+        committable (the commit on stop comes after such a seek). Nothing is
+        buffered: :meth:`hold` came first.
         """
-        self._drop_buffered()
         self._next_offset = {
             tp: offset
             for tp, progress in self._progress.items()
@@ -234,9 +234,8 @@ class Lane(Service):
 
     def _drop_buffered(self) -> None:
         # The consumer's position is past what is dropped: a seek must go back.
-        if self._current is not None:
-            assert self._current_tp is not None
-            self.refuse(self._current_tp, self._current_records)
+        if self._current is not None and self._current_batch is not None:
+            self.refuse(*self._current_batch)
         for tp, records in self._batches:
             self.refuse(tp, records)
         self._dropped += 1  # workers leave the batch they are in
@@ -257,10 +256,9 @@ class Lane(Service):
             if not self._batches:
                 return None
             tp, records = self._batches.popleft()
-            self._current, self._current_tp = iter(records), tp
-            self._current_records = records
-        assert self._current_tp is not None
-        return self._current_tp, self._current
+            self._current_batch, self._current = (tp, records), iter(records)
+        assert self._current_batch is not None
+        return self._current_batch[0], self._current
 
     # -- the workers -----------------------------------------------------------
 
