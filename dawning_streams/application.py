@@ -107,6 +107,7 @@ class App(faust.App):
         }
         self.telemetry = Telemetry(settings)
         self.telemetry.metrics.lag_source = self._consumer_lag
+        self.telemetry.metrics.timer_source = self._timer_counts
         # Faust's own sensor records into the same provider, so /metrics and
         # OTLP carry its faust.* metrics too.
         self.monitor = OpenTelemetryMonitor(meter=self.telemetry.metrics.meter)
@@ -209,6 +210,7 @@ class App(faust.App):
             self.scheduler,
             self.bus,
             *self.lanes.values(),
+            *(handler.timers for handler in self.handlers.values()),
         ]
 
     async def on_start(self) -> None:
@@ -240,6 +242,12 @@ class App(faust.App):
         gc.unfreeze()
         # The OTLP exporters block while they send; keep the loop free.
         await asyncio.to_thread(self.telemetry.flush)
+
+    def _timer_counts(self) -> Iterable[tuple[str, int, int, int]]:
+        """(handler, pending timers, held keys, stuck keys) per handler, on this worker."""
+        for name, handler in list(self.handlers.items()):
+            stats = handler.timers.stats()
+            yield name, stats.pending, stats.held_keys, len(stats.stuck_keys)
 
     def _consumer_lag(self) -> Iterable[tuple[str, int, int]]:
         """(topic, partition, end offset - committed offset) per assigned partition."""

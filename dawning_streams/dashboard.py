@@ -140,8 +140,8 @@ def _topics(rows: list[dict[str, Any]], app: App) -> list[dict[str, Any]]:
         entry["kind"] = (
             "dead letters"
             if name in dead
-            else "retry"
-            if ".retry-" in name or name.endswith(".delay")
+            else "timers"
+            if name.endswith(".timers") or name.endswith("-timers-changelog")
             else "changelog"
             if name.endswith("-changelog")
             else "messages"

@@ -20,10 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from .kafka_security import client_options
 from .names import Header, dead_letter_topic, header_text
+from .reading import read_to_end
 
 if TYPE_CHECKING:
     from .application import App
@@ -82,32 +80,7 @@ async def read_dead_letters(app: App, topics: Iterable[str] | None = None) -> li
     settings = app.dawning_settings.kafka
     sources = list(topics) if topics is not None else list(settings.topics.all())
     names = [t if t.endswith(".dlq") else dead_letter_topic(t) for t in sources]
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    letters: list[DeadLetter] = []
-    try:
-        cluster = await consumer._client.fetch_all_metadata()
-        partitions = [
-            TopicPartition(name, p)
-            for name in names
-            for p in sorted(cluster.partitions_for_topic(name) or ())
-        ]
-        if not partitions:
-            return []
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-        remaining = {tp for tp in partitions if end[tp] > 0}
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batches.items():
-                for record in records:
-                    if record.offset < end[tp]:
-                        letters.append(_letter(record))
-                if await consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
+    letters = [_letter(record) for record in await read_to_end(settings, names)]
     return sorted(letters, key=lambda letter: (letter.dead_lettered_at, letter.offset))
 
 

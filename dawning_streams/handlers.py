@@ -1,59 +1,52 @@
 """Celery-style handlers: ``@app.handler`` on top of Faust agents.
 
-A handler is a plain function of one typed message. Declaring it registers
-Faust agents for its source topic, for each retry tier and for delayed sends:
+A handler is a plain function of one typed message. Declaring it registers a
+Faust agent (and a lane) for its source topic and its durable timers
+(:mod:`dawning_streams.timers`)::
 
     source ─▶ handler ─ok─▶ commit
-                  └─fail─▶ <topic>.<handler>.retry-1 ─(wait until due)─▶ handler ─fail─▶ retry-2 …
-                                                      after the last retry ─▶ <topic>.dlq
+                  └─fail─▶ timer table (due in 2 s) ─▶ handler ─fail─▶ timer table (4 s) …
+                                              after the last retry ─▶ <topic>.dlq
+    apply_async(countdown_s=…) ─▶ <topic>.<handler>.timers ─▶ timer table ─▶ handler
 
-Every republished message keeps its bytes (so its ``MessageId``) and its
-partition, and carries the attempt, the due time and the failure in headers
-(:class:`~dawning_streams.names.Header`). The source partition never waits for
-a retry.
+A failed message keeps its bytes (so its ``MessageId``) and its partition; the
+source partition never waits for a retry, and a timer due later never holds
+back one due sooner.
 
 Ordered handlers (``ordered=True``) keep each key's messages in order even
-across retries: while a key has a message in the retry tiers, later messages
-with that key are parked in a changelog-backed table instead of being handled.
-When the retried message succeeds or is dead-lettered, the parked messages are
-handled in arrival order, and only then is the key released. Other keys on the
-partition keep flowing. This works because retry topics and the table have the
-source's partition count and each message is republished to its source
-partition, so Faust's co-partitioning assignor gives one worker partition *p*
-of all of them.
+across retries: while a key has a message waiting on a retry, later messages
+with that key are parked in the timer table instead of being handled. When the
+retried message succeeds or is dead-lettered, the parked messages are handled
+in arrival order, and only then is the key released. Other keys on the
+partition keep flowing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import inspect
 import logging
 import math
 import time
 import traceback
 import typing
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from aiokafka.structs import RecordMetadata
-from faust.types import EventT, StreamT
+from faust.types import StreamT
 
 from .codec import decode, encode
+from .delivery import Delivery, delivered, delivering
 from .errors import DawningError, MessageDecodeError
 from .lanes import Lane
-from .names import (
-    Header,
-    dead_letter_topic,
-    delay_topic,
-    header_text,
-    retry_topic,
-    valid_name,
-)
+from .names import Header, dead_letter_topic, revoke_reply_key, timers_topic, valid_name
 from .records import MessageBase
-from .retry import Retry, RetryLater
+from .retry import Expired, Reject, Retry, RetryLater
+from .timers import Timer, Timers, due_ms_in, now_ms
 from .tracing import carried, carry, uncarry
 
 if TYPE_CHECKING:
@@ -70,6 +63,8 @@ _perf_counter = time.perf_counter
 
 _EXCEPTION_MESSAGE_LIMIT = 2_000
 _TRACEBACK_LIMIT = 8_000
+#: ``dawning-*`` headers a retry keeps: the message's expiry and its timer id.
+_CARRIED_HEADERS = frozenset({Header.EXPIRES_MS, Header.TIMER_ID})
 
 
 class HandlerError(DawningError, TypeError):
@@ -100,96 +95,6 @@ class HandlerOptions:
         if self.ordered and (self.concurrency != 1 or self.batch_size != 1):
             return "an ordered handler runs with concurrency=1 and batch_size=1"
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One Kafka record as a handler attempt sees it, from a topic or the parking table."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-
-    @classmethod
-    def of(cls, event: EventT) -> Delivery:
-        return cls.of_record(event.message)
-
-    @classmethod
-    def of_record(cls, message: Any) -> Delivery:
-        """From a Faust message or an aiokafka record (they share these attributes)."""
-        return cls(
-            message.topic,
-            message.partition,
-            message.offset,
-            message.key,
-            message.value,
-            tuple((k, bytes(v)) for k, v in _header_pairs(message.headers)),
-        )
-
-    def header(self, name: str) -> str | None:
-        return header_text(self.headers, name)
-
-    @property
-    def origin(self) -> tuple[str, int, int]:
-        """Topic, partition and offset where the message was first published."""
-        topic = self.header(Header.ORIGINAL_TOPIC)
-        if topic is None:
-            return self.topic, self.partition, self.offset
-        return (
-            topic,
-            int(self.header(Header.ORIGINAL_PARTITION) or self.partition),
-            int(self.header(Header.ORIGINAL_OFFSET) or -1),
-        )
-
-    @property
-    def origin_id(self) -> str:
-        return "/".join(map(str, self.origin))
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-safe form, for the parking table."""
-        b64 = _b64
-        return {
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": self.offset,
-            "key": b64(self.key),
-            "value": b64(self.value),
-            "headers": [[k, b64(v)] for k, v in self.headers],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Delivery:
-        unb64 = _unb64
-        return cls(
-            data["topic"],
-            data["partition"],
-            data["offset"],
-            unb64(data["key"]),
-            unb64(data["value"]),
-            tuple((k, unb64(v) or b"") for k, v in data["headers"]),
-        )
-
-
-def _header_pairs(headers: Any) -> list[tuple[str, bytes]]:
-    if not headers:
-        return []
-    return list(headers.items()) if isinstance(headers, dict) else list(headers)
-
-
-def _b64(data: bytes | None) -> str | None:
-    return base64.b64encode(data).decode() if data is not None else None
-
-
-def _unb64(text: str | None) -> bytes | None:
-    return base64.b64decode(text) if text is not None else None
-
-
-def _due_ms(delay_s: float) -> int:
-    """Epoch milliseconds ``delay_s`` from now, rounded up so a message is never early."""
-    return math.ceil((time.time() + delay_s) * 1000)
 
 
 def _now_iso() -> str:
@@ -254,26 +159,131 @@ class Handler(Generic[M]):
         return await self.apply_async(message)
 
     async def apply_async(
-        self, message: M, *, countdown_s: float | None = None, key: str | None = None
+        self,
+        message: M,
+        *,
+        countdown_s: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        key: str | None = None,
     ) -> RecordMetadata | None:
-        """Publish ``message``; with ``countdown_s`` it is handled no earlier than that."""
+        """Publish ``message``, as Celery's ``apply_async``.
+
+        ``countdown_s`` (seconds from now) or ``eta`` (an aware ``datetime``):
+        handled no earlier than that. ``expires`` (seconds from now, or an aware
+        ``datetime``): not run after that time, but dead-lettered as expired.
+        Any of them sends the message through the handler's durable timers.
+        A bad value raises ``ValueError`` naming it, and nothing is published.
+        """
         if not isinstance(message, self.message_type):
             raise TypeError(
                 f"{self.name} takes {self.message_type.__name__}, got {type(message).__name__}"
             )
+        timing = self._timing(countdown_s, eta, expires)
         target, headers = self.topic, None
-        if countdown_s is not None:
-            if countdown_s < 0:
-                raise ValueError(f"countdown_s must not be negative, got {countdown_s}")
-            due_ms = _due_ms(countdown_s)
-            target = delay_topic(self.topic, self.name)
-            headers = [(Header.ATTEMPT, b"0"), (Header.DUE_MS, str(due_ms).encode())]
+        if timing is not None:
+            due_ms, expires_ms = timing
+            if isinstance(message, MessageBase):
+                if message.message_id is None:
+                    message.message_id = uuid.uuid4()
+                timer_id = str(message.message_id)
+            else:
+                timer_id = str(uuid.uuid4())
+            target = self.timers_topic
+            headers = [
+                (Header.TIMER_ID, timer_id.encode()),
+                (Header.ATTEMPT, b"0"),
+                (Header.DUE_MS, str(due_ms).encode()),
+            ]
+            if expires_ms is not None:
+                headers.append((Header.EXPIRES_MS, str(expires_ms).encode()))
         if isinstance(message, MessageBase):
             return await self.app.bus.publish(message, topic=target, key=key, headers=headers)
         raw = bytes(message)  # type: ignore[call-overload]
         return await self.app.bus.forward(
             target, key.encode() if key else None, raw, headers=headers
         )
+
+    def _timing(
+        self, countdown_s: float | None, eta: datetime | None, expires: float | datetime | None
+    ) -> tuple[int, int | None] | None:
+        """(due, expiry) in epoch ms for ``apply_async``, or None to publish at once."""
+        if countdown_s is None and eta is None and expires is None:
+            return None
+        max_days = self.app.dawning_settings.timers.max_delay_days
+        limit = timedelta(days=max_days)
+        now = datetime.now(UTC)
+        if countdown_s is not None and eta is not None:
+            raise ValueError(f"give countdown_s or eta, not both (got {countdown_s!r} and {eta!r})")
+        if countdown_s is not None:
+            seconds = _seconds("countdown_s", countdown_s)
+            if seconds < 0:
+                raise ValueError(f"countdown_s must not be negative, got {countdown_s!r}")
+            if seconds > limit.total_seconds():
+                raise ValueError(
+                    f"countdown_s={countdown_s!r} is more than Timers:MaxDelayDays "
+                    f"({max_days}) ahead"
+                )
+            due_ms = due_ms_in(seconds)
+        elif eta is not None:
+            eta = _aware("eta", eta)
+            if eta - now > limit:
+                raise ValueError(
+                    f"eta={eta.isoformat()} is more than Timers:MaxDelayDays ({max_days}) ahead"
+                )
+            due_ms = max(now_ms(), _epoch_ms(eta))
+        else:
+            due_ms = now_ms()
+        expires_ms = None
+        if expires is not None:
+            if isinstance(expires, datetime):
+                expires_ms = _epoch_ms(_aware("expires", expires))
+            else:
+                seconds = _seconds("expires", expires)
+                if seconds <= 0:
+                    raise ValueError(f"expires must be positive seconds, got {expires!r}")
+                expires_ms = due_ms_in(seconds)
+        return due_ms, expires_ms
+
+    async def revoke(self, message_id: object, *, timeout_s: float = 10.0) -> bool:
+        """Cancel the pending delayed run of ``message_id``: a countdown, an eta or
+        a retry. Durable: the revocation goes through Kafka to the owner of each
+        timer partition, so a worker that restarts does not run it.
+
+        Returns True when a worker cancelled it, False when none held it pending
+        (an unknown id, or one that has run or is running). Raises
+        ``TimeoutError`` when not every partition's owner answered within
+        ``timeout_s`` (through Redis); the revocation still applies when they
+        read it.
+        """
+        timer_id = str(message_id).lower()
+        nonce = uuid.uuid4().hex
+        partitions = self.app.dawning_settings.kafka.partitions
+        headers = [(Header.REVOKE, timer_id.encode()), (Header.REPLY_TO, nonce.encode())]
+        for partition in range(partitions):
+            await self.app.bus.forward(
+                self.timers_topic, timer_id.encode(), None, partition=partition, headers=headers
+            )
+        client = self.app.redis.client
+        reply_key = revoke_reply_key(nonce)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        answered = 0
+        while answered < partitions:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"revoke of {timer_id} in {self.name}: {answered} of {partitions} timer "
+                    f"partitions answered within {timeout_s} s; the revocation is on "
+                    f"{self.timers_topic} and applies when their owners read it"
+                )
+            reply = await client.blpop([reply_key], timeout=max(0.1, remaining))
+            if reply is None:
+                continue
+            if reply[1] == b"1":
+                return True
+            answered += 1
+        return False
 
     # -- wiring --------------------------------------------------------------
 
@@ -311,23 +321,26 @@ class Handler(Generic[M]):
                 concurrency=options.concurrency,
                 batch_size=options.batch_size,
                 batch_within_s=options.batch_within_s,
+                handler=self.name,
             )
         )
-        waiting = [(0, "delay", delay_topic(self.topic, self.name))] + [
-            (n, f"retry-{n}", retry_topic(self.topic, self.name, n))
-            for n in range(1, self.retry.max_retries + 1)
-        ]
-        for attempt, label, name in waiting:
-            app.agent(raw_topic(name), name=f"{self.name}.{label}", concurrency=1)(
-                self._waiting_consumer(attempt)
-            )
+        self.timers_topic = timers_topic(self.topic, self.name)
+        self.timers = Timers(
+            app,
+            handler=self.name,
+            source=self.topic,
+            topic=raw_topic(self.timers_topic),
+            concurrency=options.concurrency,
+            fire=self._fire,
+            release=self._release,
+            dead_letter=self._dead_letter_timer,
+        )
         if self.options.dead_letter:
             # Kept forever: dead letters leave only by an operator's replay.
             raw_topic(
                 self.dead_letter_topic,
                 config={"retention.ms": "-1", "retention.bytes": "-1"},
             )
-        self._holds = _Holds(app, self.name, kafka.partitions) if self.options.ordered else None
 
     async def _step_record(self, record: Any) -> None:
         """The lane's first attempt on a fetched record.
@@ -335,7 +348,7 @@ class Handler(Generic[M]):
         The common case (not ordered, decodes, succeeds) needs no Delivery;
         everything else takes the path of :meth:`_step`.
         """
-        if self._holds is not None:
+        if self.options.ordered:
             await self._step(Delivery.of_record(record), attempt=0)
             return
         try:
@@ -380,7 +393,7 @@ class Handler(Generic[M]):
 
     async def _consume_source(self, stream: StreamT) -> None:
         async for event in stream.events():
-            await self._step(Delivery.of(event), attempt=0)
+            await self._step(Delivery.of_record(event.message), attempt=0)
 
     async def _consume_batches(self, stream: StreamT) -> None:
         options = self.options
@@ -388,7 +401,7 @@ class Handler(Generic[M]):
             options.batch_size, within=options.batch_within_s
         )
         async for events in batches:
-            await self._step_batch([Delivery.of(event) for event in events])
+            await self._step_batch([Delivery.of_record(event.message) for event in events])
 
     async def _step_records(self, records: list[Any]) -> None:
         """The lane's attempt on a batch of fetched records."""
@@ -427,19 +440,6 @@ class Handler(Generic[M]):
         except Exception:
             self._log_unroutable(delivery, 0)
 
-    def _waiting_consumer(self, attempt: int) -> Callable[[StreamT], Awaitable[None]]:
-        async def consume(stream: StreamT) -> None:
-            async for event in stream.events():
-                delivery = Delivery.of(event)
-                due_ms = int(delivery.header(Header.DUE_MS) or 0)
-                wait_s = due_ms / 1000 - time.time()
-                if wait_s > 0:
-                    await asyncio.sleep(wait_s)
-                await self._step(delivery, attempt=attempt)
-
-        consume.__qualname__ = f"{self.name}.consume_attempt_{attempt}"
-        return consume
-
     # -- one attempt ---------------------------------------------------------
 
     async def _step(self, delivery: Delivery, *, attempt: int) -> None:
@@ -465,42 +465,122 @@ class Handler(Generic[M]):
         )
 
     async def _attempt(self, delivery: Delivery, *, attempt: int) -> None:
-        holds = self._holds
-        key = delivery.key.decode("utf-8", "replace") if delivery.key is not None else None
-        if holds is None or key is None:
+        key = self._ordered_key(delivery)
+        if key is None:
             await self._run(delivery, attempt)
             return
-        if attempt == 0 and holds.holder(key) is not None:
+        if self.timers.holder(key) is not None:
             logger.info(
                 "%s: key %s waits on a retry; parking %s", self.name, key, delivery.origin_id
             )
-            holds.park(key, delivery)
+            await self.timers.park(key, delivery)
             return
-        retried = await self._run(delivery, attempt)
-        if retried and attempt == 0:
-            holds.hold(key, delivery.origin_id)
-        elif not retried and holds.holder(key) == delivery.origin_id:
-            await self._release(key, holds)
+        await self._run(delivery, attempt, hold=key)
 
-    async def _run(self, delivery: Delivery, attempt: int) -> bool:
-        """Handle ``delivery`` once; route a failure. True when it went to a retry tier."""
-        with self.app.telemetry.attempt(
-            self.name, delivery.origin[0], [delivery.headers], attempt=attempt
-        ) as run:
-            try:
-                message = self._decode(delivery)
-                await self._call(message)
-            except Exception as exc:
-                run.failed(exc)
-                return await self._fail(delivery, attempt, exc)
+    def _ordered_key(self, delivery: Delivery) -> str | None:
+        if not self.options.ordered or delivery.key is None:
+            return None
+        return delivery.key.decode("utf-8", "replace")
+
+    async def _run(
+        self,
+        delivery: Delivery,
+        attempt: int,
+        *,
+        hold: str | None = None,
+        timer: Timer | None = None,
+    ) -> bool:
+        """Handle ``delivery`` once; route a failure. True when it went to a retry.
+
+        With ``hold`` (an ordered handler's key), a retry holds the key.
+        """
+        expires_ms = _header_int(delivery, Header.EXPIRES_MS)
+        if expires_ms is not None and now_ms() >= expires_ms:
+            await self._expire(delivery, attempt)
             return False
+        token = delivering(self.name, delivery, attempt)
+        try:
+            with self.app.telemetry.attempt(
+                self.name, delivery.origin[0], [delivery.headers], attempt=attempt
+            ) as run:
+                try:
+                    message = self._decode(delivery)
+                    await self._call(message)
+                except Exception as exc:
+                    run.failed(exc)
+                    return await self._fail(delivery, attempt, exc, hold=hold, timer=timer)
+                return False
+        finally:
+            delivered(token)
+
+    # -- timers --------------------------------------------------------------
+
+    async def _fire(self, timer: Timer) -> None:
+        """A due timer: run its message (ordered: in its key's turn)."""
+        delivery = timer.delivery
+        key = self._ordered_key(delivery)
+        if key is None:
+            await self._run(delivery, timer.attempt, timer=timer)
+            return
+        holder = self.timers.holder(key)
+        if holder is not None and holder != timer.id:
+            if timer.attempt > 0:
+                # Retries of an ordered key always hold it; this one's key has
+                # moved on (its holder ran before a crash), so it has run.
+                logger.info("%s: dropping timer %s of released key %s", self.name, timer.id, key)
+                return
+            # A countdown whose key waits on a retry: behind it, in order.
+            await self.timers.park(key, delivery, timer_id=timer.id)
+            return
+        retried = await self._run(delivery, timer.attempt, hold=key, timer=timer)
+        if not retried and self.timers.holder(key) == timer.id:
+            await self._release(key, timer.partition, timer)
+
+    async def _release(self, key: str, partition: int, fired: Timer | None = None) -> None:
+        """Handle what is parked behind ``key``, in arrival order, then release it.
+
+        Each parked message is removed only after it has been handled (or sent
+        to a retry, which then holds the key), so a crash in between repeats it
+        rather than losing it. The fired holder's timer is deleted before the
+        hold, so a crash leaves a hold the watchdog releases, not a repeat.
+        """
+        timers = self.timers
+        while timers.owns(partition) and (first := timers.first_parked(key)) is not None:
+            sequence, parked = first
+            if fired is not None and parked.origin_id == fired.delivery.origin_id:
+                timers.drop_parked(key, sequence)  # the holder itself, parked before a crash
+                continue
+            retried = await self._run(parked, 0, hold=key)
+            timers.drop_parked(key, sequence)
+            if retried:
+                return
+        if timers.owns(partition):
+            if fired is not None:
+                timers.finish(fired)
+            timers.unhold(key)
+
+    async def _expire(self, delivery: Delivery, attempt: int) -> None:
+        self.app.telemetry.metrics.expired(self.name)
+        expired_at = _header_int(delivery, Header.EXPIRES_MS)
+        await self._dead_letter(delivery, attempt, Expired(f"expired at {_iso_ms(expired_at)}"))
+
+    async def _dead_letter_timer(self, timer: Timer, reason: str) -> None:
+        await self._dead_letter(timer.delivery, timer.attempt, Reject(reason))
 
     def _decode(self, delivery: Delivery) -> Any:
         if self.message_type is bytes:
             return delivery.value
         return decode(delivery.value, self.message_type, topic=delivery.origin[0])  # type: ignore[type-var]
 
-    async def _fail(self, delivery: Delivery, attempt: int, exc: Exception) -> bool:
+    async def _fail(
+        self,
+        delivery: Delivery,
+        attempt: int,
+        exc: Exception,
+        *,
+        hold: str | None = None,
+        timer: Timer | None = None,
+    ) -> bool:
         retry_number = attempt + 1
         if isinstance(exc, RetryLater):
             delay_s = exc.delay_s
@@ -519,20 +599,52 @@ class Handler(Generic[M]):
                 retry_number,
                 delay_s,
             )
-            due_ms = _due_ms(delay_s)
-            headers = self._failure_headers(delivery, exc, retry_number)
-            headers.append((Header.DUE_MS, str(due_ms).encode()))
-            await self.app.bus.forward(
-                retry_topic(self.topic, self.name, retry_number),
-                delivery.key,
-                self._retry_value(delivery, retry_number),
-                partition=delivery.origin[1],
-                headers=headers,
-            )
+            retry = self._retry_timer(delivery, retry_number, delay_s, exc, timer)
+            await self.timers.schedule(retry, hold=hold)
             self.app.telemetry.routed(self.name, dead_letter=False)
             return True
         await self._dead_letter(delivery, attempt, exc)
         return False
+
+    def _retry_timer(
+        self,
+        delivery: Delivery,
+        retry_number: int,
+        delay_s: float,
+        exc: Exception,
+        fired: Timer | None,
+    ) -> Timer:
+        """The timer of a failed message's next attempt: same bytes, same partition."""
+        kept = [
+            (k, v)
+            for k, v in delivery.headers
+            if not k.startswith(Header.PREFIX) or k in _CARRIED_HEADERS
+        ]
+        first = delivery.header(Header.FIRST_FAILED_AT) or _now_iso()
+        kept.append((Header.FIRST_FAILED_AT, first.encode()))
+        # Stamped inside the failed attempt's span: the retry continues its trace.
+        headers = self.app.telemetry.tracing.stamp(self.timers_topic, kept)
+        retried = Delivery(
+            delivery.topic,
+            delivery.partition,
+            delivery.offset,
+            delivery.key,
+            self._retry_value(delivery, retry_number),
+            tuple(headers),
+        )
+        if fired is not None:
+            timer_id = fired.id
+        else:
+            timer_id = delivery.header(Header.TIMER_ID) or delivery.message_id or delivery.origin_id
+        return Timer(
+            timer_id,
+            delivery.partition,
+            due_ms_in(delay_s),
+            retry_number,
+            retried,
+            _header_int(delivery, Header.EXPIRES_MS),
+            f"{type(exc).__name__}: {exc}"[:_EXCEPTION_MESSAGE_LIMIT],
+        )
 
     def _retry_value(self, delivery: Delivery, retry_number: int) -> bytes | None:
         if not self._counts_retries:
@@ -594,66 +706,6 @@ class Handler(Generic[M]):
             headers.append((Header.ORIGINAL_KEY, delivery.key))
         return headers
 
-    # -- ordered mode --------------------------------------------------------
-
-    async def _release(self, key: str, holds: _Holds) -> None:
-        """Handle the messages parked behind ``key``'s retried one, in arrival order.
-
-        Each parked message is removed only after it has been handled (or sent
-        to a retry tier), so a crash in between repeats it rather than losing it.
-        """
-        while (parked := holds.first_parked(key)) is not None:
-            if await self._run(parked, attempt=0):
-                holds.drop_first(key, new_holder=parked.origin_id)
-                return
-            holds.drop_first(key)
-        holds.release(key)
-
-
-class _Holds:
-    """Ordered mode's state: which keys wait on a retry, and what is parked behind them.
-
-    A changelog-backed table keyed by message key; each entry is
-    ``{"holder": <origin of the message in retry>, "parked": [<Delivery JSON>, ...]}``.
-    Entries are replaced, never mutated, so every change reaches the changelog.
-    """
-
-    def __init__(self, app: App, handler_name: str, partitions: int) -> None:
-        self.table = app.Table(
-            f"{handler_name}-held", default=None, partitions=partitions, key_type=str
-        )
-
-    def _entry(self, key: str) -> dict[str, Any] | None:
-        return self.table.get(key)  # type: ignore[no-any-return]
-
-    def holder(self, key: str) -> str | None:
-        entry = self._entry(key)
-        return entry["holder"] if entry is not None else None
-
-    def hold(self, key: str, holder: str) -> None:
-        self.table[key] = {"holder": holder, "parked": []}
-
-    def park(self, key: str, delivery: Delivery) -> None:
-        entry = self._entry(key) or {"holder": None, "parked": []}
-        self.table[key] = {**entry, "parked": [*entry["parked"], delivery.to_json()]}
-
-    def first_parked(self, key: str) -> Delivery | None:
-        entry = self._entry(key)
-        if entry is None or not entry["parked"]:
-            return None
-        return Delivery.from_json(entry["parked"][0])
-
-    def drop_first(self, key: str, *, new_holder: str | None = None) -> None:
-        # Re-read: more messages may have been parked while the first was handled.
-        entry = self._entry(key)
-        if entry is not None:
-            holder = new_holder if new_holder is not None else entry["holder"]
-            self.table[key] = {"holder": holder, "parked": entry["parked"][1:]}
-
-    def release(self, key: str) -> None:
-        if self._entry(key) is not None:
-            del self.table[key]
-
 
 def handler_for(
     app: App,
@@ -709,3 +761,38 @@ def _annotated_type(fn: Callable[..., Any]) -> type | None:
     if typing.get_origin(annotation) is list:  # a batch handler: list[AuditLogMessage]
         (annotation,) = typing.get_args(annotation) or (None,)
     return annotation if isinstance(annotation, type) else None
+
+
+def _header_int(delivery: Delivery, name: str) -> int | None:
+    text = delivery.header(name)
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    return float(value)
+
+
+def _aware(name: str, value: object) -> datetime:
+    if not isinstance(value, datetime):
+        raise ValueError(f"{name} must be an aware datetime, got {value!r}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{name} must be an aware datetime (with a time zone), "
+            f"got the naive {value.isoformat()}"
+        )
+    return value
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return math.ceil(moment.timestamp() * 1000)
+
+
+def _iso_ms(epoch_ms: int | None) -> str:
+    if epoch_ms is None:
+        return "?"
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat().replace("+00:00", "Z")

@@ -48,7 +48,7 @@ from mode import Service
 if TYPE_CHECKING:
     from faust.types import AppT
 
-__all__ = ["Lane"]
+__all__ = ["Lane", "acting_on"]
 
 #: Records a worker handles before it lets the event loop run other tasks.
 _YIELD_EVERY = 100
@@ -58,12 +58,22 @@ Step = Callable[[Any], Awaitable[None]]
 
 class _Current:
     """What Faust's ``current_event()`` returns while a lane runs a handler:
-    tables read ``.message.topic`` and ``.message.partition`` from it."""
+    tables read ``.message.topic`` and ``.message.partition`` from it, and
+    ``current_delivery()`` the handler's name."""
 
-    __slots__ = ("__weakref__", "message")
+    __slots__ = ("__weakref__", "handler", "message")
 
-    def __init__(self, message: Any) -> None:
+    def __init__(self, message: Any, handler: str | None = None) -> None:
         self.message = message
+        self.handler = handler
+
+
+def acting_on(message: Any, handler: str | None = None) -> _Current:
+    """Make ``message`` Faust's current event in this task, as a lane does, so
+    tables written meanwhile send to its partition; keep the result alive."""
+    current = _Current(message, handler)
+    _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
+    return current
 
 
 class _Progress:
@@ -112,9 +122,12 @@ class Lane(Service):
         concurrency: int = 1,
         batch_size: int = 1,
         batch_within_s: float = 1.0,
+        handler: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.app = app
+        #: The handler's name, for ``current_delivery()``.
+        self.handler = handler
         self.topic = topic
         #: Called with one record, or with a list of them when ``batch_size > 1``.
         self.step = step
@@ -267,8 +280,7 @@ class Lane(Service):
         step = self.step
         # Each worker runs in its own task, so its own context: set once, and
         # point it at each record in turn.
-        current = _Current(None)
-        _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
+        current = acting_on(None, self.handler)
         handled = 0
         while not self.should_stop:
             if not consumer.flow_active:
@@ -321,8 +333,7 @@ class Lane(Service):
     async def _work_in_batches(self) -> None:
         """Hand the step up to ``batch_size`` records, or what came within ``batch_within_s``."""
         consumer: Any = self.app.consumer
-        current = _Current(None)
-        _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
+        current = acting_on(None, self.handler)
         while not self.should_stop:
             if not consumer.flow_active:
                 await consumer.can_resume_flow.wait()

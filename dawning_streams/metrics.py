@@ -70,12 +70,21 @@ _SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 _OUTCOMES = {
     "handled": "Attempts that succeeded.",
     "failed": "Attempts that raised.",
-    "retried": "Messages sent to a retry tier.",
+    "retried": "Messages given a retry timer.",
     "dead_lettered": "Messages sent to a dead-letter topic.",
+    "expired": "Messages not run because their expiry had passed (dead-lettered).",
+}
+
+_TIMER_GAUGES = {
+    "dawning.timers.pending": "Timers waiting on this worker: countdowns, etas and retries.",
+    "dawning.timers.held_keys": "Keys of ordered handlers waiting on a retry.",
+    "dawning.timers.stuck_keys": "Held keys whose retry is overdue by Timers:StuckAfterS.",
 }
 
 LagSource = Callable[[], Iterable[tuple[str, int, int]]]
 SizeSource = Callable[[], int | None]
+#: (handler, pending timers, held keys, stuck keys) per handler.
+TimerSource = Callable[[], Iterable[tuple[str, int, int, int]]]
 
 
 def otlp_headers(settings: TelemetrySettings) -> dict[str, str]:
@@ -280,6 +289,8 @@ class Metrics:
         self.lag_source: LagSource = lambda: ()
         #: Set by the bus when it keeps a spool: how many messages wait in it.
         self.spool_size_source: SizeSource = lambda: None
+        #: Set by the app: what each handler's timers hold on this worker.
+        self.timer_source: TimerSource = lambda: ()
         meter = self.meter
         message = "{message}"
         # Counted in plain dicts, read when the metrics are collected: an SDK
@@ -312,6 +323,13 @@ class Metrics:
                 unit=message,
                 description=description,
             )
+        for index, (name, description) in enumerate(_TIMER_GAUGES.items(), start=1):
+            meter.create_observable_gauge(
+                name,
+                callbacks=[self._timer_observer(index)],
+                unit=message,
+                description=description,
+            )
         meter.create_observable_gauge(
             "dawning.spool.size",
             callbacks=[self._observe_spool],
@@ -333,6 +351,11 @@ class Metrics:
         self._outcomes[key] += count
         self.duration.record(key, seconds)
         self.recent.add_to(key, count)
+
+    def expired(self, handler: str) -> None:
+        """A message's expiry had passed when its turn came."""
+        self._outcomes[(handler, "expired")] += 1
+        self.recent.add(handler, "expired")
 
     def routed(self, handler: str, *, dead_letter: bool) -> None:
         """A failed message went to a retry tier, or to the dead-letter topic."""
@@ -370,6 +393,14 @@ class Metrics:
             for (handler, counted), count in dict(self._outcomes).items():
                 if counted == outcome:
                     yield Observation(count, {"handler": handler})
+
+        return observe
+
+    def _timer_observer(self, index: int) -> Callable[[CallbackOptions], Iterator[Observation]]:
+        def observe(options: CallbackOptions) -> Iterator[Observation]:
+            for row in self.timer_source():
+                handler, *counts = row
+                yield Observation(counts[index - 1], {"handler": handler})
 
         return observe
 

@@ -8,13 +8,14 @@ from collections.abc import Iterable
 __all__ = [
     "Header",
     "dead_letter_topic",
-    "delay_topic",
     "email_sent_key",
     "header_text",
     "invalidation_key",
     "lock_key",
-    "retry_topic",
+    "revoke_reply_key",
     "scheduled_key",
+    "timers_table",
+    "timers_topic",
     "valid_name",
 ]
 
@@ -26,14 +27,20 @@ def valid_name(name: str) -> bool:
     return bool(_NAME.match(name))
 
 
-def retry_topic(source: str, handler: str, retry_number: int) -> str:
-    """Where ``handler``'s messages from ``source`` wait for retry ``retry_number``."""
-    return f"{source}.{handler}.retry-{retry_number}"
+def timers_topic(source: str, handler: str) -> str:
+    """Where ``apply_async`` sends ``handler``'s delayed messages, and revocations, on
+    their way into its timer table."""
+    return f"{source}.{handler}.timers"
 
 
-def delay_topic(source: str, handler: str) -> str:
-    """Where ``apply_async(countdown_s=...)`` messages wait for their first attempt."""
-    return f"{source}.{handler}.delay"
+def timers_table(handler: str) -> str:
+    """The changelog-backed table holding ``handler``'s pending timers and held keys."""
+    return f"{handler}-timers"
+
+
+def revoke_reply_key(nonce: str) -> str:
+    """Redis list where the owners of a timer partition answer one ``revoke`` call."""
+    return f"dawning:timers:revoke:{nonce}"
 
 
 def dead_letter_topic(source: str) -> str:
@@ -75,6 +82,11 @@ class Header:
     PREFIX = "dawning-"
     ATTEMPT = "dawning-attempt"
     DUE_MS = "dawning-due-ms"
+    EXPIRES_MS = "dawning-expires-ms"
+    TIMER_ID = "dawning-timer-id"
+    REVOKE = "dawning-revoke"
+    REPLY_TO = "dawning-reply-to"
+    RELEASE = "dawning-release"
     HANDLER = "dawning-handler"
     ORIGINAL_TOPIC = "dawning-original-topic"
     ORIGINAL_PARTITION = "dawning-original-partition"

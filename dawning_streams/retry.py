@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .errors import DawningError, MessageDecodeError
 
-__all__ = ["Reject", "Retry", "RetryLater"]
+__all__ = ["Expired", "Reject", "Retry", "RetryLater"]
 
 
 class RetryLater(DawningError):
@@ -28,6 +28,10 @@ class RetryLater(DawningError):
             raise ValueError(f"RetryLater delay_s must not be negative, got {delay_s}")
         self.delay_s = delay_s
         super().__init__(reason or f"retry requested in {delay_s} s")
+
+
+class Expired(DawningError):
+    """Why a message sent with ``expires`` was dead-lettered instead of run."""
 
 
 class Reject(DawningError):
@@ -74,4 +78,4 @@ class Retry:
 
     def is_retryable(self, exc: BaseException) -> bool:
         """Whether ``exc`` deserves another attempt at all."""
-        return not isinstance(exc, (Reject, MessageDecodeError, *self.non_retryable))
+        return not isinstance(exc, (Reject, Expired, MessageDecodeError, *self.non_retryable))

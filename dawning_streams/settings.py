@@ -44,6 +44,7 @@ __all__ = [
     "SmtpSettings",
     "SpoolSettings",
     "TelemetrySettings",
+    "TimerSettings",
     "TopicNames",
     "WebSettings",
     "shown",
@@ -516,6 +517,16 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TimerSettings:
+    """``Timers``: countdowns, etas and retries (:mod:`dawning_streams.timers`)."""
+
+    #: ``apply_async`` refuses a countdown or eta further ahead than this.
+    max_delay_days: int = _setting("MaxDelayDays", _int(1, 3650), 30)
+    #: A held key whose retry is overdue this long is reported stuck on ``/ready``.
+    stuck_after_s: int = _setting("StuckAfterS", _int(1), 60)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything dawning-streams can be configured with."""
 
@@ -527,6 +538,7 @@ class Settings:
     alerts: AlertSettings = _section("Alerts", AlertSettings)
     telemetry: TelemetrySettings = _section("Telemetry", TelemetrySettings)
     health: HealthSettings = _section("Health", HealthSettings)
+    timers: TimerSettings = _section("Timers", TimerSettings)
     #: Written as ``SourceInstance`` on every message this process publishes.
     instance_name: str = _setting("InstanceName", _text, lambda: socket.gethostname())
 

@@ -111,15 +111,9 @@ async def test_with_smtp_down_the_email_is_retried_counting_then_dead_lettered(
         await app.bus.publish(message)
         dlq = dead_letter_topic(settings.kafka.topics.email_queue)
         [letter] = await read_topic(settings.kafka.bootstrap_servers[0], dlq, 1, timeout_s=60)
-        retries = await read_topic(
-            settings.kafka.bootstrap_servers[0],
-            f"{settings.kafka.topics.email_queue}.send_email.retry-3",
-            1,
-        )
     dead = decode(letter.value, EmailMessage)
     assert dead.message_id == message.message_id
     assert dead.retry_count == 3
-    assert decode(retries[0].value, EmailMessage).retry_count == 3
     headers = dict(letter.headers)
     assert headers[Header.ATTEMPT] == b"4"
     assert headers[Header.EXCEPTION_TYPE] == b"dawning_streams.mail.MailError"

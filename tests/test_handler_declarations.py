@@ -26,14 +26,15 @@ def test_a_bare_handler_takes_its_type_from_the_annotation(app) -> None:  # type
         "audit",
     )
     assert audit.retry == Retry()
-    assert set(app.agents) == {
-        "audit",
-        "audit.delay",
-        "audit.retry-1",
-        "audit.retry-2",
-        "audit.retry-3",
-    }
-    assert "dawning.audit-log.dlq" in [t.get_topic_name() for t in app.declared_topics]
+    assert set(app.agents) == {"audit", "audit.timers"}
+    declared = [t.get_topic_name() for t in app.declared_topics]
+    # The source and the dead letters are shared by the topic's handlers; each
+    # handler adds its timers topic and its timer table's changelog.
+    assert "dawning.audit-log.dlq" in declared
+    assert "dawning.audit-log.audit.timers" in declared
+    assert audit.timers.table.changelog_topic.get_topic_name() == (
+        "dawning-identity-group-audit-timers-changelog"
+    )
 
 
 def test_a_called_handler_takes_type_topic_and_policy(app) -> None:  # type: ignore[no-untyped-def]
@@ -51,7 +52,8 @@ def test_a_called_handler_takes_type_topic_and_policy(app) -> None:  # type: ign
         "mailer",
         5,
     )
-    assert "mailer.retry-5" in app.agents
+    assert send.timers_topic == "custom.mail.mailer.timers"
+    assert "mailer-timers" in app.tables
 
 
 def test_a_batch_handler_takes_its_type_from_a_list_annotation(app) -> None:  # type: ignore[no-untyped-def]

@@ -101,7 +101,7 @@ async def test_an_ordered_handler_keeps_a_keys_later_messages_behind_its_retry(
         await ordered.delay(event(user, "third"))
         await calls.wait_until(lambda items: len(items) == 4)
         await asyncio.sleep(0.5)
-        assert ordered._holds is not None and ordered._holds.holder(str(user)) is None
+        assert ordered.timers.holder(str(user)) is None
     assert calls.items == ["other:unrelated", "user:first", "user:second", "user:third"]
 
 

@@ -59,7 +59,8 @@ async def test_the_handler_topic_goes_through_the_lane(settings: Settings) -> No
     @app.handler(AuditLogMessage)
     async def noop(message: AuditLogMessage) -> None: ...
 
-    assert list(app.lanes) == [app.topic_for(AuditLogMessage).get_topic_name()]
+    # The source, and the timers topic whose records go into the timer table.
+    assert list(app.lanes) == [app.topic_for(AuditLogMessage).get_topic_name(), noop.timers_topic]
 
 
 async def test_two_handlers_on_one_topic_each_see_every_message(settings: Settings) -> None:
@@ -74,7 +75,8 @@ async def test_two_handlers_on_one_topic_each_see_every_message(settings: Settin
     async def index(message: AuditLogMessage) -> None:
         second.add(message.action)
 
-    assert app.lanes == {}  # Faust's channels fan the topic out to both
+    # Faust's channels fan the topic out to both; each timers topic has its lane.
+    assert list(app.lanes) == [store.timers_topic, index.timers_topic]
     async with running(app):
         await app.bus.publish_many([entry(uuid.uuid4(), str(i)) for i in range(20)])
         await first.wait_until(lambda items: len(items) == 20)
