@@ -3,6 +3,7 @@
 from .application import App, create_app
 from .bus import KafkaMessageBus, MessageBus, NullMessageBus, create_bus
 from .codec import decode, encode
+from .delivery import CurrentDelivery, current_delivery
 from .errors import DawningError, MessageDecodeError, PublishError, SettingsError
 from .handlers import Handler, HandlerError
 from .records import (
@@ -15,7 +16,7 @@ from .records import (
     SystemEventMessage,
     UserEventMessage,
 )
-from .retry import Reject, Retry, RetryLater
+from .retry import Expired, Reject, Retry, RetryLater
 from .settings import Settings
 
 __all__ = [
@@ -24,8 +25,10 @@ __all__ = [
     "AuditLogMessage",
     "CacheInvalidationMessage",
     "ConfigChangedMessage",
+    "CurrentDelivery",
     "DawningError",
     "EmailMessage",
+    "Expired",
     "Handler",
     "HandlerError",
     "KafkaMessageBus",
@@ -43,6 +46,7 @@ __all__ = [
     "UserEventMessage",
     "create_app",
     "create_bus",
+    "current_delivery",
     "decode",
     "encode",
 ]

@@ -1,4 +1,5 @@
-"""The app's command-line commands: ``dlq-list`` and ``dlq-replay``."""
+"""The app's command-line commands: ``dlq-list``, ``dlq-replay``, ``timers`` and
+``held-release``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import click
 from faust.cli import AppCommand, option
 
 from . import dlq
+from .names import Header
+from .timers import pending_timers
 
 if TYPE_CHECKING:
     from .application import App
@@ -58,8 +61,78 @@ async def _chosen(app: App, topics: tuple[str, ...], **filters: Any) -> list[dlq
     )
 
 
+def _iso(epoch_ms: int | None) -> str:
+    if epoch_ms is None:
+        return "-"
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _handlers(command: AppCommand, chosen: tuple[str, ...]) -> list[str]:
+    """The handlers named by ``--handler`` (default: all); an unknown one exits with 2."""
+    known = command.app.handlers  # type: ignore[attr-defined]
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        command.say(
+            f"Error: no handler named {', '.join(unknown)}; "
+            f"this app has {', '.join(sorted(known))}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return list(chosen) or sorted(known)
+
+
 def register_commands(app: App) -> None:
-    """Add the dead-letter commands to ``app``'s command line."""
+    """Add the dead-letter and timer commands to ``app``'s command line."""
+
+    @app.command(
+        option("--handler", "handlers", multiple=True, help="Only this handler; default: all."),
+        option("--json", "as_json", is_flag=True, help="The whole report as JSON."),
+    )
+    async def timers(self: AppCommand, handlers: tuple[str, ...], as_json: bool) -> None:
+        """Pending timers per handler, the next due time, and the keys held by a retry."""
+        names = _handlers(self, handlers)
+        report = await pending_timers(self.app, names)  # type: ignore[arg-type]
+        if as_json:
+            self.say(json.dumps(report, indent=2))
+            return
+        for name in names:
+            entry = report[name]
+            self.say(
+                f"{name}: {entry['pending']} pending, next due {_iso(entry['next_due_ms'])}, "
+                f"{len(entry['held'])} held key(s)"
+            )
+            for key, held in sorted(entry["held"].items()):
+                self.say(
+                    f"  held {key}: waits on {held['holder']} since {_iso(held['since_ms'])}, "
+                    f"{held['parked']} parked, partition {held['p']}"
+                )
+
+    @app.command(
+        option("--handler", required=True, help="The ordered handler."),
+        option("--key", required=True, help="The held key."),
+    )
+    async def held_release(self: AppCommand, handler: str, key: str) -> None:
+        """Dead-letter the message a held key waits on; what is parked behind it then runs."""
+        (name,) = _handlers(self, (handler,))
+        report = await pending_timers(self.app, [name])  # type: ignore[arg-type]
+        held = report[name]["held"].get(key)
+        if held is None:
+            self.say(f"Error: {name} holds no key {key!r}", file=sys.stderr)
+            raise SystemExit(1)
+        target = self.app.handlers[name]  # type: ignore[attr-defined]
+        async with self.app.bus:  # type: ignore[attr-defined]
+            await self.app.bus.forward(  # type: ignore[attr-defined]
+                target.timers_topic,
+                key.encode(),
+                None,
+                partition=held["p"],
+                headers=[(Header.RELEASE, key.encode())],
+            )
+        self.say(
+            f"asked the owner of partition {held['p']} to dead-letter {held['holder']} and "
+            f"release {key} ({held['parked']} parked message(s) then run)",
+            file=sys.stderr,
+        )
 
     @app.command(*_FILTERS, option("--json", "as_json", is_flag=True, help="One JSON per line."))
     async def dlq_list(

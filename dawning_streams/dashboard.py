@@ -40,7 +40,7 @@ __all__ = [
 BROWSE_LIMIT = 200
 #: The page shows what it has, and says the cluster did not answer, after this long.
 CLUSTER_TIMEOUT_S = 10.0
-_OUTCOMES = ("handled", "failed", "retried", "dead_lettered")
+_OUTCOMES = ("handled", "failed", "retried", "dead_lettered", "expired")
 
 
 class BadReplay(DawningError):
@@ -159,9 +159,29 @@ def _throughput(app: App) -> list[dict[str, Any]]:
             **{f"{o}_1m": recent.total(name, o, 60, now) for o in _OUTCOMES},
             **{f"{o}_15m": recent.total(name, o, 900, now) for o in _OUTCOMES},
             "per_minute": recent.series(name, "handled", bucket_s=60, buckets=15, now=now),
+            **_timers(app, name),
         }
         for name in names
     ]
+
+
+def _timers(app: App, name: str) -> dict[str, Any]:
+    """What ``name``'s timers hold on this worker: pending, next due, held and stuck keys."""
+    handler = app.handlers.get(name)
+    if handler is None:
+        return {"timers_pending": None, "next_due": None, "held_keys": None, "stuck_keys": []}
+    stats = handler.timers.stats()
+    next_due = (
+        datetime.fromtimestamp(stats.next_due_ms / 1000, UTC).isoformat(timespec="seconds")
+        if stats.next_due_ms is not None
+        else None
+    )
+    return {
+        "timers_pending": stats.pending,
+        "next_due": next_due,
+        "held_keys": stats.held_keys,
+        "stuck_keys": list(stats.stuck_keys),
+    }
 
 
 def _tables(app: App) -> list[dict[str, Any]]:

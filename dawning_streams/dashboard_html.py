@@ -157,6 +157,10 @@ def render_overview(data: dict[str, Any]) -> str:
                     "dead 1m",
                     "handled 15m",
                     "dead 15m",
+                    "timers",
+                    "next due",
+                    "held keys",
+                    "stuck",
                 ],
                 [
                     [
@@ -168,10 +172,14 @@ def render_overview(data: dict[str, Any]) -> str:
                         r["dead_lettered_1m"],
                         r["handled_15m"],
                         r["dead_lettered_15m"],
+                        r["timers_pending"],
+                        r["next_due"] or "",
+                        r["held_keys"],
+                        len(r["stuck_keys"]),
                     ]
                     for r in data["throughput"]
                 ],
-                {2, 3, 4, 5, 6, 7},
+                {2, 3, 4, 5, 6, 7, 8, 10, 11},
             ),
         ),
         _section(

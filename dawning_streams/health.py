@@ -5,6 +5,8 @@ can do its work, and answers 503 with the failing checks until then:
 
 * ``broker``: the producer has a live connection to a broker;
 * ``assignment``: the consumer has joined its group and no rebalance is under way;
+* ``timers``: no ordered handler's key waits on a retry overdue by more than
+  ``Timers:StuckAfterS`` (the keys are named);
 * ``recovery``: table recovery has finished. While it runs, the answer shows
   how many changelog records remain, and ``stuck`` turns true once recovery has
   read nothing for ``Health:RecoveryStallS`` seconds, or a rebalance has not
@@ -87,6 +89,18 @@ def _broker_connected(app: App) -> bool:
     return client is not None and any(conn.connected() for conn in client._conns.values())
 
 
+def _timers(app: App) -> dict[str, Any]:
+    pending = held = 0
+    stuck: dict[str, list[str]] = {}
+    for name, handler in app.handlers.items():
+        stats = handler.timers.stats()
+        pending += stats.pending
+        held += stats.held_keys
+        if stats.stuck_keys:
+            stuck[name] = list(stats.stuck_keys)
+    return {"ok": not stuck, "pending": pending, "held_keys": held, "stuck_keys": stuck}
+
+
 def readiness(app: App) -> dict[str, Any]:
     """Every check of ``/ready``, and ``ready`` when all pass."""
     broker = _broker_connected(app)
@@ -105,5 +119,6 @@ def readiness(app: App) -> dict[str, Any]:
         "broker": {"ok": broker},
         "assignment": assignment,
         "recovery": recovery,
+        "timers": _timers(app),
     }
     return {"ready": all(check["ok"] for check in checks.values()), "checks": checks}

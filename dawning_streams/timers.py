@@ -594,10 +594,7 @@ class Timers(Service):
         if len(self._lateness) > 1_000:
             del self._lateness[:500]
         try:
-            if timer.expires_ms is not None and now_ms() >= timer.expires_ms:
-                await self._dead_letter(timer, "expired")
-            else:
-                await self._fire(timer)
+            await self._fire(timer)  # an expired one is dead-lettered there
         except Exception:
             logger.critical(
                 "%s: could not run or route timer %s (attempt %d); trying again in %d s",
