@@ -1,6 +1,6 @@
 """``dawning.email-queue``: deliver each EmailMessage over SMTP, once.
 
-Failures go through the retry tiers (2, 4 and 8 s, as the seed's
+Failures are retried by the handler's timers (2, 4 and 8 s, as the seed's
 ``Math.Pow(2, RetryCount)``), with ``RetryCount`` raised on each retry, then to
 ``dawning.email-queue.dlq``. A sent message's id is recorded in Redis for a
 week, so a redelivery after a crash between sending and committing is skipped

@@ -13,8 +13,12 @@ into the same provider, so its ``faust.*`` metrics sit beside these:
 ``kafka.consumer.poll.time``   histogram  seconds per consumer poll
 ``dawning.handler.handled``    counter    attempts that succeeded, per handler
 ``dawning.handler.failed``     counter    attempts that raised, per handler
-``dawning.handler.retried``    counter    messages sent to a retry tier
+``dawning.handler.retried``    counter    messages given a retry timer
 ``dawning.handler.dead_lettered``  counter  messages sent to the dead-letter topic
+``dawning.handler.expired``    counter    messages not run: their expiry had passed
+``dawning.timers.pending``     gauge      timers waiting on this worker, per handler
+``dawning.timers.held_keys``   gauge      ordered keys waiting on a retry
+``dawning.timers.stuck_keys``  gauge      held keys whose retry is overdue
 ``dawning.handler.duration``   histogram  seconds per attempt, by ``outcome``
 ``dawning.spool.size``         gauge      messages waiting in the on-disk spool
 ============================  =========  ======================================
@@ -358,7 +362,7 @@ class Metrics:
         self.recent.add(handler, "expired")
 
     def routed(self, handler: str, *, dead_letter: bool) -> None:
-        """A failed message went to a retry tier, or to the dead-letter topic."""
+        """A failed message was given a retry timer, or sent to the dead-letter topic."""
         outcome = "dead_lettered" if dead_letter else "retried"
         self._outcomes[(handler, outcome)] += 1
         self.recent.add(handler, outcome)

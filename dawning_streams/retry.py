@@ -1,8 +1,8 @@
 """Retry policies, and the exceptions a handler raises to steer its message.
 
-A failed message is never retried in place: it is republished to a retry topic
-for its attempt and handled again when due, so the rest of its partition keeps
-flowing. Which path a failure takes:
+A failed message is never retried in place: it becomes a durable timer
+(:mod:`dawning_streams.timers`) and is handled again when due, so the rest of
+its partition keeps flowing. Which path a failure takes:
 
 * :class:`RetryLater` (arq's ``Retry(defer)``): retry after the delay it names;
 * :class:`Reject`, :class:`~dawning_streams.errors.MessageDecodeError` and any

@@ -124,7 +124,7 @@ class Telemetry:
         return Attempt(self.metrics, handler, headers, scope)
 
     def routed(self, handler: str, *, dead_letter: bool) -> None:
-        """A failed message went to a retry tier or to the dead-letter topic."""
+        """A failed message was given a retry timer, or sent to the dead-letter topic."""
         self.metrics.routed(handler, dead_letter=dead_letter)
 
     def flush(self) -> None:
