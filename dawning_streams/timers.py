@@ -81,6 +81,12 @@ _UNROUTABLE_DELAY_MS = 60_000
 _REVOKE_WAIT_S = 10.0
 
 
+def _dumps(entry: dict[str, Any]) -> bytes:
+    """JSON of a table entry, in a bytes object of its own size: orjson's output
+    keeps a buffer of 8 KiB or more, which every pending timer would hold."""
+    return bytes(memoryview(orjson.dumps(entry)))
+
+
 def now_ms() -> int:
     return math.floor(time.time() * 1000)
 
@@ -104,7 +110,7 @@ class Timer:
     error: str | None = None
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
+        return _dumps(
             {
                 "p": self.partition,
                 "due": self.due_ms,
@@ -178,7 +184,7 @@ class Hold:
     last: str | None = None
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
+        return _dumps(
             {
                 "p": self.partition,
                 "holder": self.holder,
@@ -355,7 +361,7 @@ class Timers(Service):
         sequence = hold.tail
         hold.tail += 1
         self._parked.setdefault(key, {})[sequence] = delivery
-        entry = orjson.dumps({"p": hold.partition, "d": delivery.to_json()})
+        entry = _dumps({"p": hold.partition, "d": delivery.to_json()})
         return asyncio.gather(
             self._write(hold.partition, _parked_key(key, sequence), entry),
             self._write(hold.partition, _HOLD + key.encode(), hold.to_bytes()),

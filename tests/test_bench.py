@@ -54,6 +54,9 @@ def test_the_smoke_benchmark_measures_every_pair_and_writes_its_result(
         "audit.postgresql",
         "email.smtp_concurrency_1",
         "email.smtp_concurrency_8",
+        "timers.lateness",
+        "timers.capacity",
+        "timers.schedule_fire_delete",
     }
     for name, measured in rows.items():
         part = name.split(".")[0]
@@ -62,6 +65,12 @@ def test_the_smoke_benchmark_measures_every_pair_and_writes_its_result(
                 assert row["messages"] == SMALL[part], row
             if part == "consume":
                 assert row["messages"] == row["committed"] == SMALL["consume"], row
+            if name == "timers.lateness":
+                assert row["messages"] == 200 and row["source_load_sent"] > 0, row
+                assert row["min_ms"] >= 0, row  # none fired before it was due
+                assert row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], row  # type: ignore[operator]
+            if name == "timers.capacity":
+                assert row["messages"] == 2_000 and row["rss_mb_per_10k_timers"] is not None, row
             if part == "e2e":
                 assert row["messages"] == row["sent"] > 0, row
                 assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], row  # type: ignore[operator]
@@ -73,7 +82,13 @@ def test_the_smoke_benchmark_measures_every_pair_and_writes_its_result(
         "batch_size": 16384,
         "compression": "snappy",
     }
-    assert set(result["ratios"]) == {"publish_many", "publish", "handler_consume", "e2e_p99_ms"}
+    assert set(result["ratios"]) == {
+        "publish_many",
+        "publish",
+        "handler_consume",
+        "e2e_p99_ms",
+        "timer_lateness_p99_ms",
+    }
     for pair in ("publish_many", "publish", "handler_consume"):
         figures = result["ratios"][pair]
         assert figures["ratio"] > 0 and figures["cpu_ratio"] > 0, figures
