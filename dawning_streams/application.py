@@ -6,6 +6,7 @@ import asyncio
 import functools
 import gc
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,6 +27,15 @@ from .kafka_security import faust_credentials
 from .lanes import Lane
 from .lock import DistributedLock
 from .mail import Mailer
+from .outages import (
+    Dependency,
+    KafkaUnreachable,
+    KafkaWatch,
+    StopDeadline,
+    flush_logs,
+    quiet_client_logs,
+    wait_for_kafka,
+)
 from .partitioners import partitioner_for
 from .records import MessageBase, message_types
 from .redis_pool import RedisPool
@@ -33,6 +43,7 @@ from .scheduler import Scheduler
 from .settings import Settings, shown
 from .shared_config import SharedConfig
 from .telemetry import Telemetry
+from .timers import REVOKE_WAIT_S
 from .transport import Transport
 
 __all__ = ["App", "create_app"]
@@ -108,6 +119,13 @@ class App(faust.App):
         self.telemetry = Telemetry(settings)
         self.telemetry.metrics.lag_source = self._consumer_lag
         self.telemetry.metrics.timer_source = self._timer_counts
+        #: Kafka's reachability: logged on each change, on /ready and in metrics.
+        self.kafka_state = Dependency("Kafka", ",".join(kafka.bootstrap_servers), self._waiting)
+        self.telemetry.metrics.down_source = lambda: [("kafka", self.kafka_state.down_s)]
+        self.kafka_watch = KafkaWatch(self, self.kafka_state)
+        self._stop_deadline = StopDeadline(settings.worker.stop_timeout_s, self._stopping_state)
+        quiet_client_logs()
+        self.on_partitions_revoked.connect(self._timers_revoked, weak=False)  # type: ignore[arg-type]
         # Faust's own sensor records into the same provider, so /metrics and
         # OTLP carry its faust.* metrics too.
         self.monitor = OpenTelemetryMonitor(meter=self.telemetry.metrics.meter)
@@ -209,6 +227,7 @@ class App(faust.App):
             self.mailer,
             self.scheduler,
             self.bus,
+            self.kafka_watch,
             *self.lanes.values(),
             *(handler.timers for handler in self.handlers.values()),
         ]
@@ -219,10 +238,30 @@ class App(faust.App):
             "settings: %s", " ".join(f"{k}={v}" for k, v in shown(self.dawning_settings).items())
         )
         await super().on_start()
+        if self.in_worker:
+            await self._wait_for_kafka()
         # Declare every topic with its partition count before any consumer
         # subscribes: a missing topic would be left out of the assignment, or
         # auto-created with the broker's default partition count.
         await self.bus.declare_topics()
+
+    async def _wait_for_kafka(self) -> None:
+        """A worker started while Kafka is unreachable waits for it, serving
+        ``/health`` (200) and ``/ready`` (503, naming Kafka) meanwhile."""
+        timeout_s = self.dawning_settings.worker.start_timeout_s
+        try:
+            await wait_for_kafka(self, self.kafka_state, timeout_s=0)
+        except KafkaUnreachable:
+            pass
+        else:
+            return
+        if self.conf.web_enabled:
+            await self.web.maybe_start()
+        try:
+            await wait_for_kafka(self, self.kafka_state, timeout_s=timeout_s)
+        except KafkaUnreachable as exc:
+            logger.error("%s", exc)
+            self._exit_now(1)
 
     def on_rebalance_start(self) -> None:
         # /ready tells a rebalance that never finishes from one under way.
@@ -237,11 +276,48 @@ class App(faust.App):
         gc.freeze()
 
     async def on_stop(self) -> None:
+        if self.in_worker:
+            # However the stop goes (a broker that never answers), the process
+            # ends within Worker:StopTimeoutS.
+            self._stop_deadline.arm()
         await super().on_stop()
         # A process that goes on (tests, the benchmark) may collect it again.
         gc.unfreeze()
         # The OTLP exporters block while they send; keep the loop free.
         await asyncio.to_thread(self.telemetry.flush)
+
+    async def _timers_revoked(self, sender: Any, revoked: Iterable[Any], **_: Any) -> None:
+        """Nothing fires until the new assignment is recovered; what is firing may
+        finish, all handlers' at once and for at most ``REVOKE_WAIT_S``."""
+        firing = [task for handler in self.handlers.values() for task in handler.timers.revoked()]
+        if firing:
+            await asyncio.wait(firing, timeout=REVOKE_WAIT_S)
+
+    def _waiting(self) -> str:
+        """What waits on Kafka, for the outage's summary line."""
+        pending = held = 0
+        for handler in list(self.handlers.values()):
+            stats = handler.timers.stats()
+            pending += stats.pending
+            held += stats.held_keys
+        return f"{self.bus.spool.count} in the spool, {pending} timers, {held} held keys"
+
+    def _stopping_state(self) -> str:
+        """What a stop that ran out of time leaves behind, for its last log line."""
+        state = "Kafka " + (
+            f"unreachable for {self.kafka_state.down_s:.0f} s"
+            if self.kafka_state.down_since is not None
+            else "reachable"
+        )
+        return (
+            f"{state}; {self._waiting()}. Records not acknowledged are handled again by "
+            "their partitions' next owner; the spool is delivered on the next start."
+        )
+
+    @staticmethod
+    def _exit_now(code: int) -> None:
+        flush_logs()
+        os._exit(code)
 
     def _timer_counts(self) -> Iterable[tuple[str, int, int, int]]:
         """(handler, pending timers, held keys, stuck keys) per handler, on this worker."""

@@ -374,7 +374,12 @@ class KafkaMessageBus(Service):
                 await self._drain()
                 pause_s = 0.5
             except (*_UNREACHABLE, PublishError) as exc:
-                logger.info("spool: Kafka still unreachable (%s)", _reason(exc))
+                # Said once; the app's Kafka watch sums an outage up once a minute.
+                logger.log(
+                    logging.INFO if pause_s == 0.5 else logging.DEBUG,
+                    "spool: Kafka still unreachable (%s); trying again with backoff",
+                    _reason(exc),
+                )
                 await self.sleep(pause_s)
                 pause_s = min(pause_s * 2, 10.0)
 

@@ -3,7 +3,9 @@
 ``/health`` says the process is alive and serving. ``/ready`` says the worker
 can do its work, and answers 503 with the failing checks until then:
 
-* ``broker``: the producer has a live connection to a broker;
+* ``broker``: the producer has a live connection to a broker, and the last
+  probe of the brokers (every few seconds) was answered; when not, it names
+  Kafka, its address and the error;
 * ``assignment``: the consumer has joined its group and no rebalance is under way;
 * ``timers``: no ordered handler's key waits on a retry overdue by more than
   ``Timers:StuckAfterS`` (the keys are named);
@@ -18,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from time import monotonic
 from typing import TYPE_CHECKING, Any
+
+from faust.exceptions import ConsumerNotStarted
 
 if TYPE_CHECKING:
     from .application import App
@@ -108,15 +112,19 @@ def readiness(app: App) -> dict[str, Any]:
         recovery_state(app), stall_s=app.dawning_settings.health.recovery_stall_s
     )
     consumer: Any = app._consumer
-    assigned = sorted(consumer.assignment()) if consumer is not None else []
+    try:
+        assigned = sorted(consumer.assignment()) if consumer is not None else []
+    except ConsumerNotStarted:  # a worker waiting for Kafka to start
+        assigned = []
     joined = recovery["state"] != "waiting" or bool(assigned)
     assignment = {
         "ok": joined and not app.rebalancing,
         "partitions": len(assigned),
         "rebalancing": bool(app.rebalancing),
     }
+    kafka = app.kafka_state.check()
     checks: dict[str, dict[str, Any]] = {
-        "broker": {"ok": broker},
+        "broker": {**kafka, "ok": broker and kafka["ok"]},
         "assignment": assignment,
         "recovery": recovery,
         "timers": _timers(app),

@@ -21,6 +21,7 @@ into the same provider, so its ``faust.*`` metrics sit beside these:
 ``dawning.timers.stuck_keys``  gauge      held keys whose retry is overdue
 ``dawning.handler.duration``   histogram  seconds per attempt, by ``outcome``
 ``dawning.spool.size``         gauge      messages waiting in the on-disk spool
+``dawning.dependency.down``    gauge      seconds a dependency has been unreachable
 ============================  =========  ======================================
 
 What is counted per message is counted in plain Python and read when the
@@ -89,6 +90,7 @@ LagSource = Callable[[], Iterable[tuple[str, int, int]]]
 SizeSource = Callable[[], int | None]
 #: (handler, pending timers, held keys, stuck keys) per handler.
 TimerSource = Callable[[], Iterable[tuple[str, int, int, int]]]
+DownSource = Callable[[], Iterable[tuple[str, float]]]
 
 
 def otlp_headers(settings: TelemetrySettings) -> dict[str, str]:
@@ -295,6 +297,8 @@ class Metrics:
         self.spool_size_source: SizeSource = lambda: None
         #: Set by the app: what each handler's timers hold on this worker.
         self.timer_source: TimerSource = lambda: ()
+        #: Set by the app: (dependency, seconds it has been unreachable).
+        self.down_source: DownSource = lambda: ()
         meter = self.meter
         message = "{message}"
         # Counted in plain dicts, read when the metrics are collected: an SDK
@@ -334,6 +338,12 @@ class Metrics:
                 unit=message,
                 description=description,
             )
+        meter.create_observable_gauge(
+            "dawning.dependency.down",
+            callbacks=[self._observe_down],
+            unit="s",
+            description="Seconds a dependency has been unreachable (0 while it answers).",
+        )
         meter.create_observable_gauge(
             "dawning.spool.size",
             callbacks=[self._observe_spool],
@@ -407,6 +417,10 @@ class Metrics:
                 yield Observation(counts[index - 1], {"handler": handler})
 
         return observe
+
+    def _observe_down(self, options: CallbackOptions) -> Iterator[Observation]:
+        for dependency, seconds in self.down_source():
+            yield Observation(seconds, {"dependency": dependency})
 
     def _observe_lag(self, options: CallbackOptions) -> Iterator[Observation]:
         for topic, partition, lag in self.lag_source():

@@ -47,6 +47,7 @@ __all__ = [
     "TimerSettings",
     "TopicNames",
     "WebSettings",
+    "WorkerSettings",
     "shown",
 ]
 
@@ -517,6 +518,17 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """``Worker``: how long a worker waits to start and to stop."""
+
+    #: After SIGTERM or SIGINT the process ends within this, reachable services or not.
+    stop_timeout_s: int = _setting("StopTimeoutS", _int(1, 3600), 30)
+    #: A worker started while Kafka is unreachable waits for it this long, then
+    #: exits with code 1; unset: it waits for as long as it takes.
+    start_timeout_s: int | None = _setting("StartTimeoutS", _int(1), None)
+
+
+@dataclass(frozen=True, slots=True)
 class TimerSettings:
     """``Timers``: countdowns, etas and retries (:mod:`dawning_streams.timers`)."""
 
@@ -539,6 +551,7 @@ class Settings:
     telemetry: TelemetrySettings = _section("Telemetry", TelemetrySettings)
     health: HealthSettings = _section("Health", HealthSettings)
     timers: TimerSettings = _section("Timers", TimerSettings)
+    worker: WorkerSettings = _section("Worker", WorkerSettings)
     #: Written as ``SourceInstance`` on every message this process publishes.
     instance_name: str = _setting("InstanceName", _text, lambda: socket.gethostname())
 

@@ -67,7 +67,15 @@ from .reading import read_to_end
 if TYPE_CHECKING:
     from .application import App
 
-__all__ = ["Hold", "Timer", "TimerStats", "Timers", "due_ms_in", "pending_timers"]
+__all__ = [
+    "REVOKE_WAIT_S",
+    "Hold",
+    "Timer",
+    "TimerStats",
+    "Timers",
+    "due_ms_in",
+    "pending_timers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +85,8 @@ _SEPARATOR = b"\x00"
 _REPLY_TIMEOUT_S = 2.0
 #: A fire whose failure cannot even be routed is tried again this much later.
 _UNROUTABLE_DELAY_MS = 60_000
-#: The longest a revoked partition waits for its running timers.
-_REVOKE_WAIT_S = 10.0
+#: The longest a rebalance waits for the timers firing when it began.
+REVOKE_WAIT_S = 10.0
 
 
 def _dumps(entry: dict[str, Any]) -> bytes:
@@ -284,7 +292,6 @@ class Timers(Service):
         # a lane that moves its records into the table in batches.
         app.agent(topic, name=f"{handler}.timers")(self._consume)
         app.add_lane(Lane(app, self.topic_name, self._take, batch_size=500, batch_within_s=0.005))
-        app.on_partitions_revoked.connect(self._on_revoked, weak=False)  # type: ignore[arg-type]
         self._timers: dict[str, Timer] = {}
         self._heap: list[tuple[int, int, str]] = []
         self._order = itertools.count()
@@ -293,7 +300,10 @@ class Timers(Service):
         self._owned: set[int] = set()
         self._running: dict[str, Timer] = {}
         self._releasing: set[str] = set()
-        self._futures: set[asyncio.Future[Any]] = set()
+        #: Table writes not yet acknowledged (kept so they are not collected).
+        self._writing: set[asyncio.Future[Any]] = set()
+        #: Timers being fired, and holds being released.
+        self._firing_now: set[asyncio.Future[Any]] = set()
         self._wakeup = asyncio.Event()
         self._stuck: tuple[str, ...] = ()
         self._fired = 0
@@ -500,13 +510,11 @@ class Timers(Service):
                 sorted(active),
             )
 
-    async def _on_revoked(self, sender: Any, revoked: Iterable[TP], **_: Any) -> None:
-        # aiokafka revokes every partition at a rebalance: nothing fires until
-        # the next recovery. What runs may finish; a stop then waits for no one.
+    def revoked(self) -> list[asyncio.Future[Any]]:
+        """A rebalance began: nothing new fires until the next recovery. Returns
+        what is firing now, which may finish (aiokafka revokes every partition)."""
         self._owned = set()
-        running = [task for task in self._futures if not task.done()]
-        if running:
-            await asyncio.wait(running, timeout=_REVOKE_WAIT_S)
+        return [task for task in self._firing_now if not task.done()]
 
     # -- writing ---------------------------------------------------------------
 
@@ -518,8 +526,8 @@ class Timers(Service):
         else:
             store[key] = value
         written = asyncio.ensure_future(self._sent(partition, key, value))
-        self._futures.add(written)
-        written.add_done_callback(self._futures.discard)
+        self._writing.add(written)
+        written.add_done_callback(self._writing.discard)
         return written
 
     async def _sent(self, partition: int, key: bytes, value: bytes | None) -> None:
@@ -588,8 +596,8 @@ class Timers(Service):
                 continue
             self._running[timer.id] = timer
             task = asyncio.ensure_future(self._fire_one(timer))
-            self._futures.add(task)
-            task.add_done_callback(self._futures.discard)
+            self._firing_now.add(task)
+            task.add_done_callback(self._firing_now.discard)
             task.add_done_callback(lambda _: slots.release())
 
     async def _fire_one(self, timer: Timer) -> None:
@@ -647,8 +655,8 @@ class Timers(Service):
                     )
                     self._releasing.add(key)
                     task = asyncio.ensure_future(self._release_orphan(key, hold.partition))
-                    self._futures.add(task)
-                    task.add_done_callback(self._futures.discard)
+                    self._firing_now.add(task)
+                    task.add_done_callback(self._firing_now.discard)
             elif now - timer.due_ms > self.stuck_after_ms:
                 stuck.append(key)
         self._stuck = tuple(stuck)
