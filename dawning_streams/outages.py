@@ -154,37 +154,35 @@ class KafkaWatch(Service):
     def __init__(self, app: App, kafka: Dependency, **kwargs: Any) -> None:
         self.app = app
         self.kafka = kafka
-        self._client: AIOKafkaClient | None = None
         super().__init__(**kwargs)
-
-    async def on_stop(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
 
     @Service.task
     async def _watch(self) -> None:
-        while not self.should_stop:
-            try:
-                await self._ask()
-            except Exception as exc:  # unreachable, or anything else: it is down
-                self.kafka.down(exc)
-            else:
-                self.kafka.up()
-            await self.sleep(PROBE_EVERY_S)
-
-    async def _ask(self) -> None:
-        async with asyncio.timeout(PROBE_TIMEOUT_S):
-            if self._client is None:
-                client = AIOKafkaClient(**client_options(self.app.dawning_settings.kafka))
+        client: AIOKafkaClient | None = None
+        try:
+            while not self.should_stop:
                 try:
-                    await client.bootstrap()
-                except BaseException:
-                    await client.close()
-                    raise
-                self._client = client
-            else:
-                await self._client.fetch_all_metadata()
+                    async with asyncio.timeout(PROBE_TIMEOUT_S):
+                        if client is None:
+                            fresh = AIOKafkaClient(
+                                **client_options(self.app.dawning_settings.kafka)
+                            )
+                            try:
+                                await fresh.bootstrap()
+                            except BaseException:
+                                await fresh.close()
+                                raise
+                            client = fresh
+                        else:
+                            await client.fetch_all_metadata()
+                except Exception as exc:  # unreachable, or anything else: it is down
+                    self.kafka.down(exc)
+                else:
+                    self.kafka.up()
+                await self.sleep(PROBE_EVERY_S)
+        finally:
+            if client is not None:
+                await client.close()
 
 
 async def wait_for_kafka(app: App, kafka: Dependency, timeout_s: float | None) -> None:

@@ -105,8 +105,9 @@ async def test_the_dashboard_shows_the_worker_and_replays_a_dead_letter(
         assert all(row[2] == row[3] and row[4] == "0" and row[5] == "#1" for row in lag_rows)
         throughput = await text_of(page, "Throughput")
         [audit_row] = [line for line in throughput.splitlines() if line.startswith("audit\t")]
-        # handler, sparkline, handled/failed/retried/dead in 1 min, handled and dead in 15 min
-        assert audit_row.split("\t")[-2:] == ["5", "1"]
+        # handler, sparkline, handled/failed/retried/dead in 1 min, handled and dead in
+        # 15 min, then its timers: pending, next due, held keys, stuck keys
+        assert audit_row.split("\t")[-6:] == ["5", "1", "0", "", "0", "0"]
         tables = await text_of(page, "Tables")
         assert "visits\t" in tables and "visits-changelog" in tables
         [visits_row] = [line for line in tables.splitlines() if line.startswith("visits\t")]
