@@ -69,6 +69,9 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
 
     #: The ``Kafka:Topics`` attribute naming this type's topic.
     topic_setting: ClassVar[str] = ""
+    #: The .NET class's property order, where Python's (required fields first)
+    #: differs: fields are written in this order, after the base class's.
+    wire_order: ClassVar[tuple[str, ...]] = ()
     wire_fields: ClassVar[tuple[WireField, ...]] = ()
     _wire_names: ClassVar[tuple[str, ...]] = ()
     _wire_values: ClassVar[Callable[[Any], tuple[Any, ...]]]
@@ -89,6 +92,11 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
             if optional:
                 kind = next(a for a in args if a is not type(None))
             wire_fields.append(WireField(attr, _pascal(attr), kind, optional, attr not in defaults))
+        if cls.wire_order:
+            rank = {attr: n for n, attr in enumerate(cls.wire_order)}
+            wire_fields = [f for f in wire_fields if f.attr not in rank] + sorted(
+                (f for f in wire_fields if f.attr in rank), key=lambda f: rank[f.attr]
+            )
         cls.wire_fields = tuple(wire_fields)
         cls._wire_names = tuple(f.wire for f in wire_fields)
         cls._wire_values = operator.attrgetter(*(f.attr for f in wire_fields))
@@ -142,6 +150,18 @@ class AuditLogMessage(MessageBase):
     """An audited action; keyed by ``UserId`` so one user's entries stay in order."""
 
     topic_setting = "audit_log"
+    wire_order = (
+        "user_id",
+        "user_name",
+        "action",
+        "entity_type",
+        "entity_id",
+        "description",
+        "old_value",
+        "new_value",
+        "ip_address",
+        "user_agent",
+    )
 
     user_id: uuid.UUID
     action: str
@@ -179,6 +199,7 @@ class EmailMessage(MessageBase):
     """A mail to send; keyed by the ``To`` recipient."""
 
     topic_setting = "email_queue"
+    wire_order = ("to", "cc", "bcc", "subject", "body", "is_html", "priority", "retry_count")
 
     to: str
     subject: str
@@ -236,6 +257,7 @@ class UserEventMessage(MessageBase):
     """Something a user did; keyed by ``UserId`` so one user's events stay in order."""
 
     topic_setting = "user_event"
+    wire_order = ("user_id", "user_name", "event_type", "event_data")
 
     user_id: uuid.UUID
     event_type: str

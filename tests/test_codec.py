@@ -127,6 +127,37 @@ def test_times_are_iso_8601_in_utc() -> None:
     assert decoded.timestamp == datetime(2025, 1, 1, 19, 4, 5, 600000, tzinfo=UTC)
 
 
+def test_a_message_is_written_byte_for_byte_as_the_gateway_writes_it() -> None:
+    # Written by hand from System.Text.Json's rules for the .NET AuditLogMessage
+    # (JsonSerializerOptions.Default with PascalCase properties): properties in
+    # declaration order, the base class's first; nulls written; Guid as its
+    # lower-case "D" string; a UTC DateTime as ISO 8601 with the 7-digit tick
+    # fraction trimmed of trailing zeros (1234560 ticks: .123456) and a "Z";
+    # no whitespace.
+    expected = (
+        b'{"MessageId":"3f2504e0-4f89-41d3-9a0c-0305e82c3301",'
+        b'"Timestamp":"2025-01-15T08:30:00.123456Z","MessageType":"AuditLogMessage",'
+        b'"CorrelationId":"req-1","SourceInstance":"identity-api-1","TenantId":null,'
+        b'"UserId":"9f706e05-3812-4496-a6d4-6f1f5f5e0512","UserName":"alice",'
+        b'"Action":"Login","EntityType":"User","EntityId":null,"Description":"signed in",'
+        b'"OldValue":null,"NewValue":null,"IpAddress":"10.0.0.7","UserAgent":"curl/8"}'
+    )
+    message = AuditLogMessage(
+        message_id=uuid.UUID("3F2504E0-4F89-41D3-9A0C-0305E82C3301"),
+        timestamp=datetime(2025, 1, 15, 8, 30, 0, 123456, tzinfo=UTC),
+        correlation_id="req-1",
+        source_instance="identity-api-1",
+        user_id=USER,
+        user_name="alice",
+        action="Login",
+        entity_type="User",
+        description="signed in",
+        ip_address="10.0.0.7",
+        user_agent="curl/8",
+    )
+    assert encode(message) == expected
+
+
 def test_the_gateways_json_is_read() -> None:
     message = decode(DOTNET_AUDIT, AuditLogMessage)
     assert message.message_id == uuid.UUID("3f2504e0-4f89-41d3-9a0c-0305e82c3301")

@@ -1,13 +1,20 @@
-"""Partitioners agree with Kafka's Java client and librdkafka on every key."""
+"""Partitioners agree with Kafka's Java client and with librdkafka on every key."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import uuid
 import zlib
+from collections.abc import Callable
+from typing import Any
 
+import confluent_kafka
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
+from dawning_streams import Settings
 from dawning_streams.partitioners import consistent_random, murmur2, murmur2_hash
 
 PARTITIONS = [0, 1, 2]
@@ -51,3 +58,43 @@ def test_consistent_random_is_librdkafkas_crc32() -> None:
 @pytest.mark.parametrize("partitioner", [murmur2, consistent_random])
 def test_keyless_messages_go_to_an_available_partition(partitioner) -> None:  # type: ignore[no-untyped-def]
     assert {partitioner(None, PARTITIONS, [1]) for _ in range(20)} == {1}
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize(
+    ("ours", "librdkafka"), [(consistent_random, "consistent_random"), (murmur2, "murmur2_random")]
+)
+async def test_each_key_lands_where_librdkafka_itself_puts_it(
+    settings: Settings, ours: Callable[..., int], librdkafka: str
+) -> None:
+    """confluent-kafka (the .NET gateway's librdkafka) produces to the real broker,
+    and its delivery reports say which partition each key went to."""
+    bootstrap = settings.kafka.bootstrap_servers[0]
+    topic = f"{settings.kafka.topics.audit_log}.partitions"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, len(PARTITIONS), 1)])
+    finally:
+        await admin.close()
+    keys = [str(uuid.uuid4()).encode() for _ in range(150)]
+    keys += [random.randbytes(n) for n in range(1, 51)] + [b"user-42", b"21"]
+    landed: dict[bytes, int] = {}
+
+    def delivered(error: object, message: Any) -> None:
+        assert error is None, error
+        landed[message.key()] = message.partition()
+
+    def produce() -> None:
+        producer = confluent_kafka.Producer(
+            {"bootstrap.servers": bootstrap, "partitioner": librdkafka, "acks": "all"}
+        )
+        for key in keys:
+            producer.produce(topic, value=b"v", key=key, on_delivery=delivered)
+        assert producer.flush(30) == 0
+
+    await asyncio.to_thread(produce)
+    assert len(landed) == len(set(keys))
+    wrong = {k: (p, ours(k, PARTITIONS, PARTITIONS)) for k, p in landed.items()}
+    wrong = {k: v for k, v in wrong.items() if v[0] != v[1]}
+    assert wrong == {}, f"{len(wrong)} keys where librdkafka and ours disagree: {wrong}"
