@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export PYTHON
 
-.PHONY: install run worker services test test-faults test-unit lint bench stop clean browser
+.PHONY: install run worker services test test-faults test-unit lint bench stop clean browser fault-table
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ browser:
 ## sink; prints a row of figures per scenario, also in .local/faults/report.json.
 test-faults: install
 	$(VENV)/bin/pytest tests/faults --basetemp=.local/faults/runs
+
+## The README's fault table, from the last fault run's .local/faults/report.json.
+fault-table:
+	$(PYTHON) scripts/fault_table.py
 
 ## Benchmark against the raw aiokafka client on the bench services (BENCH_SIZE=small for a smoke run).
 BENCH_SIZE ?= full

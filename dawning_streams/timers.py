@@ -176,6 +176,18 @@ def _header_int(delivery: Delivery, name: str) -> int | None:
         return None
 
 
+class _Pending:
+    """What the heap needs of a pending timer; the rest stays in the table entry
+    until it fires (a timer's message would otherwise be kept twice)."""
+
+    __slots__ = ("due_ms", "id", "partition")
+
+    def __init__(self, timer_id: str, partition: int, due_ms: int) -> None:
+        self.id = timer_id
+        self.partition = partition
+        self.due_ms = due_ms
+
+
 @dataclass(slots=True)
 class Hold:
     """An ordered handler's key that waits on a retry."""
@@ -292,13 +304,13 @@ class Timers(Service):
         # a lane that moves its records into the table in batches.
         app.agent(topic, name=f"{handler}.timers")(self._consume)
         app.add_lane(Lane(app, self.topic_name, self._take, batch_size=500, batch_within_s=0.005))
-        self._timers: dict[str, Timer] = {}
+        self._timers: dict[str, _Pending] = {}
         self._heap: list[tuple[int, int, str]] = []
         self._order = itertools.count()
         self._holds: dict[str, Hold] = {}
         self._parked: dict[str, dict[int, Delivery]] = {}
         self._owned: set[int] = set()
-        self._running: dict[str, Timer] = {}
+        self._running: dict[str, _Pending] = {}
         self._releasing: set[str] = set()
         #: Table writes not yet acknowledged (kept so they are not collected).
         self._writing: set[asyncio.Future[Any]] = set()
@@ -329,8 +341,15 @@ class Timers(Service):
 
     def pending(self, timer_id: str) -> Timer | None:
         """The pending timer ``timer_id`` on this worker, or None."""
-        timer = self._timers.get(timer_id)
-        return timer if timer is not None and timer.partition in self._owned else None
+        pending = self._timers.get(timer_id)
+        if pending is None or pending.partition not in self._owned:
+            return None
+        return self._load(timer_id)
+
+    def _load(self, timer_id: str) -> Timer | None:
+        """The whole timer, from its table entry."""
+        value = self.table.data.get(_TIMER + timer_id.encode())
+        return Timer.from_json(timer_id, orjson.loads(value)) if value is not None else None
 
     def holder(self, key: str) -> str | None:
         """The id of the timer ``key`` waits on, or None when it is not held."""
@@ -343,7 +362,7 @@ class Timers(Service):
         """Keep ``timer`` (replacing a pending one of the same id) and, with
         ``hold``, make it the timer that key waits on. The result resolves when
         the broker has the table writes."""
-        self._timers[timer.id] = timer
+        self._timers[timer.id] = _Pending(timer.id, timer.partition, timer.due_ms)
         heapq.heappush(self._heap, (timer.due_ms, next(self._order), timer.id))
         writes = [self._write(timer.partition, _TIMER + timer.id.encode(), timer.to_bytes())]
         if hold is not None:
@@ -403,8 +422,9 @@ class Timers(Service):
         return True
 
     def finish(self, timer: Timer) -> None:
-        """Delete ``timer`` if it is still the pending one of its id (not rescheduled)."""
-        if self._timers.get(timer.id) is timer:
+        """Delete the fired ``timer`` unless it was rescheduled while it ran."""
+        running = self._running.get(timer.id)
+        if running is not None and self._timers.get(timer.id) is running:
             del self._timers[timer.id]
             self._write(timer.partition, _TIMER + timer.id.encode(), None)
 
@@ -462,9 +482,10 @@ class Timers(Service):
         hold = self._holds.get(key)
         if hold is None or hold.holder in self._running:
             return False
-        timer = self._timers.pop(hold.holder, None)
+        timer = self._load(hold.holder) if hold.holder in self._timers else None
         if timer is not None:
             await self._dead_letter(timer, "released by an operator")
+            del self._timers[timer.id]
             self._write(timer.partition, _TIMER + timer.id.encode(), None)
         self._wakeup.set()
         return True
@@ -474,7 +495,7 @@ class Timers(Service):
     def recovered(self, active: set[int]) -> None:
         """Rebuild the heap, holds and parked messages of ``active`` from the table."""
         self._owned = set(active)
-        timers: dict[str, Timer] = {}
+        timers: dict[str, _Pending] = {}
         holds: dict[str, Hold] = {}
         parked: dict[str, dict[int, Delivery]] = {}
         store = self.table.data
@@ -489,7 +510,7 @@ class Timers(Service):
             kind, rest = key[:2], key[2:]
             if kind == _TIMER:
                 timer_id = rest.decode()
-                timers[timer_id] = Timer.from_json(timer_id, data)
+                timers[timer_id] = _Pending(timer_id, data["p"], data["due"])
             elif kind == _HOLD:
                 holds[rest.decode()] = Hold.from_json(data)
             elif kind == _PARKED:
@@ -559,7 +580,7 @@ class Timers(Service):
 
     # -- firing ----------------------------------------------------------------
 
-    def _next_due(self) -> tuple[Timer | None, float | None]:
+    def _next_due(self) -> tuple[_Pending | None, float | None]:
         """The first due timer (taken off the heap), or how long until one is."""
         heap = self._heap
         while heap:
@@ -600,13 +621,17 @@ class Timers(Service):
             task.add_done_callback(self._firing_now.discard)
             task.add_done_callback(lambda _: slots.release())
 
-    async def _fire_one(self, timer: Timer) -> None:
-        keep = acting_on(timer.delivery, self.handler)  # noqa: F841 (the weak reference's target)
-        lateness = now_ms() - timer.due_ms
+    async def _fire_one(self, pending: _Pending) -> None:
+        lateness = now_ms() - pending.due_ms
         self._fired += 1
         self._lateness.append(lateness)
         if len(self._lateness) > 1_000:
             del self._lateness[:500]
+        timer = self._load(pending.id)
+        if timer is None:  # the entry went meanwhile
+            self._running.pop(pending.id, None)
+            return
+        keep = acting_on(timer.delivery, self.handler)  # noqa: F841 (the weak reference's target)
         try:
             await self._fire(timer)  # an expired one is dead-lettered there
         except Exception:
@@ -618,18 +643,18 @@ class Timers(Service):
                 _UNROUTABLE_DELAY_MS // 1000,
                 exc_info=True,
             )
-            if self._timers.get(timer.id) is timer and timer.partition in self._owned:
+            if self._timers.get(timer.id) is pending and timer.partition in self._owned:
                 timer.due_ms = now_ms() + _UNROUTABLE_DELAY_MS
                 self.schedule(timer)
-            return
-        finally:
             self._running.pop(timer.id, None)
+            return
         if timer.partition not in self._owned:
+            self._running.pop(timer.id, None)
             return  # revoked meanwhile: the next owner fires it again
+        self.finish(timer)
+        self._running.pop(timer.id, None)
         current = self._timers.get(timer.id)
-        if current is timer:
-            self.finish(timer)
-        elif current is not None:
+        if current is not None and current is not pending:
             # Rescheduled while it ran (a retry): the heap entry it pushed was
             # skipped as running.
             heapq.heappush(self._heap, (current.due_ms, next(self._order), current.id))
