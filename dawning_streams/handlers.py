@@ -322,6 +322,9 @@ class Handler(Generic[M]):
                 batch_size=options.batch_size,
                 batch_within_s=options.batch_within_s,
                 handler=self.name,
+                # An ordered handler must know which keys are held before it
+                # takes a partition's records: after its timers are recovered.
+                ready=self._timers_own if options.ordered else None,
             )
         )
         self.timers_topic = timers_topic(self.topic, self.name)
@@ -476,6 +479,9 @@ class Handler(Generic[M]):
             await self.timers.park(key, delivery)
             return
         await self._run(delivery, attempt, hold=key)
+
+    def _timers_own(self, partition: int) -> bool:
+        return self.timers.owns(partition)
 
     def _ordered_key(self, delivery: Delivery) -> str | None:
         if not self.options.ordered or delivery.key is None:

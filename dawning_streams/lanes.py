@@ -123,9 +123,14 @@ class Lane(Service):
         batch_size: int = 1,
         batch_within_s: float = 1.0,
         handler: str | None = None,
+        ready: Callable[[int], bool] | None = None,
         **kwargs: Any,
     ) -> None:
         self.app = app
+        #: Whether a partition's state is ready for its records (an ordered
+        #: handler's timers, recovered); records of one that is not are refused,
+        #: and fetched again by the seek that ends every recovery.
+        self.ready = ready
         #: The handler's name, for ``current_delivery()``.
         self.handler = handler
         self.topic = topic
@@ -165,7 +170,7 @@ class Lane(Service):
         """Take a fetched batch of ``tp``; records already taken are skipped."""
         if not records:
             return
-        if not self._accepting:
+        if not self._accepting or (self.ready is not None and not self.ready(tp.partition)):
             self.refuse(tp, records)
             return
         expected = self._next_offset.get(tp)

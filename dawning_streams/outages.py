@@ -209,7 +209,7 @@ async def wait_for_kafka(app: App, kafka: Dependency, timeout_s: float | None) -
 
 
 class _Repeats(logging.Filter):
-    """Lets each kind of message through at most once per ``SUMMARY_EVERY_S``."""
+    """Lets each kind of warning or error through at most once per ``SUMMARY_EVERY_S``."""
 
     _DIGITS = re.compile(r"\d+")
 
@@ -220,6 +220,8 @@ class _Repeats(logging.Filter):
         self._lock = threading.Lock()  # the consumer logs from its own thread
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True  # the clients' INFO lines (rebalances, assignments) stay
         text = record.msg if isinstance(record.msg, str) else str(record.msg)
         kind = (record.name, self._DIGITS.sub("#", text)[:120])
         now = time.monotonic()

@@ -303,7 +303,17 @@ class Timers(Service):
         # The timers topic: an agent for the subscription and co-partitioning,
         # a lane that moves its records into the table in batches.
         app.agent(topic, name=f"{handler}.timers")(self._consume)
-        app.add_lane(Lane(app, self.topic_name, self._take, batch_size=500, batch_within_s=0.005))
+        # Revocations must meet the recovered table: the records wait for it.
+        app.add_lane(
+            Lane(
+                app,
+                self.topic_name,
+                self._take,
+                batch_size=500,
+                batch_within_s=0.005,
+                ready=self.owns,
+            )
+        )
         self._timers: dict[str, _Pending] = {}
         self._heap: list[tuple[int, int, str]] = []
         self._order = itertools.count()

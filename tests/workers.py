@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -35,6 +35,7 @@ class Worker:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    terminated: bool = field(default=False, init=False)
 
     def settled(self) -> bool:
         """Ready, and the last assignment it was given has finished recovering (a
@@ -60,10 +61,16 @@ class Worker:
         except (aiohttp.ClientError, ValueError):
             return 0, {}
 
+    def terminate(self) -> None:
+        """SIGTERM, once: a second one that lands while the worker closes its event
+        loop (its signal handlers gone) would end it with -15 instead of 0."""
+        if self.process.poll() is None and not self.terminated:
+            self.terminated = True
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, timeout_s: float = 60) -> int:
         """SIGTERM, then wait; SIGKILL only if it does not stop within ``timeout_s``."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             return self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -119,19 +126,29 @@ async def settle(workers: list[Worker], timeout_s: float = 120) -> None:
 
 @asynccontextmanager
 async def workers(
-    settings: Settings, count: int, folder: Path, *, app: str | None = None
+    settings: Settings,
+    count: int,
+    folder: Path,
+    *,
+    app: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[list[Worker]]:
-    """``count`` settled workers of ``settings``, stopped with SIGTERM afterwards."""
+    """``count`` settled workers of ``settings``, stopped with SIGTERM afterwards.
+
+    ``env`` is added to their environment. A worker the test appends to the
+    list (one it started in place of a killed one) is stopped with the others.
+    """
     started: list[Worker] = []
     try:
         for n in range(count):
-            started.append(spawn(settings, f"{settings.instance_name}-{n}", folder, app=app))
+            started.append(
+                spawn(settings, f"{settings.instance_name}-{n}", folder, app=app, env=env)
+            )
         await settle(started)
         yield started
     finally:
         for worker in started:
-            if worker.process.poll() is None:
-                worker.process.send_signal(signal.SIGTERM)
+            worker.terminate()
         # One deadline for all: they stop side by side.
         deadline = time.monotonic() + STOP_S
         for worker in started:

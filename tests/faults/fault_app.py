@@ -9,6 +9,15 @@
   ``kill -9`` that comes after it. An ``Action`` of ``slow:<s>`` sleeps that
   long first; ``echo`` also republishes the id through the worker's own bus to
   ``<flow>.echo``, which shows the worker's producer working;
+* with ``FAULT_TIMERS`` set to a directory every worker of the test sees,
+  ``record_delayed`` and ``record_ordered``, for the durable timers'
+  scenarios (:func:`install_timer_handlers`; the other scenarios' workers go
+  without them): the first journals each countdown it runs, with the due time
+  the message carries, to ``delayed.log``; the second is ordered, retries 3
+  times after 1, 2 and 4 s, journals each message it handles (key and
+  sequence number) to ``ordered.log``, and fails a message marked
+  ``fail_once`` exactly once, remembered in ``failed.log`` of the
+  ``FAULT_TIMERS`` directory;
 * ``fault-tick``, a scheduled task (every second, under the Redis lock) that
   appends to ``scheduled.log`` each time it runs;
 * ``/faults/cache/{key}``: GET reads ``app.distributed_cache``, POST stores the
@@ -26,7 +35,15 @@ from pathlib import Path
 from faust.web import Request, Response, View
 
 import dawning_streams.agents
-from dawning_streams import AuditLogMessage, Settings, create_app
+from dawning_streams import (
+    App,
+    AuditLogMessage,
+    Retry,
+    Settings,
+    UserEventMessage,
+    create_app,
+    current_delivery,
+)
 
 settings = Settings.load()
 app = create_app(settings)
@@ -43,11 +60,75 @@ def echo_topic(settings: Settings) -> str:
     return f"{flow_topic(settings)}.echo"
 
 
+def delayed_topic(settings: Settings) -> str:
+    """The topic of ``record_delayed``; its countdowns go through its timers."""
+    return f"{settings.kafka.topics.audit_log}.delayed"
+
+
+def ordered_topic(settings: Settings) -> str:
+    """The topic ``record_ordered`` consumes."""
+    return f"{settings.kafka.topics.user_event}.ordered"
+
+
+#: The ordered handler's retries: 1, 2 and 4 s, then the dead-letter topic.
+ORDERED_RETRY = Retry(max_retries=3, backoff_s=1)
+
+
 @functools.cache
 def _journal(name: str) -> int:
     """The journal in the worker's directory, opened on its first line (the tests
     import this module for its topic names, and must not create journals)."""
     return os.open(Path.cwd() / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
+#: Set by the timer scenarios: a directory all their workers see.
+SHARED_DIR_VAR = "FAULT_TIMERS"
+
+
+def _shared(name: str) -> Path:
+    """A journal every worker of the test sees."""
+    return Path(os.environ[SHARED_DIR_VAR]) / name
+
+
+def install_timer_handlers(app: App, settings: Settings) -> None:
+    """Declare ``record_delayed`` and ``record_ordered`` on ``app``: the workers'
+    app, or a test's twin of it that publishes and reads the timer tables."""
+
+    @app.handler(AuditLogMessage, topic=delayed_topic(settings), name="record_delayed")
+    async def record_delayed(message: AuditLogMessage) -> None:
+        """Note that the countdown of ``message`` ran, by this process, now, and
+        when the publisher wanted it run (epoch seconds, in ``Description``)."""
+        line = f"{message.message_id} {os.getpid()} {time.time():.6f} {message.description}\n"
+        os.write(_journal("delayed.log"), line.encode())
+
+    @app.handler(
+        UserEventMessage,
+        topic=ordered_topic(settings),
+        name="record_ordered",
+        ordered=True,
+        retry=ORDERED_RETRY,
+    )
+    async def record_ordered(message: UserEventMessage) -> None:
+        """Note ``message`` (its key and ``EventData.seq``), or fail it if it is
+        marked ``fail_once`` and has never failed before, on any worker."""
+        data = message.event_data or {}
+        if data.get("fail_once"):
+            failed = _shared("failed.log")
+            marker = f"{message.message_id} ".encode()
+            if not (failed.exists() and marker in failed.read_bytes()):
+                line = f"{message.message_id} {os.getpid()} {time.time():.6f}\n"
+                fd = os.open(failed, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, line.encode())
+                finally:
+                    os.close(fd)
+                raise ConnectionError(f"{message.message_id} fails once")
+        attempt = current_delivery().attempt
+        line = (
+            f"{message.message_id} {os.getpid()} {time.time():.6f} "
+            f"{message.user_id} {data['seq']} {attempt}\n"
+        )
+        os.write(_journal("ordered.log"), line.encode())
 
 
 @app.handler(AuditLogMessage, topic=flow_topic(settings), name="record_handled")
@@ -59,6 +140,10 @@ async def record_handled(message: AuditLogMessage) -> None:
         await app.bus.forward(echo_topic(settings), None, str(message.message_id).encode())
     line = f"{message.message_id} {os.getpid()} {time.time():.3f}\n"
     os.write(_journal("handled.log"), line.encode())
+
+
+if os.environ.get(SHARED_DIR_VAR):
+    install_timer_handlers(app, settings)
 
 
 @app.scheduled(every_s=1.0, name="fault-tick", lock_ttl_s=5.0)

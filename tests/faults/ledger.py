@@ -2,8 +2,11 @@
 
 :class:`Ledger` publishes through the test's own aiokafka producer (acks=all,
 idempotent) and records every publish the broker acknowledged: that record,
-not anything a worker reports, is what "lost" is counted against.
-:func:`handled` reads the journals the fault app's workers append to.
+not anything a worker reports, is what "lost" is counted against (a scenario
+that publishes through ``apply_async`` records the broker's receipt it
+returns, with :meth:`Ledger.acknowledged`). :func:`handled`,
+:func:`delayed_calls` and :func:`ordered_calls` read the journals the fault
+app's workers append to.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
@@ -83,6 +86,15 @@ class Ledger:
             pending.append(future)
         await asyncio.gather(*pending, return_exceptions=True)
 
+    def acknowledged(self, message_id: str, meta: object) -> None:
+        """Record a receipt published elsewhere (``apply_async``): a broker's
+        ``RecordMetadata``, or None for a message that was not acknowledged."""
+        if meta is None:
+            self.failed.append(message_id)
+            return
+        self.acked[message_id] = Ack(meta.partition, meta.offset)  # type: ignore[attr-defined]
+        self.acked_at[message_id] = time.time()
+
     def _recorder(self, message_id: str):  # type: ignore[no-untyped-def]
         def record(future: asyncio.Future[object]) -> None:
             if future.cancelled() or future.exception() is not None:
@@ -111,6 +123,82 @@ def handled(folders: Iterable[Path]) -> dict[str, list[tuple[int, float]]]:
     return calls
 
 
+@dataclass(frozen=True)
+class Call:
+    """One journal line of a timer handler: who handled which message, when."""
+
+    message_id: str
+    pid: int
+    at: float
+    #: ``record_delayed``: when the publisher wanted it run (epoch s).
+    due: float = 0.0
+    #: ``record_ordered``: the message's key, its sequence number, and the attempt.
+    key: str = ""
+    seq: int = -1
+    attempt: int = 0
+
+
+def delayed_calls(folders: Iterable[Path]) -> list[Call]:
+    """Every call ``record_delayed`` journaled, earliest first."""
+    calls = []
+    for folder in folders:
+        journal = folder / "delayed.log"
+        if journal.exists():
+            for line in journal.read_text().splitlines():
+                message_id, pid, at, due = line.split()
+                calls.append(Call(message_id, int(pid), float(at), due=float(due)))
+    return sorted(calls, key=lambda call: call.at)
+
+
+def ordered_calls(folders: Iterable[Path]) -> list[Call]:
+    """Every call ``record_ordered`` journaled, earliest first."""
+    calls = []
+    for folder in folders:
+        journal = folder / "ordered.log"
+        if journal.exists():
+            for line in journal.read_text().splitlines():
+                message_id, pid, at, key, seq, attempt = line.split()
+                calls.append(
+                    Call(
+                        message_id, int(pid), float(at), key=key, seq=int(seq), attempt=int(attempt)
+                    )
+                )
+    return sorted(calls, key=lambda call: call.at)
+
+
+def by_message(calls: Iterable[Call]) -> dict[str, list[tuple[int, float]]]:
+    """Calls as :func:`handled` gives them: (pid, time) per message id, earliest first."""
+    made: dict[str, list[tuple[int, float]]] = {}
+    for call in sorted(calls, key=lambda call: call.at):
+        made.setdefault(call.message_id, []).append((call.pid, call.at))
+    return made
+
+
+def order_violations(calls: Iterable[Call]) -> list[str]:
+    """Each message first handled after a higher sequence number of its key.
+
+    Only first handlings count: a repeat of a message already handled is a
+    duplicate, not a violation.
+    """
+    seen: set[str] = set()
+    highest: dict[str, Call] = {}
+    violations = []
+    for call in sorted(calls, key=lambda call: call.at):
+        if call.message_id in seen:
+            continue
+        seen.add(call.message_id)
+        top = highest.get(call.key)
+        if top is not None and call.seq < top.seq:
+            violations.append(
+                f"key {call.key}: seq {call.seq} (pid {call.pid}, attempt {call.attempt}, "
+                f"at {call.at:.6f}) after seq {top.seq} (pid {top.pid}, attempt "
+                f"{top.attempt}, at {top.at:.6f})"
+            )
+        elif top is None or call.seq > top.seq:
+            highest[call.key] = call
+    return violations
+
+
 def lost_and_duplicated(
     ledger: Ledger, calls: dict[str, list[tuple[int, float]]]
 ) -> tuple[int, int]:
@@ -133,6 +221,19 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
         for tp, meta in offsets.items()
         if isinstance(tp, TopicPartition) and tp.topic == topic
     }
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The end offset of each partition of ``topic``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(partitions) if partitions else {}
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in ends.items()}
 
 
 def write_duplicates(path: Path, ledger: Ledger, calls: dict[str, list[tuple[int, float]]]) -> None:
