@@ -48,6 +48,14 @@ class Delivery:
     def header(self, name: str) -> str | None:
         return header_text(self.headers, name)
 
+    def header_int(self, name: str) -> int | None:
+        """A header holding a number, or None when it is missing or not one."""
+        text = self.header(name)
+        try:
+            return int(text) if text is not None else None
+        except ValueError:
+            return None
+
     @property
     def origin(self) -> tuple[str, int, int]:
         """Topic, partition and offset where the message was first published."""

@@ -500,7 +500,7 @@ class Handler(Generic[M]):
 
         With ``hold`` (an ordered handler's key), a retry holds the key.
         """
-        expires_ms = _header_int(delivery, Header.EXPIRES_MS)
+        expires_ms = delivery.header_int(Header.EXPIRES_MS)
         if expires_ms is not None and now_ms() >= expires_ms:
             await self._expire(delivery, attempt)
             return False
@@ -567,7 +567,7 @@ class Handler(Generic[M]):
 
     async def _expire(self, delivery: Delivery, attempt: int) -> None:
         self.app.telemetry.metrics.expired(self.name)
-        expired_at = _header_int(delivery, Header.EXPIRES_MS)
+        expired_at = delivery.header_int(Header.EXPIRES_MS)
         await self._dead_letter(delivery, attempt, Expired(f"expired at {_iso_ms(expired_at)}"))
 
     async def _dead_letter_timer(self, timer: Timer, reason: str) -> None:
@@ -648,7 +648,7 @@ class Handler(Generic[M]):
             due_ms_in(delay_s),
             retry_number,
             retried,
-            _header_int(delivery, Header.EXPIRES_MS),
+            delivery.header_int(Header.EXPIRES_MS),
             f"{type(exc).__name__}: {exc}"[:_EXCEPTION_MESSAGE_LIMIT],
         )
 
@@ -767,14 +767,6 @@ def _annotated_type(fn: Callable[..., Any]) -> type | None:
     if typing.get_origin(annotation) is list:  # a batch handler: list[AuditLogMessage]
         (annotation,) = typing.get_args(annotation) or (None,)
     return annotation if isinstance(annotation, type) else None
-
-
-def _header_int(delivery: Delivery, name: str) -> int | None:
-    text = delivery.header(name)
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
 
 
 def _seconds(name: str, value: object) -> float:

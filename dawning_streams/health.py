@@ -123,8 +123,15 @@ def readiness(app: App) -> dict[str, Any]:
         "rebalancing": bool(app.rebalancing),
     }
     kafka = app.kafka_state.check()
+    if kafka["ok"] and not broker:
+        # Before the watch's next probe: the producer's connection says it first.
+        kafka = {
+            "ok": False,
+            "error": f"Kafka unreachable at {app.kafka_state.address}: "
+            "the producer has no live broker connection",
+        }
     checks: dict[str, dict[str, Any]] = {
-        "broker": {**kafka, "ok": broker and kafka["ok"]},
+        "broker": kafka,
         "assignment": assignment,
         "recovery": recovery,
         "timers": _timers(app),

@@ -149,7 +149,7 @@ class Timer:
         there is never dropped.
         """
         delivery = Delivery.of_record(record)
-        due_ms = _header_int(delivery, Header.DUE_MS)
+        due_ms = delivery.header_int(Header.DUE_MS)
         if due_ms is None:
             logger.warning(
                 "timer %s/%d/%d has no readable %s header; due now",
@@ -162,18 +162,10 @@ class Timer:
             id=delivery.header(Header.TIMER_ID) or delivery.origin_id,
             partition=record.partition,
             due_ms=due_ms if due_ms is not None else now_ms(),
-            attempt=_header_int(delivery, Header.ATTEMPT) or 0,
+            attempt=delivery.header_int(Header.ATTEMPT) or 0,
             delivery=delivery,
-            expires_ms=_header_int(delivery, Header.EXPIRES_MS),
+            expires_ms=delivery.header_int(Header.EXPIRES_MS),
         )
-
-
-def _header_int(delivery: Delivery, name: str) -> int | None:
-    text = delivery.header(name)
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
 
 
 class _Pending:
