@@ -170,7 +170,14 @@ class Lane(Service):
         """Take a fetched batch of ``tp``; records already taken are skipped."""
         if not records:
             return
-        if not self._accepting or (self.ready is not None and not self.ready(tp.partition)):
+        if (
+            not self._accepting
+            or tp in self._refused
+            or (self.ready is not None and not self.ready(tp.partition))
+        ):
+            # Once a partition's records are refused, the consumer's position is
+            # past them: later ones wait for the seek back too, or they would
+            # be handled first and the seek's records skipped as already taken.
             self.refuse(tp, records)
             return
         expected = self._next_offset.get(tp)
