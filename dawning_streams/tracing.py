@@ -7,7 +7,7 @@ span whose parent is the context in the message's headers, so the handler's
 span is a child of the publisher's, and a retry published from inside a
 handler attempt continues the same trace:
 
-    publish ─▶ handle (attempt 1) ─▶ publish retry-1 ─▶ handle (attempt 2) ─▶ publish dlq
+    publish ─▶ handle (attempt 1) ─▶ publish timer ─▶ handle (attempt 2) ─▶ publish dlq
 
 Each app has its own ``TracerProvider``; with ``Telemetry:OtlpEndpoint`` set,
 its spans are exported over OTLP/HTTP. The context is carried whether or not
