@@ -119,6 +119,7 @@ class App(faust.App):
         self.telemetry = Telemetry(settings)
         self.telemetry.metrics.lag_source = self._consumer_lag
         self.telemetry.metrics.timer_source = self._timer_counts
+        self.telemetry.metrics.buffer_source = self._buffer_sizes
         #: Kafka's reachability: logged on each change, on /ready and in metrics.
         self.kafka_state = Dependency("Kafka", ",".join(kafka.bootstrap_servers), self._waiting)
         self.telemetry.metrics.down_source = lambda: [("kafka", self.kafka_state.down_s)]
@@ -300,7 +301,17 @@ class App(faust.App):
             stats = handler.timers.stats()
             pending += stats.pending
             held += stats.held_keys
-        return f"{self.bus.spool.count} in the spool, {pending} timers, {held} held keys"
+        queued = self._buffer_sizes()
+        return (
+            f"{self.bus.spool.count} in the spool, {queued[0] if queued else 0} table writes "
+            f"queued, {pending} timers, {held} held keys"
+        )
+
+    def _buffer_sizes(self) -> tuple[int, int] | None:
+        buffer = getattr(self.producer, "buffer", None)
+        if buffer is None or not hasattr(buffer, "high_water"):
+            return None
+        return buffer.size, buffer.high_water
 
     def _stopping_state(self) -> str:
         """What a stop that ran out of time leaves behind, for its last log line."""

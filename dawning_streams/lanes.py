@@ -26,7 +26,8 @@ The guarantees stay Faust's and the broker's:
   records of a partition the worker kept that it has already started come
   again, and are skipped: each is handled once per owner;
 - back-pressure: a partition whose buffer is full stops being fetched until the
-  lane has caught up, as Faust's stream buffers do.
+  lane has caught up, as Faust's stream buffers do; and a worker whose step
+  filled the producer's buffer (table writes) waits for it to drain.
 
 While a handler runs, Faust's ``current_event()`` names its record, so tables
 (the ordered handlers' parking table, the agents' tables) work as in an agent.
@@ -293,6 +294,8 @@ class Lane(Service):
         # Each worker runs in its own task, so its own context: set once, and
         # point it at each record in turn.
         current = acting_on(None, self.handler)
+        # Table writes queue in the producer's buffer; a full one is waited on.
+        buffer: Any = self.app.producer.buffer  # transport.ProducerBuffer
         handled = 0
         while not self.should_stop:
             if not consumer.flow_active:
@@ -327,6 +330,8 @@ class Lane(Service):
                     finish(offset)
                     if not self._in_flight and self._idle_waiter is not None:
                         self._idle_waiter.set()
+                if buffer.full:
+                    await buffer.ebb()
                 handled += 1
                 if handled % _YIELD_EVERY == 0:
                     # A function that never awaits must not hold the event loop
@@ -346,6 +351,7 @@ class Lane(Service):
         """Hand the step up to ``batch_size`` records, or what came within ``batch_within_s``."""
         consumer: Any = self.app.consumer
         current = acting_on(None, self.handler)
+        buffer: Any = self.app.producer.buffer  # transport.ProducerBuffer
         while not self.should_stop:
             if not consumer.flow_active:
                 await consumer.can_resume_flow.wait()
@@ -371,6 +377,8 @@ class Lane(Service):
                     progress.finish(offset)
                 if not self._in_flight and self._idle_waiter is not None:
                     self._idle_waiter.set()
+            if buffer.full:
+                await buffer.ebb()
             if self._paused and self._buffered <= self.max_buffered // 2:
                 self._resume_paused()
             self.app.monitor.stream_inbound_time[taken[-1][0]] = time.monotonic()

@@ -21,6 +21,8 @@ into the same provider, so its ``faust.*`` metrics sit beside these:
 ``dawning.timers.stuck_keys``  gauge      held keys whose retry is overdue
 ``dawning.handler.duration``   histogram  seconds per attempt, by ``outcome``
 ``dawning.spool.size``         gauge      messages waiting in the on-disk spool
+``dawning.producer.buffer``    gauge      table writes queued for the producer now,
+                                          and (``kind="high_water"``) the most at once
 ``dawning.dependency.down``    gauge      seconds a dependency has been unreachable
 ============================  =========  ======================================
 
@@ -88,6 +90,8 @@ _TIMER_GAUGES = {
 
 LagSource = Callable[[], Iterable[tuple[str, int, int]]]
 SizeSource = Callable[[], int | None]
+#: (queued now, high-water mark) of the producer's buffer.
+BufferSource = Callable[[], tuple[int, int] | None]
 #: (handler, pending timers, held keys, stuck keys) per handler.
 TimerSource = Callable[[], Iterable[tuple[str, int, int, int]]]
 DownSource = Callable[[], Iterable[tuple[str, float]]]
@@ -299,6 +303,8 @@ class Metrics:
         self.timer_source: TimerSource = lambda: ()
         #: Set by the app: (dependency, seconds it has been unreachable).
         self.down_source: DownSource = lambda: ()
+        #: Set by the app: the producer buffer's size and high-water mark.
+        self.buffer_source: BufferSource = lambda: None
         meter = self.meter
         message = "{message}"
         # Counted in plain dicts, read when the metrics are collected: an SDK
@@ -343,6 +349,13 @@ class Metrics:
             callbacks=[self._observe_down],
             unit="s",
             description="Seconds a dependency has been unreachable (0 while it answers).",
+        )
+        meter.create_observable_gauge(
+            "dawning.producer.buffer",
+            callbacks=[self._observe_buffer],
+            unit=message,
+            description="Table writes queued for the producer (kind=now), and the most at once "
+            "(kind=high_water).",
         )
         meter.create_observable_gauge(
             "dawning.spool.size",
@@ -425,6 +438,12 @@ class Metrics:
     def _observe_lag(self, options: CallbackOptions) -> Iterator[Observation]:
         for topic, partition, lag in self.lag_source():
             yield Observation(lag, {"topic": topic, "partition": partition})
+
+    def _observe_buffer(self, options: CallbackOptions) -> Iterator[Observation]:
+        sizes = self.buffer_source()
+        if sizes is not None:
+            yield Observation(sizes[0], {"kind": "now"})
+            yield Observation(sizes[1], {"kind": "high_water"})
 
     def _observe_spool(self, options: CallbackOptions) -> Iterator[Observation]:
         size = self.spool_size_source()

@@ -9,7 +9,15 @@ polls: the bus, retries, dead letters, table changelogs.
 
 Its consumer hands the records of handler source topics to their
 :class:`~dawning_streams.lanes.Lane` instead of Faust's per-message path, and
-commits the offsets the lanes have finished along with Faust's own.
+commits the offsets the lanes have finished along with Faust's own, once
+everything sent before the commit (table changelog writes above all, which
+Faust only queues) is acknowledged.
+
+Faust queues a table's changelog writes in the producer's buffer, since
+``table[key] = value`` cannot wait. When the buffer outgrows
+``ProducerBuffer.max_messages`` (an outage, or a handler writing faster than
+the brokers take it), the writer waits for it to drain: back-pressure, without
+Faust's warning per message. Its high-water mark is a metric.
 """
 
 from __future__ import annotations
@@ -21,17 +29,59 @@ from typing import Any
 
 from aiokafka.structs import RecordMetadata
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from faust.types import TP
 
 from .lanes import Lane
 
-__all__ = ["Consumer", "Producer", "Transport"]
+__all__ = ["Consumer", "Producer", "ProducerBuffer", "Transport"]
 
 _PAUSED_FETCH_TIMEOUT_S = 0.01
 
 
+class ProducerBuffer(FaustProducerBuffer):
+    """Faust's queue of sends that cannot wait (table changelog writes), with
+    quiet back-pressure and a high-water mark."""
+
+    #: The most sends it has held at once.
+    high_water = 0
+
+    def put(self, fut: Any) -> None:
+        super().put(fut)
+        size = self.size
+        if size > self.high_water:
+            self.high_water = size
+
+    @property
+    def size(self) -> int:
+        # Faust's reads its settings on every call; this is asked per record.
+        return (self.queue or self.pending).qsize()
+
+    @property
+    def full(self) -> bool:
+        """More queued than ``max_messages``: whoever is writing should :meth:`ebb`."""
+        return self.size > self.max_messages
+
+    async def wait_until_ebb(self) -> None:
+        # Faust's own logs a warning per message while the buffer is full.
+        if self.full:
+            await self.flush_atmost(self.max_messages)
+
+    ebb = wait_until_ebb
+
+
 class Producer(faust_aiokafka.Producer):
     """Faust's aiokafka producer, idempotent when the settings say so."""
+
+    buffer: ProducerBuffer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        threaded = self.buffer.__dict__.get("threaded_producer")
+        self.buffer = ProducerBuffer(loop=self.loop, beacon=self.beacon)
+        self.buffer.app = self.app
+        if threaded is not None:
+            self.buffer.threaded_producer = threaded
 
     async def send_record(
         self,
@@ -238,6 +288,12 @@ class Consumer(faust_aiokafka.Consumer):
                 if tp in assigned and not committed.get(tp):
                     await self.seek(tp, offset)
         return committed
+
+    async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
+        # Commit after processing means after its effects too: a table write
+        # still queued when the offset is committed would be lost in a crash.
+        await self.app.producer.flush()
+        return await super()._commit_tps(tps, start_new_transaction)  # type: ignore[no-any-return]
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         yield from super()._filter_tps_with_pending_acks(topics)
