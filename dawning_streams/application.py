@@ -122,7 +122,9 @@ class App(faust.App):
         self.telemetry.metrics.buffer_source = self._buffer_sizes
         #: Kafka's reachability: logged on each change, on /ready and in metrics.
         self.kafka_state = Dependency("Kafka", ",".join(kafka.bootstrap_servers), self._waiting)
-        self.telemetry.metrics.down_source = lambda: [("kafka", self.kafka_state.down_s)]
+        self.telemetry.metrics.down_source = lambda: [
+            (state.name.lower(), state.down_s) for state in self.dependencies
+        ]
         self.kafka_watch = KafkaWatch(self, self.kafka_state)
         self._stop_deadline = StopDeadline(settings.worker.stop_timeout_s, self._stopping_state)
         quiet_client_logs()
@@ -293,6 +295,11 @@ class App(faust.App):
         firing = [task for handler in self.handlers.values() for task in handler.timers.revoked()]
         if firing:
             await asyncio.wait(firing, timeout=REVOKE_WAIT_S)
+
+    @property
+    def dependencies(self) -> list[Dependency]:
+        """The services this worker needs, each with its reachability."""
+        return [self.kafka_state, self.redis.reachability, self.mailer.reachability]
 
     def _waiting(self) -> str:
         """What waits on Kafka, for the outage's summary line."""

@@ -100,11 +100,13 @@ class DistributedCache:
             return value
         try:
             stored: bytes | None = await self.client.get(full)  # type: ignore[assignment]
+            self.pool.reachability.up()
             if stored is None:
                 return None
             ttl_ms = await self.client.pttl(full)
         except (RedisError, OSError) as exc:
-            logger.warning("cache: Redis unreachable, %s is a miss: %s", full, exc)
+            self.pool.reachability.down(exc)
+            logger.debug("cache: Redis unreachable, %s is a miss: %s", full, exc)
             return None
         local_ttl = self.local_ttl_s if ttl_ms < 0 else min(self.local_ttl_s, ttl_ms / 1000)
         self.local.set(full, stored, local_ttl)
@@ -116,8 +118,10 @@ class DistributedCache:
         self.local.set(full, value, min(ttl_s, self.local_ttl_s))
         try:
             await self.client.set(full, value, px=int(ttl_s * 1000))
+            self.pool.reachability.up()
         except (RedisError, OSError) as exc:
-            logger.warning("cache: Redis unreachable, %s kept in this process only: %s", full, exc)
+            self.pool.reachability.down(exc)
+            logger.debug("cache: Redis unreachable, %s kept in this process only: %s", full, exc)
 
 
 async def unlink_matching(client: redis.Redis, message: CacheInvalidationMessage) -> int:

@@ -19,6 +19,7 @@ import aiosmtplib
 from mode import Service
 
 from .errors import DawningError
+from .outages import Dependency
 from .records import EmailMessage
 from .retry import Reject
 from .settings import SmtpSettings
@@ -70,6 +71,8 @@ class Mailer(Service):
 
     def __init__(self, settings: SmtpSettings, **kwargs: object) -> None:
         self.settings = settings
+        #: The SMTP server's reachability: an outage is logged once, not per mail.
+        self.reachability = Dependency("SMTP", f"{settings.host}:{settings.port}")
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -96,10 +99,13 @@ class Mailer(Service):
                 timeout=smtp.timeout_s,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
+            self.reachability.up()
             raise Reject(f"every recipient refused: {exc.recipients}") from exc
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code >= 500 and not isinstance(exc, aiosmtplib.SMTPAuthenticationError):
                 raise Reject(f"SMTP server refused the mail: {exc.code} {exc.message}") from exc
             raise MailError(f"SMTP {exc.code} {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
+            self.reachability.down(exc)
             raise MailError(f"could not reach SMTP {smtp.host}:{smtp.port}: {exc}") from exc
+        self.reachability.up()

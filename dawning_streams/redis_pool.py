@@ -1,10 +1,19 @@
-"""The worker's Redis connection pool, as a service with a start and a stop."""
+"""The worker's Redis connection pool, as a service with a start and a stop.
+
+Its users (the scheduler, the cache) tell its ``reachability`` (a
+:class:`~dawning_streams.outages.Dependency`) whether Redis answered, so an
+outage is logged once when it starts, once a minute while it lasts and once
+when it ends, instead of once per call.
+"""
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 from mode import Service
 
+from .outages import Dependency
 from .settings import RedisSettings
 
 __all__ = ["RedisPool"]
@@ -16,6 +25,8 @@ class RedisPool(Service):
     def __init__(self, settings: RedisSettings, **kwargs: object) -> None:
         self.settings = settings
         self._client: redis.Redis | None = None
+        #: Redis's reachability, as the log and the metrics see it.
+        self.reachability = Dependency("Redis", _address(settings.url))
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     @property
@@ -29,3 +40,11 @@ class RedisPool(Service):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+def _address(url: str) -> str:
+    """``host:port/db`` of a Redis URL, without its credentials."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"

@@ -83,7 +83,9 @@ class Scheduler(Service):
     async def run_if_due(self, task: ScheduledTask) -> bool:
         """Run ``task`` here if it is due and no other instance is running it."""
         try:
-            if not await self._due(task):
+            due = await self._due(task)
+            self.app.redis.reachability.up()
+            if not due:
                 return False
             lock_name = f"{self._group}:scheduled:{task.name}"
             async with self.app.lock.try_acquire(lock_name, ttl_s=task.lock_ttl_s) as handle:
@@ -100,7 +102,9 @@ class Scheduler(Service):
                 )
                 return True
         except (LockUnavailable, RedisError, OSError) as exc:
-            logger.warning("scheduled task %s skipped this tick: %s", task.name, exc)
+            # Logged once per outage (and a line a minute), not once per tick.
+            self.app.redis.reachability.down(exc)
+            logger.debug("scheduled task %s skipped this tick: %s", task.name, exc)
             return False
 
     async def _due(self, task: ScheduledTask) -> bool:

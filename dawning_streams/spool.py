@@ -13,12 +13,25 @@ an operator, never dropped.
 
 The spool's size is bounded (``Kafka:Spool:MaxBytes``). When a record does not
 fit, :class:`SpoolFullError` is raised to the publisher: loud, never silent.
+
+One process per file. Two processes draining one file would each send its
+records (twice over) and miscount it, so a spool holds an exclusive lock on
+its file (``flock`` on ``<file>.lock``, released by the kernel when the
+process dies). A process that finds ``<name>.sqlite3`` taken uses the first
+free of ``<name>.1.sqlite3``, ``<name>.2.sqlite3``, ... and says so. A process
+started later with the same settings takes the lowest free file, so what a
+dead process left is delivered by the next one to take its file, and a
+process that opens its spool also takes in the records of every sibling file
+no live process holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
+import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +44,12 @@ import orjson
 
 from .errors import PublishError
 
-__all__ = ["Spool", "SpoolFullError", "SpooledRecord"]
+__all__ = ["Spool", "SpoolBusyError", "SpoolFullError", "SpooledRecord"]
+
+logger = logging.getLogger(__name__)
+
+#: How many files a spool path may grow into, one per process using it at once.
+MAX_SLOTS = 64
 
 T = TypeVar("T")
 
@@ -60,6 +78,10 @@ CREATE TABLE IF NOT EXISTS rejected (
 
 class SpoolFullError(PublishError):
     """The broker is unreachable and the spool has no room left for the message."""
+
+
+class SpoolBusyError(PublishError):
+    """Every file the spool could use is held by another process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +134,11 @@ class Spool:
     """
 
     def __init__(self, path: Path, max_bytes: int) -> None:
+        #: The file asked for; :attr:`path` is the one this process holds.
+        self.wanted = path
         self.path = path
         self.max_bytes = max_bytes
+        self._lock_fd: int | None = None
         #: Records waiting, and their size in bytes.
         self.count = 0
         self.size_bytes = 0
@@ -135,12 +160,57 @@ class Spool:
         return work(self._db)
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.wanted.parent.mkdir(parents=True, exist_ok=True)
+        if self._lock_fd is None:
+            self.path, self._lock_fd = _take_free_slot(self.wanted)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
+        self._adopt_orphans(db)
         return db
+
+    def _adopt_orphans(self, db: sqlite3.Connection) -> None:
+        """Move into this file the records of sibling files no process holds."""
+        for n in range(MAX_SLOTS):
+            orphan = _slot(self.wanted, n)
+            if orphan == self.path or not orphan.exists():
+                continue
+            fd = os.open(f"{orphan}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process holds it
+                db.execute("ATTACH DATABASE ? AS orphan", (str(orphan),))
+                try:
+                    db.executescript(_SCHEMA.replace("IF NOT EXISTS ", "IF NOT EXISTS orphan."))
+                    with _transaction(db):
+                        moved = db.execute(
+                            "INSERT INTO spool (topic, key, value, headers, timestamp_ms, size)"
+                            " SELECT topic, key, value, headers, timestamp_ms, size"
+                            " FROM orphan.spool ORDER BY seq"
+                        ).rowcount
+                        db.execute(
+                            "INSERT INTO rejected"
+                            " (topic, key, value, headers, timestamp_ms, size, reason)"
+                            " SELECT topic, key, value, headers, timestamp_ms, size, reason"
+                            " FROM orphan.rejected ORDER BY seq"
+                        )
+                finally:
+                    db.execute("DETACH DATABASE orphan")
+                for leftover in (orphan, Path(f"{orphan}-wal"), Path(f"{orphan}-shm")):
+                    leftover.unlink(missing_ok=True)
+                if moved:
+                    logger.warning(
+                        "took %d records left in %s by a process that has gone; "
+                        "they are delivered from %s",
+                        moved,
+                        orphan,
+                        self.path,
+                    )
+            finally:
+                os.close(fd)
 
     async def open(self) -> None:
         """Open the file (creating it) and count what an earlier run left in it."""
@@ -254,3 +324,31 @@ class Spool:
             await self._run(close)
         self._thread.shutdown(wait=True)
         self._thread = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
+
+
+def _slot(path: Path, n: int) -> Path:
+    return path if n == 0 else path.with_name(f"{path.stem}.{n}{path.suffix}")
+
+
+def _take_free_slot(path: Path) -> tuple[Path, int]:
+    """Lock the first spool file of ``path`` no other process holds."""
+    for n in range(MAX_SLOTS):
+        candidate = _slot(path, n)
+        fd = os.open(f"{candidate}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        if n:
+            logger.info(
+                "the spool %s is in use by another process; this one uses %s", path, candidate
+            )
+        return candidate, fd
+    raise SpoolBusyError(
+        f"the spool {path} and its {MAX_SLOTS - 1} siblings are all in use by other processes; "
+        "give each group of processes its own Kafka:Spool:Path"
+    )

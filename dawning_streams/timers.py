@@ -606,10 +606,7 @@ class Timers(Service):
     @Service.task
     async def _firing(self) -> None:
         slots = asyncio.Semaphore(self.concurrency)
-        buffer: Any = self.app.producer.buffer  # transport.ProducerBuffer
         while not self.should_stop:
-            if buffer.full:  # table writes waiting on the brokers: let them drain
-                await buffer.ebb()
             timer, wait_s = self._next_due()
             if timer is None:
                 self._wakeup.clear()

@@ -91,6 +91,7 @@ class Producer(faust_aiokafka.Producer):
         *,
         timestamp_ms: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
     ) -> asyncio.Future[RecordMetadata]:
         """Hand one record to aiokafka; the future resolves on the broker's ack.
 
@@ -103,7 +104,12 @@ class Producer(faust_aiokafka.Producer):
         """
         try:
             return await self._ensure_producer().send(  # type: ignore[no-any-return]
-                topic, value, key=key, timestamp_ms=timestamp_ms, headers=headers
+                topic,
+                value,
+                key=key,
+                partition=partition,
+                timestamp_ms=timestamp_ms,
+                headers=headers,
             )
         except BaseException:
             self._sent(topic, ok=False)

@@ -34,6 +34,33 @@ async def read_topic(
     return records
 
 
+async def read_to_end(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[ConsumerRecord]:
+    """Every record of ``topic`` up to its end offsets at the time of the call."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[ConsumerRecord] = []
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+        ends = await consumer.end_offsets(tps) if tps else {}
+        left = {tp: end for tp, end in ends.items() if end > 0}
+        if not left:
+            return records
+        consumer.assign(list(left))
+        await consumer.seek_to_beginning(*left)
+        async with asyncio.timeout(timeout_s):
+            while left:
+                for tp, batch in (await consumer.getmany(*left, timeout_ms=500)).items():
+                    records.extend(r for r in batch if r.offset < ends[tp])
+                    if batch and batch[-1].offset >= ends[tp] - 1:
+                        left.pop(tp, None)
+    finally:
+        await consumer.stop()
+    return records
+
+
 async def produce_raw(
     bootstrap: str, topic: str, values: list[bytes], *, partition: int, key: bytes = b"k"
 ) -> list[RecordMetadata]:
@@ -59,6 +86,49 @@ async def committed(settings: Settings, tp: TopicPartition) -> int | None:
     await consumer.start()
     try:
         return await consumer.committed(tp)
+    finally:
+        await consumer.stop()
+
+
+async def caught_up(settings: Settings, *topics: str, timeout_s: float = 60) -> None:
+    """Return once ``settings``' group has committed every partition of ``topics``
+    to its end offset at the time of the call.
+
+    Offsets are committed after processing, so everything published before the
+    call has then been handled: a repeat that was going to have an effect has
+    had it. This is how a test proves "nothing more happened", not a sleep.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers[0],
+        group_id=settings.kafka.consumer_group_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        tps = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(cluster.partitions_for_topic(topic) or ())
+        ]
+        assert tps, f"no partitions for {topics}"
+        ends = await consumer.end_offsets(tps)
+        behind: dict[TopicPartition, tuple[int | None, int]] = {}
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    behind = {}
+                    for tp in tps:
+                        done = await consumer.committed(tp)
+                        if (done or 0) < ends[tp]:
+                            behind[tp] = (done, ends[tp])
+                    if not behind:
+                        return
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            raise AssertionError(
+                f"not committed to the end within {timeout_s} s (committed, end): {behind}"
+            ) from None
     finally:
         await consumer.stop()
 

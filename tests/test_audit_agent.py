@@ -19,6 +19,7 @@ from dawning_streams.settings import AuditSettings
 
 from .conftest import TEST_ENV
 from .handler_helpers import running
+from .kafka_helpers import caught_up
 
 pytestmark = pytest.mark.kafka
 
@@ -92,7 +93,7 @@ async def test_entries_are_stored_in_batches_exactly_once(
         await app.bus.publish_many(batch)
         await app.bus.publish_many(batch[:150])  # redelivered, as after a crash
         await stored(app, 700)
-        await asyncio.sleep(1.0)  # time for the repeats to arrive and be ignored
+        await caught_up(settings, settings.kafka.topics.audit_log)  # the repeats were handled
         rows = await app.audit_store.query(AuditQuery(limit=1000))
     assert len(rows) == 700
     assert {r["message_id"] for r in rows} == {str(m.message_id) for m in batch}

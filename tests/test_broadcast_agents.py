@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from dawning_streams.agents import config_changed
 from dawning_streams.shared_config import ConfigEntry
 
 from .handler_helpers import eventually, running
+from .kafka_helpers import caught_up
 from .workers import Worker, workers
 
 pytestmark = pytest.mark.kafka
@@ -105,7 +105,7 @@ async def test_three_workers_share_config_evict_once_and_route_user_views(
 
                 await eventually(evicted, what=f"{worker.name} applies the cache broadcast")
             await eventually(lambda: _gone(client, key), what="the key is deleted")
-            await asyncio.sleep(1.0)
+            await caught_up(settings, settings.kafka.topics.cache_invalidation)
             assert await _unlinks(client) - before == 1
 
             # Per-user state lives on the worker owning the user's partition;

@@ -20,7 +20,7 @@ from dawning_streams import (
 from dawning_streams.names import Header, dead_letter_topic
 from dawning_streams.retry import Reject, Retry, RetryLater
 
-from .handler_helpers import Calls, running, same_partition_users
+from .handler_helpers import Calls, eventually, running, same_partition_users
 from .kafka_helpers import produce_raw, read_topic
 
 pytestmark = pytest.mark.kafka
@@ -81,7 +81,7 @@ async def test_a_handler_filling_the_producer_buffer_waits_quietly_and_every_wri
     [high_water] = [
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
-        if line.startswith('dawning_producer_buffer{') and 'kind="high_water"' in line
+        if line.startswith("dawning_producer_buffer{") and 'kind="high_water"' in line
     ]
     assert high_water > 100
 
@@ -134,8 +134,7 @@ async def test_an_ordered_handler_keeps_a_keys_later_messages_behind_its_retry(
         await ordered.delay(event(other, "unrelated"))
         await ordered.delay(event(user, "third"))
         await calls.wait_until(lambda items: len(items) == 4)
-        await asyncio.sleep(0.5)
-        assert ordered.timers.holder(str(user)) is None
+        await eventually(lambda: ordered.timers.holder(str(user)) is None, what="key released")
     assert calls.items == ["other:unrelated", "user:first", "user:second", "user:third"]
 
 

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import dataclasses
 import os
+import sys
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -22,6 +23,7 @@ from dawning_streams.settings import SpoolSettings
 from dawning_streams.spool import SpoolFullError
 
 from .broker_process import BrokerProcess, own_broker
+from .conftest import ROOT
 from .handler_helpers import eventually
 
 pytestmark = pytest.mark.kafka
@@ -181,3 +183,61 @@ async def test_a_record_the_broker_refuses_for_good_is_set_aside_and_the_rest_fl
         assert decode(rejected.value, UserEventMessage).event_type == "huge"
         assert "MessageSizeTooLarge" in reason
         await assert_all_arrived_in_order(broker, settings.kafka.topics.user_event, before + after)
+
+
+SPOOLER = """
+import asyncio, os, sys
+from dawning_streams import Settings, UserEventMessage, create_app
+from tests.test_spool import events
+
+async def main(first: int, count: int) -> None:
+    bus = create_app(Settings.load()).bus
+    await bus.start()
+    for message in events(first, count):
+        await bus.publish(message)
+    print(bus.spool.count, bus.spool.path, flush=True)
+    await asyncio.Event().wait()  # until killed
+
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+"""
+
+
+async def test_processes_sharing_a_spool_path_keep_apart_and_a_later_one_delivers_what_died(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Two processes given one spool path, both killed with messages in it: each
+    had a file of its own, and the next process to start delivers both."""
+    async with own_broker(tmp_path) as broker:
+        spool = tmp_path / "shared" / "spool.sqlite3"
+        settings = on_broker(settings, broker, spool)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **settings.to_environ()}
+        first, second = events(0, 150), events(150, 150)
+        spoolers = []
+        for start in (0, 150):
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                SPOOLER,
+                str(start),
+                "150",
+                env=env,
+                cwd=tmp_path,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), 120)
+            spoolers.append((process, line.decode().split()))
+        [(a, (a_count, a_path)), (b, (b_count, b_path))] = spoolers
+        assert (a_count, b_count) == ("150", "150")
+        assert a_path == str(spool) and b_path != a_path, (a_path, b_path)
+        for process in (a, b):
+            process.kill()
+            assert await process.wait() == -9
+
+        await broker.start()
+        async with create_app(settings).bus as bus:
+            assert bus.spool.path == spool
+            assert bus.spool.count == 300, "it took in the file of the process that died"
+            await eventually(lambda: bus.spool.count == 0, 90, "the spool to drain")
+        assert not Path(b_path).exists()
+        await assert_all_arrived_in_order(broker, settings.kafka.topics.user_event, first + second)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import mailbox
 import uuid
 
@@ -21,6 +20,7 @@ from dawning_streams import (
 from dawning_streams.agents import cache_invalidation, email_queue, user_event
 
 from .handler_helpers import eventually, running
+from .kafka_helpers import caught_up
 
 pytestmark = pytest.mark.kafka
 
@@ -53,7 +53,7 @@ async def test_user_events_build_state_served_by_get_users(settings: Settings) -
                 )
 
         body = await eventually(state)
-        await asyncio.sleep(0.5)
+        await caught_up(settings, settings.kafka.topics.user_event)  # the repeat was handled
         async with http.get(f"{url}/{user}") as response:
             body = await response.json()
         async with http.get(f"{url}/not-a-guid") as bad:
@@ -86,7 +86,9 @@ async def test_a_new_user_gets_one_welcome_email_even_if_the_event_repeats(
         await app.bus.publish(created)
 
         await eventually(lambda: mail_to(maildir, address))
-        await asyncio.sleep(1.5)
+        # Both events, and every email they asked for, were handled.
+        await caught_up(settings, settings.kafka.topics.user_event)
+        await caught_up(settings, settings.kafka.topics.email_queue)
     [mail] = mail_to(maildir, address)
     assert mail["Subject"] == "Welcome to Dawning"
     assert "Hello Bob" in mail.get_payload()
@@ -161,7 +163,7 @@ async def test_an_invalidation_evicts_the_local_level_and_records_it(
         # The same message again, as after a rebalance, deletes nothing new.
         await cache.client.set(f"{region}:42", b"new profile", ex=60)
         await app.bus.publish(invalidation)
-        await asyncio.sleep(1.5)
+        await caught_up(settings, settings.kafka.topics.cache_invalidation)
         assert await cache.client.get(f"{region}:42") == b"new profile"
     assert (entry["reason"], entry["removed"], entry["count"]) == ("profile edited", 1, 1)
     assert await cache_get_after_stop(redis_url, f"{region}:42") == b"new profile"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -54,12 +55,29 @@ class Worker:
         return f"http://127.0.0.1:{self.port}"
 
     async def get_json(self, path: str) -> tuple[int, dict]:  # type: ignore[type-arg]
-        """Status and JSON body; a worker mid-rebalance may answer otherwise: (0, {})."""
+        """Status and JSON body of ``GET path``.
+
+        Any status comes back for the test to judge, but a worker that cannot
+        be reached, answers 500, or answers with something other than a JSON
+        object fails the test, naming the worker, the path and what it said.
+        """
         try:
             async with aiohttp.ClientSession() as http, http.get(self.url + path) as response:
-                return response.status, await response.json()
-        except (aiohttp.ClientError, ValueError):
-            return 0, {}
+                text = await response.text()
+                status = response.status
+        except aiohttp.ClientError as exc:
+            raise AssertionError(f"{self.name}: GET {path} failed: {exc!r}") from None
+        if status == 500:
+            raise AssertionError(f"{self.name}: GET {path} answered 500: {text[:2000]}")
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise AssertionError(
+                f"{self.name}: GET {path} ({status}) is not a JSON object: {text[:500]!r}"
+            )
+        return status, body
 
     def terminate(self) -> None:
         """SIGTERM, once: a second one that lands while the worker closes its event
@@ -69,13 +87,21 @@ class Worker:
             self.process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float = 60) -> int:
-        """SIGTERM, then wait; SIGKILL only if it does not stop within ``timeout_s``."""
+        """SIGTERM, then wait. A worker still running after ``timeout_s`` is killed,
+        and fails the test with its last log lines."""
         self.terminate()
         try:
             return self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait()
+            self.process.wait()
+            raise AssertionError(
+                f"{self.name} did not stop within {timeout_s:.0f} s of SIGTERM:\n{self.tail()}"
+            ) from None
+
+    def tail(self, lines: int = 40) -> str:
+        """The last lines of its log."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def spawn(
@@ -139,6 +165,7 @@ async def workers(
     list (one it started in place of a killed one) is stopped with the others.
     """
     started: list[Worker] = []
+    failed = False
     try:
         for n in range(count):
             started.append(
@@ -146,10 +173,24 @@ async def workers(
             )
         await settle(started)
         yield started
+    except BaseException:
+        failed = True
+        raise
     finally:
-        for worker in started:
+        # Workers the test killed or stopped itself are its business; the rest
+        # get SIGTERM together, and each must exit 0 within one shared deadline.
+        running = [worker for worker in started if worker.process.poll() is None]
+        for worker in running:
             worker.terminate()
-        # One deadline for all: they stop side by side.
         deadline = time.monotonic() + STOP_S
-        for worker in started:
-            worker.stop(timeout_s=max(deadline - time.monotonic(), 1.0))
+        problems = []
+        for worker in running:
+            try:
+                code = worker.stop(timeout_s=max(deadline - time.monotonic(), 1.0))
+            except AssertionError as exc:
+                problems.append(str(exc))
+            else:
+                if code != 0:
+                    problems.append(f"{worker.name} exited {code} after SIGTERM:\n{worker.tail()}")
+        if problems and not failed:
+            raise AssertionError("\n\n".join(problems))

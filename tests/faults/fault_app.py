@@ -18,6 +18,12 @@
   sequence number) to ``ordered.log``, and fails a message marked
   ``fail_once`` exactly once, remembered in ``failed.log`` of the
   ``FAULT_TIMERS`` directory;
+* with ``FAULT_KINDS`` set to a directory every worker of the test sees, one
+  handler of every kind (:func:`install_kind_handlers`): ordered, batched,
+  concurrent, and two sharing one topic. Each journals every message it
+  handles (handler, key, sequence number, attempt) to ``kinds.log``; the
+  ordered and concurrent ones fail a message marked ``fail_once`` exactly
+  once, so retries are in flight when the fault comes;
 * ``fault-tick``, a scheduled task (every second, under the Redis lock) that
   appends to ``scheduled.log`` each time it runs;
 * ``/faults/cache/{key}``: GET reads ``app.distributed_cache``, POST stores the
@@ -129,6 +135,97 @@ def install_timer_handlers(app: App, settings: Settings) -> None:
             f"{message.user_id} {data['seq']} {attempt}\n"
         )
         os.write(_journal("ordered.log"), line.encode())
+
+
+#: The kinds' handlers and the topic each consumes (the shared ones share one).
+KINDS = {
+    "kind_ordered": "ordered",
+    "kind_batched": "batched",
+    "kind_concurrent": "concurrent",
+    "kind_shared_a": "shared",
+    "kind_shared_b": "shared",
+}
+KINDS_DIR_VAR = "FAULT_KINDS"
+#: Retries of the kinds that fail a message once: after 1, 2 and 4 s.
+KIND_RETRY = Retry(max_retries=3, backoff_s=1)
+
+
+def kind_topic(settings: Settings, kind: str) -> str:
+    return f"{settings.kafka.topics.user_event}.kinds.{kind}"
+
+
+def _fails_once(message: UserEventMessage, shared: Path) -> None:
+    """Raise the first time ``message`` (marked ``fail_once``) is seen by any worker."""
+    failed = shared / "failed.log"
+    marker = f"{message.message_id} ".encode()
+    if failed.exists() and marker in failed.read_bytes():
+        return
+    fd = os.open(failed, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{message.message_id} {os.getpid()} {time.time():.6f}\n".encode())
+    finally:
+        os.close(fd)
+    raise ConnectionError(f"{message.message_id} fails once")
+
+
+def install_kind_handlers(app: App, settings: Settings, shared: Path) -> None:
+    """Declare one handler of every kind on ``app``."""
+
+    def journal(handler: str, message: UserEventMessage) -> None:
+        data = message.event_data or {}
+        line = (
+            f"{handler} {message.message_id} {os.getpid()} {time.time():.6f} "
+            f"{message.user_id} {data['seq']} {current_delivery().attempt}\n"
+        )
+        os.write(_journal("kinds.log"), line.encode())
+
+    @app.handler(
+        UserEventMessage,
+        topic=kind_topic(settings, "ordered"),
+        name="kind_ordered",
+        ordered=True,
+        retry=KIND_RETRY,
+    )
+    async def kind_ordered(message: UserEventMessage) -> None:
+        if (message.event_data or {}).get("fail_once"):
+            _fails_once(message, shared)
+        journal("kind_ordered", message)
+
+    @app.handler(
+        UserEventMessage,
+        topic=kind_topic(settings, "batched"),
+        name="kind_batched",
+        batch_size=50,
+        batch_within_s=0.2,
+    )
+    async def kind_batched(messages: list[UserEventMessage]) -> None:
+        for message in messages:
+            journal("kind_batched", message)
+
+    @app.handler(
+        UserEventMessage,
+        topic=kind_topic(settings, "concurrent"),
+        name="kind_concurrent",
+        concurrency=8,
+        retry=KIND_RETRY,
+    )
+    async def kind_concurrent(message: UserEventMessage) -> None:
+        await asyncio.sleep(0.002)  # so the eight overlap
+        if (message.event_data or {}).get("fail_once"):
+            _fails_once(message, shared)
+        journal("kind_concurrent", message)
+
+    @app.handler(UserEventMessage, topic=kind_topic(settings, "shared"), name="kind_shared_a")
+    async def kind_shared_a(message: UserEventMessage) -> None:
+        journal("kind_shared_a", message)
+
+    @app.handler(UserEventMessage, topic=kind_topic(settings, "shared"), name="kind_shared_b")
+    async def kind_shared_b(message: UserEventMessage) -> None:
+        journal("kind_shared_b", message)
+
+
+if os.environ.get(KINDS_DIR_VAR):
+    install_kind_handlers(app, settings, Path(os.environ[KINDS_DIR_VAR]))
 
 
 @app.handler(AuditLogMessage, topic=flow_topic(settings), name="record_handled")

@@ -166,6 +166,24 @@ def ordered_calls(folders: Iterable[Path]) -> list[Call]:
     return sorted(calls, key=lambda call: call.at)
 
 
+def kind_calls(folders: Iterable[Path]) -> dict[str, list[Call]]:
+    """Every call the kinds' handlers journaled, by handler, earliest first."""
+    calls: dict[str, list[Call]] = {}
+    for folder in folders:
+        journal = folder / "kinds.log"
+        if journal.exists():
+            for line in journal.read_text().splitlines():
+                handler, message_id, pid, at, key, seq, attempt = line.split()
+                calls.setdefault(handler, []).append(
+                    Call(
+                        message_id, int(pid), float(at), key=key, seq=int(seq), attempt=int(attempt)
+                    )
+                )
+    for made in calls.values():
+        made.sort(key=lambda call: call.at)
+    return calls
+
+
 def by_message(calls: Iterable[Call]) -> dict[str, list[tuple[int, float]]]:
     """Calls as :func:`handled` gives them: (pid, time) per message id, earliest first."""
     made: dict[str, list[tuple[int, float]]] = {}
@@ -234,6 +252,18 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     finally:
         await consumer.stop()
     return {tp.partition: offset for tp, offset in ends.items()}
+
+
+async def committed_to_end(bootstrap: str, group: str, *topics: str) -> bool:
+    """Whether ``group`` has committed every partition of ``topics`` to its end:
+    then nothing of them can be handled again (offsets are committed after
+    processing), so the journals are final. Poll it with ``eventually``."""
+    for topic in topics:
+        ends = await end_offsets(bootstrap, topic)
+        committed = await committed_offsets(bootstrap, group, topic)
+        if not ends or any(committed.get(p, 0) < end for p, end in ends.items()):
+            return False
+    return True
 
 
 def write_duplicates(path: Path, ledger: Ledger, calls: dict[str, list[tuple[int, float]]]) -> None:

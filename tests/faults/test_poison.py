@@ -27,11 +27,11 @@ from dawning_streams import (
 from dawning_streams.names import Header, dead_letter_topic
 
 from ..handler_helpers import eventually
-from ..kafka_helpers import read_topic
+from ..kafka_helpers import read_to_end
 from ..workers import Worker, workers
 from .conftest import Row
 from .fault_app import flow_topic
-from .ledger import Ledger, handled
+from .ledger import Ledger, committed_to_end, handled
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 
@@ -148,9 +148,14 @@ async def test_poison_on_every_topic_is_dead_lettered_and_the_worker_goes_on(
                 functools.partial(check, worker), timeout_s=60, what=f"the good message on {topic}"
             )
         handled_at = time.time()
-        letters = {
-            topic: await read_topic(bootstrap, dead_letter_topic(topic), 4, 60) for topic in goods
-        }
+        # Every record of the sources handled (committed to the end), then every
+        # dead letter read, however many there are.
+        await eventually(
+            lambda: committed_to_end(bootstrap, settings.kafka.consumer_group_id, *goods),
+            timeout_s=60,
+            what="every source topic committed to the end",
+        )
+        letters = {topic: await read_to_end(bootstrap, dead_letter_topic(topic)) for topic in goods}
         alive = worker.process.poll() is None
 
     dead_lettered = sum(len(found) for found in letters.values())

@@ -29,7 +29,14 @@ from ..kafka_helpers import read_topic
 from ..workers import FAUST, Worker, workers
 from .conftest import Row, services
 from .fault_app import echo_topic, flow_topic
-from .ledger import Ledger, handled, lost_and_duplicated, write_duplicates
+from .ledger import (
+    Ledger,
+    committed_offsets,
+    committed_to_end,
+    handled,
+    lost_and_duplicated,
+    write_duplicates,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 
@@ -59,6 +66,9 @@ async def test_kafka_stopped_and_restarted_mid_stream_loses_nothing(
     async with workers(settings, 2, tmp_path, app=APP) as group, Ledger(bootstrap) as ledger:
         publishing = asyncio.create_task(ledger.publish(topic, messages, rate_per_s=300))
         await eventually(lambda: len(ledger.acked) >= 1_500, what="a quarter published")
+        committed_before = await committed_offsets(
+            bootstrap, settings.kafka.consumer_group_id, topic
+        )
         down_at = time.time()
         await services("stop-kafka")
         await asyncio.sleep(5)
@@ -72,7 +82,11 @@ async def test_kafka_stopped_and_restarted_mid_stream_loses_nothing(
 
         await eventually(all_handled, timeout_s=200, what="every acknowledged message handled")
         caught_up_at = time.time()
-        await asyncio.sleep(3)
+        await eventually(
+            lambda: committed_to_end(bootstrap, settings.kafka.consumer_group_id, topic),
+            timeout_s=60,
+            what="offsets committed to the end",
+        )
         calls = handled(w.folder for w in group)
         alive = [w.process.poll() is None for w in group]
         wanted_echoes = [m for m in echoed if m in ledger.acked]
@@ -100,8 +114,18 @@ async def test_kafka_stopped_and_restarted_mid_stream_loses_nothing(
             },
         )
     )
+    # Repeats only past the offsets committed before the broker went: what was
+    # committed is never handled again.
+    below = [
+        m
+        for m, c in calls.items()
+        if len(c) > 1
+        and ledger.acked[m].offset < committed_before.get(ledger.acked[m].partition, 0)
+    ]
     assert all(alive), "a worker exited"
+    assert not ledger.failed, "the producer's retries outlast a 5 s outage"
     assert lost == 0
+    assert not below, below[:5]
     assert {e.value.decode() for e in echoes} >= set(wanted_echoes)
 
 
@@ -168,6 +192,7 @@ async def test_with_redis_down_no_locked_task_runs_and_the_rest_goes_on(
         runs = scheduled_runs(worker)
         alive = worker.process.poll() is None
         calls = handled([worker.folder])
+        log = worker.log.read_text(errors="replace").splitlines()
 
     # A tick that had taken the lock just before Redis went may still finish.
     ran_while_down = [t for t in runs if down_at + 1.5 < t < up_at]
@@ -185,10 +210,15 @@ async def test_with_redis_down_no_locked_task_runs_and_the_rest_goes_on(
                 "locked_runs_while_down": len(ran_while_down),
                 "cache_local_hit": kept[1].get("value"),
                 "cache_set_while_down": read_back[1].get("value"),
+                "redis_log_lines": len([line for line in log if "Redis" in line]),
             },
         )
     )
     assert alive, worker.log.read_text()
+    # One line when Redis went, one when it came back: not one per tick or call.
+    assert len([line for line in log if "Redis is unreachable at " in line]) == 1, log[-40:]
+    assert len([line for line in log if "Redis is reachable again at " in line]) == 1, log[-40:]
+    assert not [line for line in log if "skipped this tick" in line or "cache: Redis" in line]
     assert lost == 0
     assert ran_while_down == []
     assert kept == (200, {"key": key, "value": "before"})
@@ -242,9 +272,15 @@ async def test_with_smtp_down_emails_are_dead_lettered_then_replayed_and_all_del
 
         await eventually(lambda: len(delivered()) >= len(subjects), timeout_s=60, what="all mail")
         delivered_at = time.time()
-        await asyncio.sleep(3)  # a second copy would arrive by now
+        # Every replayed email was handled: a second copy would be in the mailbox.
+        await eventually(
+            lambda: committed_to_end(bootstrap, settings.kafka.consumer_group_id, topic),
+            timeout_s=60,
+            what="the email topic committed to the end",
+        )
         got = delivered()
         alive = worker.process.poll() is None
+        log = worker.log.read_text(errors="replace").splitlines()
 
     report.append(
         Row(
@@ -263,6 +299,9 @@ async def test_with_smtp_down_emails_are_dead_lettered_then_replayed_and_all_del
     )
     assert alive, worker.log.read_text()
     assert replay.returncode == 0, output.decode()
+    # The outage is one line when it began and one when it ended, not one per mail.
+    assert len([line for line in log if "SMTP is unreachable at " in line]) == 1, log[-40:]
+    assert len([line for line in log if "SMTP is reachable again at " in line]) == 1, log[-40:]
     assert len(ledger.acked) == len(emails)
     assert sorted(decode(r.value, EmailMessage).subject for r in letters) == sorted(subjects)
     for letter in letters:
