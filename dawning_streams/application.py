@@ -48,6 +48,9 @@ from .transport import Transport
 
 __all__ = ["App", "create_app"]
 
+#: The seed's seven types, whose topics ``Kafka:Topics`` names.
+_SEED_TYPES = [cls for cls in message_types().values() if cls.topic_setting]
+
 logger = logging.getLogger(__name__)
 
 
@@ -107,14 +110,7 @@ class App(faust.App):
             **options,
         )
         self.message_topics: dict[type[MessageBase], TopicT] = {
-            cls: self.topic(
-                getattr(kafka.topics, cls.topic_setting),
-                value_type=cls,
-                key_type=str,
-                partitions=kafka.partitions,
-                replicas=kafka.replication_factor,
-            )
-            for cls in message_types().values()
+            cls: self._message_topic(cls) for cls in message_types().values()
         }
         self.telemetry = Telemetry(settings)
         self.telemetry.metrics.lag_source = self._consumer_lag
@@ -217,10 +213,34 @@ class App(faust.App):
 
     def topic_for(self, message_type: type[MessageBase]) -> TopicT:
         """The topic messages of ``message_type`` are published to."""
-        try:
-            return self.message_topics[message_type]
-        except KeyError:
-            raise TypeError(f"{message_type.__name__} is not a dawning message type") from None
+        topic = self.message_topics.get(message_type)
+        if topic is None:
+            if message_types().get(message_type.__name__) is not message_type:
+                raise TypeError(f"{message_type.__name__} is not a dawning message type")
+            # Declared after the app was built (a user's module): declared now.
+            topic = self.message_topics[message_type] = self._message_topic(message_type)
+            self.declare_topic(topic)
+        return topic
+
+    def _message_topic(self, cls: type[MessageBase]) -> TopicT:
+        kafka = self.dawning_settings.kafka
+        if cls.topic_name is not None:
+            seed = {getattr(kafka.topics, t.topic_setting) for t in _SEED_TYPES}
+            if cls.topic_name in seed:
+                raise TypeError(
+                    f"{cls.__module__}.{cls.__qualname__}: topic {cls.topic_name!r} is one of "
+                    "the Dawning message topics (Kafka:Topics); one type per topic"
+                )
+            name = cls.topic_name
+        else:
+            name = getattr(kafka.topics, cls.topic_setting)
+        return self.topic(
+            name,
+            value_type=cls,
+            key_type=str,
+            partitions=kafka.partitions,
+            replicas=kafka.replication_factor,
+        )
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         """Faust's services, then the clients the agents use, and the handlers' lanes."""
@@ -309,9 +329,10 @@ class App(faust.App):
             pending += stats.pending
             held += stats.held_keys
         queued = self._buffer_sizes()
+        spooled = self.bus.spool_count() or 0
         return (
-            f"{self.bus.spool.count} in the spool, {queued[0] if queued else 0} table writes "
-            f"queued, {pending} timers, {held} held keys"
+            f"{spooled} in the spool, {queued[0] if queued else 0} table writes queued, "
+            f"{pending} timers, {held} held keys"
         )
 
     def _buffer_sizes(self) -> tuple[int, int] | None:

@@ -13,17 +13,18 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Iterable
 from contextlib import suppress
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
-from faust.exceptions import FaustError, ProducerSendError
+from faust.exceptions import FaustError
 from mode import Service
 
-from .codec import encode
 from .errors import PublishError
+from .publisher import Outgoing, Publisher
 from .records import MessageBase
-from .spool import Spool, SpooledRecord
+from .sending import Senders
+from .spool import Spool
 
 if TYPE_CHECKING:
     from .application import App
@@ -32,11 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["KafkaMessageBus", "MessageBus", "NullMessageBus", "create_bus"]
 
 logger = logging.getLogger(__name__)
-
-#: What an unreachable (or too slow) broker looks like to a publisher.
-_UNREACHABLE = (KafkaError, FaustError, TimeoutError)
-#: Spooled records sent per round trip while the spool drains.
-_DRAIN_BATCH = 500
 
 
 class MessageBus(Protocol):
@@ -51,114 +47,18 @@ class MessageBus(Protocol):
         ...
 
 
-class _Outgoing(NamedTuple):
-    """One record as the producer takes it, but for its value.
+class FaustPort:
+    """The worker's producer: Faust's, started with the app (or by the bus)."""
 
-    The value is encoded when the record is handed to the producer, which
-    copies it into a batch, and again only if the record must be spooled:
-    keeping every encoded value of a pipelined batch alive until its ack
-    costs more than encoding it (fresh memory for each).
-    """
-
-    topic: str
-    key: bytes | None
-    headers: list[tuple[str, bytes]]
-    timestamp_ms: int | None
-    message: MessageBase
-
-    @property
-    def value(self) -> bytes:
-        return encode(self.message)
-
-    @property
-    def what(self) -> str:
-        """The message, as errors and logs name it."""
-        return f"{self.message.message_type} {self.message.message_id}"
-
-
-class KafkaMessageBus(Service):
-    """Publishes through the app's idempotent producer (acks=all by default).
-
-    Inside a worker it is started with the app. In any other asyncio program
-    (a web API that only publishes) use it as ``async with app.bus:``, which
-    starts and stops the producer.
-
-    ``publish`` does not raise when the broker is unreachable, at start-up or
-    later: a message the broker has not acknowledged within
-    ``Kafka:Spool:SendTimeoutMs`` goes to the durable spool
-    (:mod:`dawning_streams.spool`), and so does every message after it until
-    the spool has been delivered, in order. It raises only for a message the
-    broker refuses for good (:class:`PublishError`) and when the spool is full
-    (:class:`SpoolFullError`).
-    """
-
-    def __init__(self, app: App, **kwargs: object) -> None:
+    def __init__(self, app: App) -> None:
         self.app = app
-        settings = app.dawning_settings
-        self._instance_name = settings.instance_name
-        self._send_timeout_s = settings.kafka.spool.send_timeout_ms / 1000
-        self.spool = Spool(
-            settings.kafka.spool.file(settings.instance_name), settings.kafka.spool.max_bytes
-        )
         self._owns_producer = False
-        self._connected = False
-        #: Set while the spool holds records: new messages queue up behind them.
-        self._spooling = False
-        self._spool_waiting = asyncio.Event()
-        app.telemetry.metrics.spool_size_source = lambda: self.spool.count
-        self._topic_names: dict[type[MessageBase], str] = {}
-        super().__init__(**kwargs)  # type: ignore[arg-type]
 
-    async def on_start(self) -> None:
+    async def connect(self) -> None:
         # Outside a worker nobody else starts the producer, so the bus owns it.
         self._owns_producer = not self.app.producer.started
-        await self.spool.open()
-        if self.spool.count:
-            logger.warning(
-                "%d messages wait in the spool %s from an earlier run; delivering them first",
-                self.spool.count,
-                self.spool.path,
-            )
-            self._start_spooling()
         try:
-            await self._connect()
-        except (*_UNREACHABLE, PublishError) as exc:
-            logger.warning(
-                "Kafka is unreachable (%s); messages go to the spool %s until it is back",
-                _reason(exc),
-                self.spool.path,
-            )
-            self._start_spooling()
-
-    async def on_shutdown(self) -> None:
-        # After the spool's delivery task has stopped.
-        if self.spool.count:
-            logger.warning(
-                "stopping with %d messages in the spool %s; they are delivered on the next start",
-                self.spool.count,
-                self.spool.path,
-            )
-        await self.spool.close()
-        if self._owns_producer:
-            with suppress(KafkaError, FaustError):
-                await self.app.producer.stop()
-        elif self.app.producer.started:
-            await self.app.producer.flush()
-
-    async def declare_topics(self) -> None:
-        """Create every topic the app declares (message, retry, dead-letter) that is missing."""
-        await self.app.maybe_start_producer()
-        try:
-            for topic in self.app.declared_topics:
-                await topic.maybe_declare()
-        except (KafkaError, FaustError) as exc:
-            raise PublishError(f"could not declare topics: {exc}") from exc
-
-    async def _connect(self) -> None:
-        """Start the producer and declare the topics, within the send timeout."""
-        try:
-            async with asyncio.timeout(self._send_timeout_s):
-                await self.declare_topics()
+            await self.declare_topics()
         except BaseException:
             if self._owns_producer:
                 # A producer whose start failed cannot be started again.
@@ -166,7 +66,135 @@ class KafkaMessageBus(Service):
                 with suppress(KafkaError, FaustError):
                     await failed.stop()
             raise
-        self._connected = True
+
+    async def declare_topics(self) -> None:
+        """Create every topic the app declares (message, timers, dead-letter) that is missing."""
+        await self.app.maybe_start_producer()
+        try:
+            for topic in self.app.declared_topics:
+                await topic.maybe_declare()
+        except (KafkaError, FaustError) as exc:
+            raise PublishError(f"could not declare topics: {exc}") from exc
+
+    async def send_record(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        # Straight to aiokafka (transport.Producer.send_record): Faust's send
+        # adds a signal and header conversions per message that the bus does not use.
+        return await self.app.producer.send_record(  # type: ignore[attr-defined,no-any-return]
+            topic, key, value, timestamp_ms=timestamp_ms, headers=headers, partition=partition
+        )
+
+    def counted(self, topic: str, pending: Awaitable[RecordMetadata]) -> Awaitable[RecordMetadata]:
+        return self.app.producer.counted(topic, pending)  # type: ignore[attr-defined,no-any-return]
+
+    async def close(self) -> None:
+        if self._owns_producer:
+            with suppress(KafkaError, FaustError):
+                await self.app.producer.stop()
+        elif self.app.producer.started:
+            await self.app.producer.flush()
+
+
+class KafkaMessageBus(Service):
+    """Publishes through an idempotent producer (acks=all by default), from anywhere.
+
+    * In a worker (the bus started with the app), on the worker's loop: through
+      the worker's Faust producer.
+    * In any other event loop (``asyncio.run``, an aiohttp or Starlette app, a
+      test): through a producer of that loop's own, started on first use and
+      closed when the loop ends (:mod:`dawning_streams.sending`). No set-up
+      call is needed; ``async with app.bus:`` scopes it explicitly.
+    * With no event loop (a Flask or Django view, a script):
+      :meth:`publish_blocking`, through a producer on a thread of its own,
+      flushed at process exit.
+
+    ``publish`` does not raise when the broker is unreachable: see
+    :mod:`dawning_streams.publisher`.
+    """
+
+    def __init__(self, app: App, **kwargs: object) -> None:
+        self.app = app
+        settings = app.dawning_settings
+        self._instance_name = settings.instance_name
+        self._topic_names: dict[type[MessageBase], str] = {}
+        #: The worker's publisher, once the app has started the bus.
+        self._worker: Publisher | None = None
+        self._worker_loop: asyncio.AbstractEventLoop | None = None
+        self.senders = Senders(app)
+        app.telemetry.metrics.spool_size_source = self.spool_count
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+
+    # -- where to publish from ---------------------------------------------------
+
+    async def _publisher(self) -> Publisher:
+        loop = asyncio.get_running_loop()
+        if loop is self._worker_loop and self._worker is not None:
+            return self._worker
+        return await self.senders.for_loop(loop).started()
+
+    @property
+    def spool(self) -> Spool:
+        """The spool of the publisher this context publishes through."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return self.senders.blocking().spool
+        if loop is self._worker_loop and self._worker is not None:
+            return self._worker.spool
+        return self.senders.for_loop(loop).spool
+
+    def spool_count(self) -> int | None:
+        """Messages waiting in the spools of this process (None before any spool is used)."""
+        if self._worker is not None:
+            return self._worker.spool.count
+        return self.senders.spool_count()
+
+    # -- the worker's publisher, as a service of the app --------------------------
+
+    async def on_start(self) -> None:
+        settings = self.app.dawning_settings
+        self._worker = Publisher(
+            FaustPort(self.app),
+            Spool(
+                settings.kafka.spool.file(settings.instance_name), settings.kafka.spool.max_bytes
+            ),
+            send_timeout_s=settings.kafka.spool.send_timeout_ms / 1000,
+            sends=self.app.telemetry.metrics.sends,
+        )
+        self._worker_loop = asyncio.get_running_loop()
+        await self.add_runtime_dependency(self._worker)
+
+    async def on_stop(self) -> None:
+        self._worker_loop = None
+
+    async def declare_topics(self) -> None:
+        """Create every topic the app declares that is missing (the worker does at start)."""
+        await FaustPort(self.app).declare_topics()
+
+    # -- outside a worker: ``async with app.bus`` ---------------------------------
+
+    async def __aenter__(self) -> KafkaMessageBus:
+        """Start this loop's producer now (it would start on first use anyway)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._worker_loop:
+            await self.senders.for_loop(loop).started()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Flush and close this loop's producer; what is spooled stays on disk."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._worker_loop:
+            await self.senders.close_loop(loop)
+
+    # -- sending -----------------------------------------------------------------
 
     def _outgoing(
         self,
@@ -174,7 +202,11 @@ class KafkaMessageBus(Service):
         topic: str | None,
         key: str | None,
         headers: list[tuple[str, bytes]] | None,
-    ) -> _Outgoing:
+    ) -> Outgoing:
+        if not isinstance(message, MessageBase):
+            raise TypeError(
+                f"publish takes a dawning message (a MessageBase), got {type(message).__name__}"
+            )
         if topic is None:
             topic = self._topic_names.get(type(message))
             if topic is None:
@@ -186,34 +218,14 @@ class KafkaMessageBus(Service):
         if key is None:
             key = message.partition_key()
         assert message.timestamp is not None  # set by MessageBase.__post_init__
-        return _Outgoing(
+        return Outgoing(
             topic,
             key.encode() if key is not None else None,
+            # Stamped here, in the caller's context (its trace).
             self.app.telemetry.tracing.stamp(topic, headers),
             int(message.timestamp.timestamp() * 1000),
             message,
         )
-
-    async def _send_record(self, record: _Outgoing | SpooledRecord) -> Awaitable[RecordMetadata]:
-        # Straight to aiokafka (transport.Producer.send_record): Faust's send
-        # adds a signal and header conversions per message that the bus does not use.
-        producer = self.app.producer
-        ack = await producer.send_record(  # type: ignore[attr-defined]
-            record.topic,
-            record.key,
-            record.value,
-            timestamp_ms=record.timestamp_ms,
-            headers=record.headers,
-        )
-        return producer.counted(record.topic, ack)  # type: ignore[attr-defined,no-any-return]
-
-    async def _send(self, record: _Outgoing) -> Awaitable[RecordMetadata]:
-        try:
-            return await self._send_record(record)
-        except (KafkaError, ProducerSendError) as exc:
-            if _refused_for_good(exc):
-                raise PublishError(f"{record.what}: {exc!r}") from exc
-            raise
 
     async def send(
         self,
@@ -229,8 +241,9 @@ class KafkaMessageBus(Service):
         the message type's topic and natural key.
         """
         record = self._outgoing(message, topic, key, headers)
+        publisher = await self._publisher()
         try:
-            return await self._send(record)
+            return await publisher.send(record)
         except (KafkaError, FaustError) as exc:
             raise PublishError(f"could not publish {record.what}: {exc}") from exc
 
@@ -247,7 +260,8 @@ class KafkaMessageBus(Service):
         Returns the broker's receipt, or ``None`` when the message went to the
         spool because the broker could not be reached in time.
         """
-        [receipt] = await self._publish([self._outgoing(message, topic, key, headers)])
+        record = self._outgoing(message, topic, key, headers)
+        [receipt] = await (await self._publisher()).publish([record])
         return receipt
 
     async def publish_many(self, messages: Iterable[MessageBase]) -> list[RecordMetadata | None]:
@@ -255,183 +269,8 @@ class KafkaMessageBus(Service):
 
         Each entry is the broker's receipt, or ``None`` for a spooled message.
         """
-        return await self._publish([self._outgoing(m, None, None, None) for m in messages])
-
-    async def _publish(self, records: list[_Outgoing]) -> list[RecordMetadata | None]:
-        """Send ``records`` pipelined; spool from the first one not acknowledged in time.
-
-        A record the broker refuses for good is neither sent nor spooled: once
-        the others are published (or spooled), :class:`PublishError` names it.
-        """
-        receipts: list[RecordMetadata | None] = [None] * len(records)
-        refused: dict[int, str] = {}
-        unencodable: dict[int, str] = {}
-        confirmed = 0  # records[:confirmed] are acknowledged or refused
-        if not self._spooling:
-            producer = self.app.producer
-            # Straight to aiokafka (transport.Producer.send_record), in this
-            # loop rather than a coroutine per step: this is every message's path.
-            send = producer.send_record  # type: ignore[attr-defined]
-            sends = self.app.telemetry.metrics.sends
-            pending: list[asyncio.Future[RecordMetadata] | None] = []
-            loop = asyncio.get_running_loop()
-            timeout_s = self._send_timeout_s
-            try:
-                # The deadline is for progress: each wait for an ack gets all of
-                # it (less a hundredth, so that a timer is not replaced by an
-                # equal one for every message).
-                set_at = loop.time()
-                async with asyncio.timeout(timeout_s) as deadline:
-                    for n, record in enumerate(records):
-                        ack = None
-                        value = self._encoded(records, n, unencodable)
-                        if value is not None:
-                            try:
-                                ack = await send(
-                                    record.topic,
-                                    record.key,
-                                    value,
-                                    timestamp_ms=record.timestamp_ms,
-                                    headers=record.headers,
-                                )
-                            except (KafkaError, ProducerSendError) as exc:
-                                if not _refused_for_good(exc):
-                                    raise
-                                refused[n] = f"{record.what}: {exc!r}"
-                        pending.append(ack)
-                    for ack in pending:
-                        if ack is not None:
-                            if not ack.done() and loop.time() - set_at > timeout_s / 100:
-                                set_at = loop.time()
-                                deadline.reschedule(set_at + timeout_s)
-                            topic = records[confirmed].topic
-                            try:
-                                receipts[confirmed] = await ack
-                            except KafkaError as exc:
-                                if not _refused_for_good(exc):
-                                    raise
-                                sends[(topic, "error")] += 1
-                                refused[confirmed] = f"{records[confirmed].what}: {exc!r}"
-                            else:
-                                sends[(topic, "ok")] += 1
-                        confirmed += 1
-            except BaseException as exc:
-                # What was sent but not awaited is counted when the broker answers.
-                for n in range(confirmed, len(pending)):
-                    ack = pending[n]
-                    if ack is not None:
-                        producer.counted(records[n].topic, ack)  # type: ignore[attr-defined]
-                if not isinstance(exc, _UNREACHABLE):
-                    raise
-                logger.warning(
-                    "Kafka did not take %s (%s); spooling it and what follows to %s",
-                    records[confirmed].what,
-                    _reason(exc),
-                    self.spool.path,
-                )
-                self._start_spooling()
-        for n in range(confirmed, len(records)):
-            if n in refused or n in unencodable:
-                continue
-            value = self._encoded(records, n, unencodable)
-            if value is not None:
-                record = records[n]
-                await self.spool.append(
-                    record.topic, record.key, value, record.headers, record.timestamp_ms
-                )
-                self._spool_waiting.set()
-        problems = [
-            f"{what} " + "; ".join(named[n] for n in sorted(named))
-            for what, named in (("the broker refused", refused), ("cannot encode", unencodable))
-            if named
-        ]
-        if problems:
-            raise PublishError("; ".join(problems))
-        return receipts
-
-    @staticmethod
-    def _encoded(records: list[_Outgoing], n: int, unencodable: dict[int, str]) -> bytes | None:
-        """The value of ``records[n]``, or None (noted in ``unencodable``) if it has none."""
-        try:
-            return encode(records[n].message)
-        except TypeError as exc:  # a field's value orjson cannot write
-            unencodable[n] = f"{records[n].what} ({exc})"
-            return None
-
-    def _start_spooling(self) -> None:
-        self._spooling = True
-        self._spool_waiting.set()
-
-    @Service.task
-    async def _deliver_spool(self) -> None:
-        """Deliver spooled records, oldest first, whenever there are any."""
-        pause_s = 0.5
-        while not self.should_stop:
-            await self._spool_waiting.wait()
-            try:
-                if not self._connected:
-                    await self._connect()
-                await self._drain()
-                pause_s = 0.5
-            except (*_UNREACHABLE, PublishError) as exc:
-                # Said once; the app's Kafka watch sums an outage up once a minute.
-                logger.log(
-                    logging.INFO if pause_s == 0.5 else logging.DEBUG,
-                    "spool: Kafka still unreachable (%s); trying again with backoff",
-                    _reason(exc),
-                )
-                await self.sleep(pause_s)
-                pause_s = min(pause_s * 2, 10.0)
-
-    async def _drain(self) -> None:
-        while self.spool.count:
-            batch = await self.spool.oldest(_DRAIN_BATCH)
-            delivered: list[SpooledRecord] = []
-            try:
-                await self._deliver(batch, delivered)
-            finally:
-                if delivered:
-                    await self.spool.remove(delivered)
-        # Nothing awaits between the check above and here: a publish that
-        # starts now sees the flag down and goes straight to the broker.
-        self._spooling = False
-        self._spool_waiting.clear()
-        logger.info("spool: everything delivered; publishing directly again")
-
-    async def _deliver(self, batch: list[SpooledRecord], delivered: list[SpooledRecord]) -> None:
-        """Send ``batch`` pipelined; collect what the broker acknowledged in ``delivered``."""
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._send_timeout_s) as deadline:
-            pending = []
-            for record in batch:
-                try:
-                    ack = await self._send_record(record)
-                except (KafkaError, ProducerSendError) as exc:
-                    if not _refused_for_good(exc):
-                        raise
-                    await self._reject(record, exc)
-                else:
-                    pending.append((record, ack))
-            for record, ack in pending:
-                try:
-                    await ack
-                except KafkaError as exc:
-                    if not _refused_for_good(exc):
-                        raise
-                    await self._reject(record, exc)
-                else:
-                    delivered.append(record)
-                deadline.reschedule(loop.time() + self._send_timeout_s)
-
-    async def _reject(self, record: SpooledRecord, exc: Exception) -> None:
-        logger.error(
-            "spool: the broker refused a record for %s for good (%r); it is kept in the"
-            " 'rejected' table of %s",
-            record.topic,
-            exc,
-            self.spool.path,
-        )
-        await self.spool.reject(record, repr(exc))
+        records = [self._outgoing(m, None, None, None) for m in messages]
+        return await (await self._publisher()).publish(records)
 
     async def forward(
         self,
@@ -442,38 +281,50 @@ class KafkaMessageBus(Service):
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> RecordMetadata:
-        """Publish raw bytes and wait for the ack, trying again while the error is transient.
-
-        Retries and dead letters go through here: the message they carry is
-        committed on its source only after this returns, so it must not give up
-        on a broker that is merely unreachable for a while.
-        """
+        """Publish raw bytes and wait for the ack, trying again while the error is
+        transient (see :meth:`Publisher.forward`)."""
         headers = self.app.telemetry.tracing.stamp(topic, headers)
-        pause_s = 0.5
-        while True:
-            try:
-                pending = await self.app.producer.send(
-                    topic, key, value, partition=partition, timestamp=None, headers=headers
-                )
-                return await pending
-            except (KafkaError, ProducerSendError) as exc:
-                if _refused_for_good(exc):
-                    raise PublishError(f"could not publish to {topic}: {exc!r}") from exc
-                logger.warning(
-                    "publish to %s failed (%r); trying again in %.1f s", topic, exc, pause_s
-                )
-            await asyncio.sleep(pause_s)
-            pause_s = min(pause_s * 2, 10.0)
+        return await (await self._publisher()).forward(
+            topic, key, value, partition=partition, headers=headers
+        )
 
+    # -- with no event loop ------------------------------------------------------
 
-def _refused_for_good(exc: BaseException) -> bool:
-    """Whether ``exc`` is a Kafka error no retry cures (Faust wraps those it meets in sending)."""
-    cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
-    return isinstance(cause, KafkaError) and not cause.retriable
+    def publish_blocking(
+        self,
+        message: MessageBase,
+        *,
+        topic: str | None = None,
+        key: str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> RecordMetadata | None:
+        """:meth:`publish` for code without an event loop; safe from any thread.
 
+        Raises :class:`DawningError` when called on a running event loop, which
+        it would block: there, ``await bus.publish(...)``.
+        """
+        record = self._outgoing(message, topic, key, headers)
+        [receipt] = self.senders.blocking().call(lambda publisher: publisher.publish([record]))
+        return receipt
 
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    def publish_many_blocking(self, messages: Iterable[MessageBase]) -> list[RecordMetadata | None]:
+        """:meth:`publish_many` for code without an event loop."""
+        records = [self._outgoing(m, None, None, None) for m in messages]
+        return self.senders.blocking().call(lambda publisher: publisher.publish(records))
+
+    def forward_blocking(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> RecordMetadata:
+        """:meth:`forward` for code without an event loop."""
+        headers = self.app.telemetry.tracing.stamp(topic, headers)
+        return self.senders.blocking().call(
+            lambda publisher: publisher.forward(topic, key, value, headers=headers)
+        )
 
 
 class NullMessageBus:

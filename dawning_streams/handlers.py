@@ -153,8 +153,8 @@ class Handler(Generic[M]):
     async def delay(self, message: M) -> RecordMetadata | None:
         """Publish ``message`` to this handler's topic (Celery's ``delay``).
 
-        Returns the broker's receipt, or ``None`` if Kafka was unreachable and
-        the message went to the bus's spool.
+        Works in any running event loop. Returns the broker's receipt, or
+        ``None`` if Kafka was unreachable and the message went to the spool.
         """
         return await self.apply_async(message)
 
@@ -175,34 +175,65 @@ class Handler(Generic[M]):
         Any of them sends the message through the handler's durable timers.
         A bad value raises ``ValueError`` naming it, and nothing is published.
         """
+        target, headers = self._addressed(message, countdown_s, eta, expires)
+        bus = self.app.bus
+        if isinstance(message, MessageBase):
+            return await bus.publish(message, topic=target, key=key, headers=headers)
+        raw = bytes(message)  # type: ignore[call-overload]
+        return await bus.forward(target, key.encode() if key else None, raw, headers=headers)
+
+    def delay_blocking(self, message: M) -> RecordMetadata | None:
+        """:meth:`delay` for code without an event loop (a Flask view, a script)."""
+        return self.apply_async_blocking(message)
+
+    def apply_async_blocking(
+        self,
+        message: M,
+        *,
+        countdown_s: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        key: str | None = None,
+    ) -> RecordMetadata | None:
+        """:meth:`apply_async` for code without an event loop; safe from any thread."""
+        target, headers = self._addressed(message, countdown_s, eta, expires)
+        bus = self.app.bus
+        if isinstance(message, MessageBase):
+            return bus.publish_blocking(message, topic=target, key=key, headers=headers)
+        raw = bytes(message)  # type: ignore[call-overload]
+        return bus.forward_blocking(target, key.encode() if key else None, raw, headers=headers)
+
+    def _addressed(
+        self,
+        message: M,
+        countdown_s: float | None,
+        eta: datetime | None,
+        expires: float | datetime | None,
+    ) -> tuple[str, list[tuple[str, bytes]] | None]:
+        """The topic and headers ``message`` is published with: the source topic,
+        or the timers topic when it has a countdown, an eta or an expiry."""
         if not isinstance(message, self.message_type):
             raise TypeError(
                 f"{self.name} takes {self.message_type.__name__}, got {type(message).__name__}"
             )
         timing = self._timing(countdown_s, eta, expires)
-        target, headers = self.topic, None
-        if timing is not None:
-            due_ms, expires_ms = timing
-            if isinstance(message, MessageBase):
-                if message.message_id is None:
-                    message.message_id = uuid.uuid4()
-                timer_id = str(message.message_id)
-            else:
-                timer_id = str(uuid.uuid4())
-            target = self.timers_topic
-            headers = [
-                (Header.TIMER_ID, timer_id.encode()),
-                (Header.ATTEMPT, b"0"),
-                (Header.DUE_MS, str(due_ms).encode()),
-            ]
-            if expires_ms is not None:
-                headers.append((Header.EXPIRES_MS, str(expires_ms).encode()))
+        if timing is None:
+            return self.topic, None
+        due_ms, expires_ms = timing
         if isinstance(message, MessageBase):
-            return await self.app.bus.publish(message, topic=target, key=key, headers=headers)
-        raw = bytes(message)  # type: ignore[call-overload]
-        return await self.app.bus.forward(
-            target, key.encode() if key else None, raw, headers=headers
-        )
+            if message.message_id is None:
+                message.message_id = uuid.uuid4()
+            timer_id = str(message.message_id)
+        else:
+            timer_id = str(uuid.uuid4())
+        headers = [
+            (Header.TIMER_ID, timer_id.encode()),
+            (Header.ATTEMPT, b"0"),
+            (Header.DUE_MS, str(due_ms).encode()),
+        ]
+        if expires_ms is not None:
+            headers.append((Header.EXPIRES_MS, str(expires_ms).encode()))
+        return self.timers_topic, headers
 
     def _timing(
         self, countdown_s: float | None, eta: datetime | None, expires: float | datetime | None

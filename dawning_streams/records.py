@@ -17,6 +17,7 @@ Beyond the seed's fields every message carries, from :class:`MessageBase`:
 from __future__ import annotations
 
 import operator
+import re
 import typing
 import uuid
 from collections.abc import Callable
@@ -67,8 +68,10 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
     source_instance: str | None = None
     tenant_id: str | None = None
 
-    #: The ``Kafka:Topics`` attribute naming this type's topic.
+    #: The ``Kafka:Topics`` attribute naming this type's topic (the seed's seven).
     topic_setting: ClassVar[str] = ""
+    #: The topic of a type declared with ``class X(MessageBase, topic="...")``.
+    topic_name: ClassVar[str | None] = None
     #: The .NET class's property order, where Python's (required fields first)
     #: differs: fields are written in this order, after the base class's.
     wire_order: ClassVar[tuple[str, ...]] = ()
@@ -78,10 +81,11 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
     #: (wire name, attribute) of every field, when none is coerced lazily on access.
     _wire_plain: ClassVar[tuple[tuple[str, str], ...] | None] = None
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, topic: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if kwargs.get("abstract"):
             return
+        _register(cls, topic)
         hints = typing.get_type_hints(cls)
         defaults = cls._options.defaults
         wire_fields = []
@@ -104,7 +108,6 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
         # is not coerced on access (generic types are) reads the same from __dict__.
         lazy = any(getattr(cls, f.attr).lazy_coercion for f in wire_fields)
         cls._wire_plain = None if lazy else tuple((f.wire, f.attr) for f in wire_fields)
-        _TYPES[cls.__name__] = cls
 
     def __post_init__(self) -> None:
         if self.message_id is None:
@@ -139,6 +142,39 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
     def partition_key(self) -> str | None:
         """The natural key that decides the partition; see each type."""
         return None
+
+
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _register(cls: type[MessageBase], topic: str | None) -> None:
+    """Record a new message type; refuse a name or topic another type has."""
+    name = cls.__name__
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    known = _TYPES.get(name)
+    if known is not None:
+        raise TypeError(
+            f"{where}: a message type named {name!r} is already registered "
+            f"({known.__module__}.{known.__qualname__}); MessageType names are unique"
+        )
+    if topic is not None:
+        if not _TOPIC_NAME.match(topic) or topic in {".", ".."}:
+            raise ValueError(
+                f"{where}: topic {topic!r} is not a Kafka topic name "
+                "(1 to 249 of letters, digits, '.', '_' and '-')"
+            )
+        for other in _TYPES.values():
+            if other.topic_name == topic:
+                raise TypeError(
+                    f"{where}: topic {topic!r} already carries "
+                    f"{other.__module__}.{other.__qualname__}; one type per topic"
+                )
+        cls.topic_name = topic
+    elif not cls.topic_setting:
+        raise TypeError(
+            f"{where}: give the message type its topic: class {name}(MessageBase, topic=...)"
+        )
+    _TYPES[name] = cls
 
 
 def message_types() -> dict[str, type[MessageBase]]:

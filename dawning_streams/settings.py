@@ -178,6 +178,18 @@ def _bootstrap(raw: Any) -> tuple[str, ...]:
     return servers
 
 
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _modules(raw: Any) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    modules = tuple(str(item).strip() for item in items if str(item).strip())
+    for module in modules:
+        if not _MODULE.match(module):
+            raise ValueError(f"{module!r} is not a dotted module name")
+    return modules
+
+
 def _redis_url(raw: Any) -> str:
     url = _text(raw)
     if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
@@ -346,7 +358,8 @@ class KafkaSecuritySettings:
 class SpoolSettings:
     """``Kafka:Spool``: where ``publish`` keeps messages while the broker is unreachable."""
 
-    #: The SQLite file; default ``spool/<InstanceName>.sqlite3`` in the working directory.
+    #: The SQLite file; default ``$XDG_STATE_HOME/dawning-streams/spool/<InstanceName>.sqlite3``
+    #: (``~/.local/state/...``), the same whatever the working directory.
     path: str | None = _setting("Path", _optional_text, None)
     max_bytes: int = _setting("MaxBytes", _int(1), 256 * 1024 * 1024)
     #: How long ``publish`` waits for the broker's ack before it spools the message.
@@ -355,8 +368,10 @@ class SpoolSettings:
     def file(self, instance_name: str) -> Path:
         """The spool file of the instance called ``instance_name``."""
         if self.path is not None:
-            return Path(self.path)
-        return Path("spool") / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', instance_name)}.sqlite3"
+            return Path(self.path).expanduser()
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", instance_name)
+        return Path(state) / "dawning-streams" / "spool" / f"{name}.sqlite3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,7 +534,13 @@ class HealthSettings:
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
-    """``Worker``: how long a worker waits to start and to stop."""
+    """``Worker``: what the worker runs, and how long it waits to start and to stop."""
+
+    #: Modules the worker imports before it starts, in order: the handlers,
+    #: tables, pages and scheduled tasks they declare on ``dawning_streams.app.app``
+    #: are the worker's. A module with an ``install(app)`` function has it called.
+    #: ``dawning_streams.agents`` is the Dawning application's seven agents.
+    modules: tuple[str, ...] = _setting("Modules", _modules, ("dawning_streams.agents",))
 
     #: After SIGTERM or SIGINT the process ends within this, reachable services or not.
     stop_timeout_s: int = _setting("StopTimeoutS", _int(1, 3600), 30)

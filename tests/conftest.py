@@ -30,6 +30,8 @@ from dawning_streams.settings import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+# Spools default to $XDG_STATE_HOME; the suite's (its workers' too) stay in the tree.
+os.environ["XDG_STATE_HOME"] = str(ROOT / ".local" / "state")
 
 
 def _profile(name: str) -> dict[str, str]:

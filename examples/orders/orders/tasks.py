@@ -1,0 +1,67 @@
+"""The worker side: `DAWNING_WORKER__MODULES=orders.tasks python -m dawning_streams worker`.
+
+Everything here is declared on the worker's app, ``dawning_streams.app.app``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from faust.web import Request, Response, View
+
+from dawning_streams import Retry, current_delivery
+from dawning_streams.app import app
+
+from .messages import OrderPlaced, PaymentRequested
+
+logger = logging.getLogger(__name__)
+
+#: Per customer: their orders in the order placed, each with its charge state.
+customers = app.Table(
+    "order-customers",
+    default=None,
+    partitions=app.dawning_settings.kafka.partitions,
+    key_type=bytes,
+    help="Each customer's orders, in the order they were placed.",
+)
+
+
+@app.handler(OrderPlaced, ordered=True)
+async def record_order(order: OrderPlaced) -> None:
+    """Note the order: ordered, so a customer's orders are noted as placed."""
+    key = str(order.customer_id).encode()
+    state = customers.get(key) or {"orders": []}
+    if all(o["order_id"] != str(order.order_id) for o in state["orders"]):
+        entry = {"order_id": str(order.order_id), "amount": order.amount, "charged": False}
+        customers[key] = {**state, "orders": [*state["orders"], entry]}
+
+
+@app.handler(PaymentRequested, retry=Retry(max_retries=3, backoff_s=1))
+async def charge(payment: PaymentRequested) -> None:
+    """Charge the order; the payment gateway fails every first attempt here,
+    so each payment shows a retry."""
+    attempt = current_delivery().attempt
+    if attempt == 0:
+        raise ConnectionError("the payment gateway timed out")
+    key = str(payment.customer_id).encode()
+    state = customers.get(key) or {"orders": []}
+    charges = state.get("charges", {})
+    charges[str(payment.order_id)] = {"amount": payment.amount, "attempts": attempt + 1}
+    customers[key] = {**state, "charges": charges}
+
+
+@app.page("/orders/{customer_id}")
+class CustomerOrders(View):
+    """A customer's orders and charges, from the table."""
+
+    async def get(self, request: Request, customer_id: str) -> Response:
+        state = customers.get(customer_id.encode())
+        if state is None:
+            return self.json({"error": f"no orders for customer {customer_id}"}, status=404)
+        return self.json({"customer_id": customer_id, **state})
+
+
+@app.scheduled(every_s=60)
+async def count_customers() -> None:
+    """Once a minute, on one worker of the group: how many customers this worker holds."""
+    logger.info("orders: %d customers on this worker", len(customers))
