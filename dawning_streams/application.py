@@ -306,8 +306,9 @@ class App(faust.App):
         await super().on_stop()
         # A process that goes on (tests, the benchmark) may collect it again.
         gc.unfreeze()
-        # The OTLP exporters block while they send; keep the loop free.
-        await asyncio.to_thread(self.telemetry.flush)
+        # Export what is pending and stop the OTLP exporters' threads; they
+        # block while they send, so off the loop.
+        await asyncio.to_thread(self.telemetry.shutdown)
 
     async def _timers_revoked(self, sender: Any, revoked: Iterable[Any], **_: Any) -> None:
         """Nothing fires until the new assignment is recovered; what is firing may

@@ -131,3 +131,8 @@ class Telemetry:
         """Export what is pending (when an OTLP endpoint is set)."""
         self.metrics.provider.force_flush()
         self.tracing.provider.force_flush()
+
+    def shutdown(self) -> None:
+        """Export what is pending and stop the exporters' threads (the app stopped)."""
+        self.metrics.shutdown()
+        self.tracing.shutdown()

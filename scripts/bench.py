@@ -60,7 +60,7 @@ from dawning_streams.settings import (
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 3
-PARTS = ("publish", "consume", "e2e", "audit", "email", "timers")
+PARTS = ("publish", "consume", "e2e", "audit", "email", "timers", "sender")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -580,6 +580,40 @@ class Bench:
             Row(f"email.smtp_concurrency_{concurrency}", delivered, elapsed, {"sent": len(spans)})
         )
 
+    # -- a sending process ----------------------------------------------------
+
+    async def sender(self) -> None:
+        """A fresh process that imports a tasks module and sends one task: the time
+        from its start to the broker's receipt, and its peak RSS; against a process
+        that only imports aiokafka and sends one record."""
+        print("sender (a new process: start to first receipt, peak RSS)")
+        settings = self.settings("sender")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **settings.to_environ()}
+        topic = f"{settings.kafka.topics.user_event}.sender"
+        await self.create_topics(topic)
+        scripts = {
+            "sender.first_receipt": SENDER_SCRIPT,
+            "sender.raw_aiokafka_first_receipt": RAW_SENDER_SCRIPT,
+        }
+        for _ in range(3):
+            for name, script in scripts.items():
+                started = time.perf_counter()
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-c",
+                    script,
+                    topic,
+                    self.bootstrap,
+                    env=env,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                out, _ = await process.communicate()
+                elapsed = time.perf_counter() - started
+                if process.returncode != 0:
+                    raise RuntimeError(f"{name}: the sending process exited {process.returncode}")
+                rss_mb = float(out.decode().split()[-1])
+                self.record(Row(name, 1, elapsed, {"rss_mb": round(rss_mb, 1)}))
+
     # -- timers ----------------------------------------------------------------
 
     async def timers(self) -> None:
@@ -793,6 +827,40 @@ async def running(app: App) -> AsyncIterator[App]:
         await app.stop()
 
 
+SENDER_SCRIPT = """
+import asyncio, resource, sys, uuid
+from dawning_streams import UserEventMessage, create_app
+
+app = create_app()
+
+@app.handler(UserEventMessage, topic=sys.argv[1], name="bench_sender")
+async def bench_sender(message: UserEventMessage) -> None: ...
+
+async def main() -> None:
+    receipt = await bench_sender.delay(UserEventMessage(user_id=uuid.uuid4(), event_type="x"))
+    assert receipt is not None, "spooled"
+
+asyncio.run(main())
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+RAW_SENDER_SCRIPT = """
+import asyncio, resource, sys
+from aiokafka import AIOKafkaProducer
+
+async def main() -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=sys.argv[2], acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(sys.argv[1], b"{}", key=b"k")
+    finally:
+        await producer.stop()
+
+asyncio.run(main())
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
 def ratios(rows: list[Row]) -> dict[str, Any]:
     """Ours against raw aiokafka: best wall-clock rate of each, and least CPU per message."""
     best: dict[str, float] = {}
@@ -825,6 +893,26 @@ def ratios(rows: list[Row]) -> dict[str, Any]:
             "value": next(r for r in rows if r.name == "timers.lateness").extra["p99_ms"],
             "target_below": 100.0,
         },
+        # A sending process: the fastest of three starts, and its peak RSS.
+        "sender_first_receipt_ms": {
+            "value": round(
+                min(r.seconds for r in rows if r.name == "sender.first_receipt") * 1000, 1
+            ),
+            "raw": round(
+                min(r.seconds for r in rows if r.name == "sender.raw_aiokafka_first_receipt")
+                * 1000,
+                1,
+            ),
+            "target_below": 1000.0,
+        },
+        "sender_rss_mb": {
+            "value": max(r.extra["rss_mb"] for r in rows if r.name == "sender.first_receipt"),
+            "raw": max(
+                r.extra["rss_mb"] for r in rows if r.name == "sender.raw_aiokafka_first_receipt"
+            ),
+            "target_below": 80.0,
+            "unit": "MB",
+        },
     }
 
 
@@ -839,8 +927,10 @@ def print_summary(summary: dict[str, Any]) -> None:
                 f" {'>= ' + str(figures['target']):>8}"
             )
         else:
-            below = f"< {figures['target_below']:.0f} ms"
-            print(f"  {name:<28} {figures['value']:>9.1f} ms {'':>9} {below:>8}")
+            unit = figures.get("unit", "ms")
+            below = f"< {figures['target_below']:.0f} {unit}"
+            raw = f"raw {figures['raw']:.1f}" if "raw" in figures else ""
+            print(f"  {name:<28} {figures['value']:>9.1f} {unit} {raw:>9} {below:>8}")
 
 
 async def main(argv: list[str]) -> int:
@@ -878,6 +968,8 @@ async def main(argv: list[str]) -> int:
                 await bench.email()
             if "timers" in only:
                 await bench.timers()
+            if "sender" in only:
+                await bench.sender()
         finally:
             os.chdir(ROOT)
             await bench.delete_topics()
