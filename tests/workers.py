@@ -66,7 +66,7 @@ class Worker:
                 text = await response.text()
                 status = response.status
         except aiohttp.ClientError as exc:
-            raise AssertionError(f"{self.name}: GET {path} failed: {exc!r}") from None
+            raise AssertionError(f"{self.name}: GET {path} failed: {exc!r}") from exc
         if status == 500:
             raise AssertionError(f"{self.name}: GET {path} answered 500: {text[:2000]}")
         try:
@@ -78,6 +78,16 @@ class Worker:
                 f"{self.name}: GET {path} ({status}) is not a JSON object: {text[:500]!r}"
             )
         return status, body
+
+    async def poll_json(self, path: str) -> tuple[int, dict] | None:  # type: ignore[type-arg]
+        """:meth:`get_json`, or None while nothing listens on the worker's port yet
+        (it is starting); for polling with ``eventually``."""
+        try:
+            return await self.get_json(path)
+        except AssertionError as exc:
+            if isinstance(exc.__context__, aiohttp.ClientConnectorError):
+                return None
+            raise
 
     def terminate(self) -> None:
         """SIGTERM, once: a second one that lands while the worker closes its event
@@ -179,7 +189,17 @@ async def workers(
     finally:
         # Workers the test killed or stopped itself are its business; the rest
         # get SIGTERM together, and each must exit 0 within one shared deadline.
+        # One still starting is let finish first: before its signal handlers
+        # exist, SIGTERM ends any process with -15.
         running = [worker for worker in started if worker.process.poll() is None]
+        deadline = time.monotonic() + STOP_S
+        for worker in running:
+            while (
+                worker.process.poll() is None
+                and b"[^Worker]: Ready" not in worker.log.read_bytes()
+                and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.2)
         for worker in running:
             worker.terminate()
         deadline = time.monotonic() + STOP_S
