@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Iterable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
@@ -129,8 +129,15 @@ class KafkaMessageBus(Service):
         self._worker: Publisher | None = None
         self._worker_loop: asyncio.AbstractEventLoop | None = None
         self.senders = Senders(app)
+        #: With ``Kafka:Enabled=false`` every publish is dropped and counted here.
+        self.disabled = None if settings.kafka.enabled else NullMessageBus()
         app.telemetry.metrics.spool_size_source = self.spool_count
         super().__init__(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def dropped(self) -> Counter[str]:
+        """Messages dropped by type, with ``Kafka:Enabled=false`` (else empty)."""
+        return self.disabled.dropped if self.disabled is not None else Counter()
 
     # -- where to publish from ---------------------------------------------------
 
@@ -160,6 +167,8 @@ class KafkaMessageBus(Service):
     # -- the worker's publisher, as a service of the app --------------------------
 
     async def on_start(self) -> None:
+        if self.disabled is not None:
+            return
         settings = self.app.dawning_settings
         self._worker = Publisher(
             FaustPort(self.app),
@@ -184,7 +193,7 @@ class KafkaMessageBus(Service):
     async def __aenter__(self) -> KafkaMessageBus:
         """Start this loop's producer now (it would start on first use anyway)."""
         loop = asyncio.get_running_loop()
-        if loop is not self._worker_loop:
+        if loop is not self._worker_loop and self.disabled is None:
             await self.senders.for_loop(loop).started()
         return self
 
@@ -240,6 +249,9 @@ class KafkaMessageBus(Service):
         The raw path: no spool, no timeout. ``topic`` and ``key`` default to
         the message type's topic and natural key.
         """
+        if self.disabled is not None:
+            await self.disabled.publish(message)
+            return _done(None)
         record = self._outgoing(message, topic, key, headers)
         publisher = await self._publisher()
         try:
@@ -260,6 +272,9 @@ class KafkaMessageBus(Service):
         Returns the broker's receipt, or ``None`` when the message went to the
         spool because the broker could not be reached in time.
         """
+        if self.disabled is not None:
+            await self.disabled.publish(message)
+            return None
         record = self._outgoing(message, topic, key, headers)
         [receipt] = await (await self._publisher()).publish([record])
         return receipt
@@ -269,6 +284,8 @@ class KafkaMessageBus(Service):
 
         Each entry is the broker's receipt, or ``None`` for a spooled message.
         """
+        if self.disabled is not None:
+            return await self.disabled.publish_many(messages)  # type: ignore[return-value]
         records = [self._outgoing(m, None, None, None) for m in messages]
         return await (await self._publisher()).publish(records)
 
@@ -283,6 +300,9 @@ class KafkaMessageBus(Service):
     ) -> RecordMetadata:
         """Publish raw bytes and wait for the ack, trying again while the error is
         transient (see :meth:`Publisher.forward`)."""
+        if self.disabled is not None:
+            self.disabled.forwarded(topic)
+            return None  # type: ignore[return-value]
         headers = self.app.telemetry.tracing.stamp(topic, headers)
         return await (await self._publisher()).forward(
             topic, key, value, partition=partition, headers=headers
@@ -303,12 +323,20 @@ class KafkaMessageBus(Service):
         Raises :class:`DawningError` when called on a running event loop, which
         it would block: there, ``await bus.publish(...)``.
         """
+        if self.disabled is not None:
+            self.disabled.drop(message)
+            return None
         record = self._outgoing(message, topic, key, headers)
         [receipt] = self.senders.blocking().call(lambda publisher: publisher.publish([record]))
         return receipt
 
     def publish_many_blocking(self, messages: Iterable[MessageBase]) -> list[RecordMetadata | None]:
         """:meth:`publish_many` for code without an event loop."""
+        if self.disabled is not None:
+            dropped = list(messages)
+            for message in dropped:
+                self.disabled.drop(message)
+            return [None] * len(dropped)
         records = [self._outgoing(m, None, None, None) for m in messages]
         return self.senders.blocking().call(lambda publisher: publisher.publish(records))
 
@@ -321,6 +349,9 @@ class KafkaMessageBus(Service):
         headers: list[tuple[str, bytes]] | None = None,
     ) -> RecordMetadata:
         """:meth:`forward` for code without an event loop."""
+        if self.disabled is not None:
+            self.disabled.forwarded(topic)
+            return None  # type: ignore[return-value]
         headers = self.app.telemetry.tracing.stamp(topic, headers)
         return self.senders.blocking().call(
             lambda publisher: publisher.forward(topic, key, value, headers=headers)
@@ -335,8 +366,17 @@ class NullMessageBus:
 
     async def publish(self, message: MessageBase) -> None:
         """Drop ``message``, counting it by type."""
+        self.drop(message)
+
+    def drop(self, message: MessageBase) -> None:
+        """Drop ``message``, counting it by type."""
         self.dropped[type(message).__name__] += 1
         logger.info("Kafka is disabled; dropped %s %s", type(message).__name__, message.message_id)
+
+    def forwarded(self, topic: str) -> None:
+        """Drop raw bytes meant for ``topic``, counting them by topic."""
+        self.dropped[topic] += 1
+        logger.info("Kafka is disabled; dropped a record for %s", topic)
 
     async def publish_many(self, messages: Iterable[MessageBase]) -> list[None]:
         """Drop each of ``messages``."""
@@ -351,6 +391,12 @@ class NullMessageBus:
 
     async def __aexit__(self, *exc_info: object) -> None:
         return None
+
+
+def _done(value: object) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
 
 
 def create_bus(settings: Settings) -> KafkaMessageBus | NullMessageBus:

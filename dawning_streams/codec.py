@@ -49,6 +49,15 @@ def decode(raw: bytes | None, expected: type[M], *, topic: str | None = None) ->
     return decode_mapping(data, expected, raw=raw, topic=topic)
 
 
+def _bare_type_name(declared: object) -> object:
+    """``Dawning.Messages.AuditLogMessage`` (namespace-qualified, as .NET may write it)
+    and ``Dawning.Messages.AuditLogMessage, Dawning.Messages`` (assembly-qualified)
+    name ``AuditLogMessage``; anything else is compared as it is."""
+    if not isinstance(declared, str):
+        return declared
+    return declared.split(",", 1)[0].strip().rsplit(".", 1)[-1]
+
+
 def decode_mapping(
     data: Any, expected: type[M], *, raw: bytes | None = None, topic: str | None = None
 ) -> M:
@@ -63,7 +72,7 @@ def decode_mapping(
         raise fail(f"expected a JSON object, got {_json_kind(data)}")
     by_name = {key.lower(): value for key, value in data.items()}
     declared = by_name.get("messagetype")
-    if declared is not None and declared != expected.__name__:
+    if declared is not None and _bare_type_name(declared) != expected.__name__:
         if declared in message_types():
             raise fail(
                 f"MessageType {declared!r} does not belong here; expected {expected.__name__!r}"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +23,7 @@ from dawning_streams import (
     decode,
 )
 from dawning_streams.partitioners import consistent_random, murmur2
-from dawning_streams.settings import KafkaSettings
+from dawning_streams.settings import KafkaSettings, SpoolSettings
 
 from .kafka_helpers import partition_count, read_topic
 from .test_codec import SAMPLES
@@ -163,3 +165,24 @@ async def test_a_bad_message_in_a_batch_is_named_and_the_rest_are_published(
         settings.kafka.bootstrap_servers[0], settings.kafka.topics.user_event, 2
     )
     assert [decode(r.value, UserEventMessage).event_type for r in records] == ["before", "after"]
+
+
+async def test_with_kafka_disabled_every_path_of_the_apps_bus_drops_and_counts(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        kafka=KafkaSettings(enabled=False, spool=SpoolSettings(path=str(tmp_path / "s.sqlite3")))
+    )
+    app = create_app(settings)
+    await app.bus.publish(SAMPLES[0])
+    await app.bus.publish_many(SAMPLES[:2])
+    await app.bus.forward("raw.topic", None, b"{}")
+    assert await asyncio.to_thread(app.bus.publish_blocking, SAMPLES[1]) is None
+    async with app.bus as bus:
+        await bus.publish(SAMPLES[0])
+    assert app.bus.dropped == {
+        "AuditLogMessage": 3,
+        "AlertNotificationMessage": 2,
+        "raw.topic": 1,
+    }
+    assert not list(tmp_path.iterdir()), "no spool file"

@@ -219,6 +219,31 @@ def test_bad_input_raises_one_error_that_keeps_the_raw_bytes(raw: bytes, reason:
     assert "dawning.audit-log" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "declared",
+    [
+        "AuditLogMessage",
+        "Dawning.Messages.AuditLogMessage",
+        "Dawning.Messages.AuditLogMessage, Dawning.Messages",
+    ],
+)
+def test_a_namespace_or_assembly_qualified_message_type_is_accepted(declared: str) -> None:
+    raw = (
+        b'{"MessageType": "' + declared.encode() + b'", "Action": "a", "EntityType": "b",'
+        b' "UserId": "9f706e05-3812-4496-a6d4-6f1f5f5e0512"}'
+    )
+    assert decode(raw, AuditLogMessage).action == "a"
+
+
+@pytest.mark.parametrize(
+    "declared", ["Dawning.Messages.EmailMessage", "AuditLogMessageV2", "Other.AuditLog"]
+)
+def test_a_qualified_name_of_another_type_is_refused(declared: str) -> None:
+    raw = b'{"MessageType": "' + declared.encode() + b'", "Action": "a", "EntityType": "b"}'
+    with pytest.raises(MessageDecodeError, match="MessageType"):
+        decode(raw, AuditLogMessage)
+
+
 def test_wrong_types_in_numbers_and_lists_are_rejected() -> None:
     with pytest.raises(MessageDecodeError, match="field CurrentValue: expected a number"):
         decode(
