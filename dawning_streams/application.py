@@ -260,6 +260,9 @@ class App(faust.App):
         logger.info(
             "settings: %s", " ".join(f"{k}={v}" for k, v in shown(self.dawning_settings).items())
         )
+        # Whatever publishes from now on, in this loop (a service starting before
+        # the bus, say), goes through the worker's producer.
+        self.bus.bind_worker(asyncio.get_running_loop())
         await super().on_start()
         if self.in_worker:
             await self._wait_for_kafka()
@@ -309,6 +312,10 @@ class App(faust.App):
         # Export what is pending and stop the OTLP exporters' threads; they
         # block while they send, so off the loop.
         await asyncio.to_thread(self.telemetry.shutdown)
+
+    async def on_shutdown(self) -> None:
+        await super().on_shutdown()
+        self.bus.unbind_worker()
 
     async def _timers_revoked(self, sender: Any, revoked: Iterable[Any], **_: Any) -> None:
         """Nothing fires until the new assignment is recovered; what is firing may

@@ -51,8 +51,15 @@ class Broadcast(Service):
         self.on_record = on_record
         self.from_beginning = from_beginning
         self.seen = 0
+        #: Per partition, the end offset when following began (from the beginning):
+        #: records before it are history being replayed, the rest are new.
+        self.history_ends: dict[int, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         super().__init__(**kwargs)
+
+    def replaying(self, record: ConsumerRecord) -> bool:
+        """Whether ``record`` was already in the topic when following began."""
+        return record.offset < self.history_ends.get(record.partition, 0)
 
     async def on_start(self) -> None:
         kafka = self.app.dawning_settings.kafka
@@ -64,6 +71,8 @@ class Broadcast(Service):
         consumer.assign(partitions)
         if self.from_beginning:
             await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            self.history_ends = {tp.partition: offset for tp, offset in ends.items()}
         else:
             await consumer.seek_to_end(*partitions)
         self._consumer = consumer

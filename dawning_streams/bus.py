@@ -166,23 +166,31 @@ class KafkaMessageBus(Service):
 
     # -- the worker's publisher, as a service of the app --------------------------
 
+    def bind_worker(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The app starts as a worker on ``loop``: publishing there goes through its
+        producer from now on (the app calls this before any of its services start)."""
+        if self.disabled is not None or self._worker is not None:
+            return
+        settings = self.app.dawning_settings
+        spool = settings.kafka.spool
+        self._worker = Publisher(
+            FaustPort(self.app),
+            Spool(spool.file(settings.instance_name), spool.max_bytes),
+            send_timeout_s=spool.send_timeout_ms / 1000,
+            sends=self.app.telemetry.metrics.sends,
+        )
+        self._worker_loop = loop
+
+    def unbind_worker(self) -> None:
+        """The worker has stopped: later publishes in its loop get a producer of their own."""
+        self._worker_loop = None
+
     async def on_start(self) -> None:
         if self.disabled is not None:
             return
-        settings = self.app.dawning_settings
-        self._worker = Publisher(
-            FaustPort(self.app),
-            Spool(
-                settings.kafka.spool.file(settings.instance_name), settings.kafka.spool.max_bytes
-            ),
-            send_timeout_s=settings.kafka.spool.send_timeout_ms / 1000,
-            sends=self.app.telemetry.metrics.sends,
-        )
-        self._worker_loop = asyncio.get_running_loop()
+        self.bind_worker(asyncio.get_running_loop())
+        assert self._worker is not None
         await self.add_runtime_dependency(self._worker)
-
-    async def on_stop(self) -> None:
-        self._worker_loop = None
 
     async def declare_topics(self) -> None:
         """Create every topic the app declares that is missing (the worker does at start)."""

@@ -35,8 +35,10 @@ class TableReplica:
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
-        self._subscribers: list[Subscriber] = []
+        #: (callback, whether it hears the history replayed at start-up too)
+        self._subscribers: list[tuple[Subscriber, bool]] = []
         self._load_key: Callable[[bytes | None], Any] = lambda raw: raw
+        self._broadcast: Broadcast | None = None
 
     def follow(self, app: App, table: Any) -> Broadcast:
         """Start following ``table``'s changelog when ``app`` starts.
@@ -52,11 +54,14 @@ class TableReplica:
             app, table.changelog_topic.get_topic_name(), self.apply, from_beginning=True
         )
         app.add_dependency(broadcast)
+        self._broadcast = broadcast
         return broadcast
 
-    def subscribe(self, callback: Subscriber) -> Subscriber:
-        """Call ``callback(key, value)`` on every change from now on; usable as a decorator."""
-        self._subscribers.append(callback)
+    def subscribe(self, callback: Subscriber, *, replay: bool = False) -> Subscriber:
+        """Call ``callback(key, value)`` on every change made from the start of
+        this instance on; with ``replay``, also on every change the changelog
+        held before (so the callback sees the table's history at start-up)."""
+        self._subscribers.append((callback, replay))
         return callback
 
     async def apply(self, record: ConsumerRecord) -> None:
@@ -68,7 +73,10 @@ class TableReplica:
             self.values.pop(key, None)
         else:
             self.values[key] = value
-        for callback in list(self._subscribers):
+        history = self._broadcast is not None and self._broadcast.replaying(record)
+        for callback, replay in list(self._subscribers):
+            if history and not replay:
+                continue
             try:
                 result = callback(key, value)
                 if inspect.isawaitable(result):

@@ -47,14 +47,16 @@ class SharedConfig(TableReplica):
     """This instance's replica of every config value."""
 
     def on_change(
-        self, callback: Callable[[ConfigEntry], Awaitable[None] | None]
+        self, callback: Callable[[ConfigEntry], Awaitable[None] | None], *, replay: bool = False
     ) -> Callable[[ConfigEntry], Awaitable[None] | None]:
-        """Call ``callback(entry)`` on every change seen from now on; usable as a decorator."""
+        """Call ``callback(entry)`` on every change made from this instance's start
+        on; with ``replay=True`` also on every earlier change, in order, as the
+        instance catches up at start-up. Usable as a decorator (without ``replay``)."""
 
         def deliver(key: str, value: Any) -> Awaitable[None] | None:
             return callback(ConfigEntry.of(value)) if value is not None else None
 
-        self.subscribe(deliver)
+        self.subscribe(deliver, replay=replay)
         return callback
 
     def get(self, group: str, key: str) -> ConfigEntry | None:

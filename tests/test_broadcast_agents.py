@@ -139,3 +139,36 @@ async def _gone(client: redis.Redis, key: str) -> bool:
 async def _unlinks(client: redis.Redis) -> int:
     stats = await client.info("commandstats")
     return int(stats.get("cmdstat_unlink", {}).get("calls", 0))
+
+
+async def test_a_subscriber_hears_the_history_only_when_it_asks_for_replay(
+    settings: Settings,
+) -> None:
+    first = create_app(settings)
+    config_changed.install(first)
+    async with running(first):
+        for value in ("1", "2"):
+            await first.bus.publish(
+                ConfigChangedMessage(config_group="replay", config_key="k", new_value=value)
+            )
+        await eventually(
+            lambda: (
+                (first.shared_config.get("replay", "k") or 0)
+                and first.shared_config.get("replay", "k").version == 2
+            )
+        )  # type: ignore[union-attr]
+    second = create_app(settings)
+    config_changed.install(second)
+    new_only: list[ConfigEntry] = []
+    everything: list[ConfigEntry] = []
+    second.shared_config.on_change(new_only.append)
+    second.shared_config.on_change(everything.append, replay=True)
+    async with running(second):
+        await eventually(lambda: len(everything) >= 2, what="the history replayed")
+        await second.bus.publish(
+            ConfigChangedMessage(config_group="replay", config_key="k", new_value="3")
+        )
+        await eventually(lambda: len(everything) >= 3, what="the new change")
+        await eventually(lambda: new_only, what="the new change, without history")
+    assert [e.value for e in everything] == ["1", "2", "3"]
+    assert [e.value for e in new_only] == ["3"]
