@@ -18,7 +18,7 @@ from faust.serializers import codecs as faust_codecs
 from faust.types import TopicT
 from mode import ServiceT
 
-from . import codec, views
+from . import codec, faust_compat, views
 from .bus import KafkaMessageBus
 from .cache import DistributedCache
 from .commands import register_commands
@@ -44,7 +44,6 @@ from .settings import Settings, shown
 from .shared_config import SharedConfig
 from .telemetry import Telemetry
 from .timers import REVOKE_WAIT_S
-from .transport import Transport
 
 __all__ = ["App", "create_app"]
 
@@ -78,7 +77,9 @@ class App(faust.App):
         session_s = kafka.session_timeout_ms / 1000
         super().__init__(
             kafka.consumer_group_id,
-            broker=[f"kafka://{server}" for server in kafka.bootstrap_servers],
+            # dawning:// is this framework's transport (an entry point in pyproject.toml).
+            broker=[f"dawning://{server}" for server in kafka.bootstrap_servers],
+            web="dawning://",
             autodiscover=False,
             key_serializer="raw",
             value_serializer=codec.CODEC_NAME,
@@ -374,11 +375,11 @@ class App(faust.App):
 
     def _consumer_lag(self) -> Iterable[tuple[str, int, int]]:
         """(topic, partition, end offset - committed offset) per assigned partition."""
-        consumer = self._consumer
+        consumer = faust_compat.worker_consumer(self)
         if consumer is None:
             return []
         lags = []
-        committed = consumer._committed_offset  # type: ignore[attr-defined]
+        committed = faust_compat.committed_offsets(consumer)
         try:
             # The OTLP reader asks from its own thread; a rebalance or a stop
             # may change the assignment meanwhile, and then this reading is skipped.
@@ -390,15 +391,6 @@ class App(faust.App):
         except (RuntimeError, ConsumerNotStarted):
             return []
         return lags
-
-    def _new_web(self) -> Any:
-        return views.web_driver(self)
-
-    def _new_transport(self) -> Transport:
-        return Transport(self.conf.broker_consumer, self, loop=self.loop)
-
-    def _new_producer_transport(self) -> Transport:
-        return Transport(self.conf.broker_producer, self, loop=self.loop)
 
 
 def create_app(settings: Settings | None = None, **options: Any) -> App:

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from mode import Service
 
+from . import faust_compat
 from .errors import DawningError
 from .kafka_security import client_options
 
@@ -90,7 +91,7 @@ class Broadcast(Service):
         take a moment to appear in metadata; following none of it would be silent.
         """
         for _ in range(int(METADATA_WAIT_S / 0.25)):
-            cluster = await consumer._client.fetch_all_metadata()
+            cluster = await faust_compat.cluster_metadata(consumer)
             found = cluster.partitions_for_topic(self.topic)
             if found:
                 return [TopicPartition(self.topic, p) for p in sorted(found)]

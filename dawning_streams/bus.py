@@ -20,6 +20,7 @@ from aiokafka.structs import RecordMetadata
 from faust.exceptions import FaustError
 from mode import Service
 
+from . import faust_compat
 from .errors import PublishError
 from .publisher import Outgoing, Publisher
 from .records import MessageBase
@@ -62,7 +63,7 @@ class FaustPort:
         except BaseException:
             if self._owns_producer:
                 # A producer whose start failed cannot be started again.
-                failed, self.app.producer = self.app.producer, self.app._new_producer()
+                failed, self.app.producer = self.app.producer, faust_compat.new_producer(self.app)
                 with suppress(KafkaError, FaustError):
                     await failed.stop()
             raise

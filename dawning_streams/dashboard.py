@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 
-from . import dlq, health
+from . import dlq, faust_compat, health
 from .errors import DawningError
 from .kafka_security import client_options
 from .settings import shown
@@ -69,7 +69,7 @@ async def _cluster(app: App) -> dict[str, Any]:
     await consumer.start()
     try:
         await admin.start()
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await faust_compat.cluster_metadata(consumer)
         partitions = [
             TopicPartition(topic, p)
             for topic in topics

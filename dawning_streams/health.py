@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from faust.exceptions import ConsumerNotStarted
 
+from . import faust_compat
+
 if TYPE_CHECKING:
     from .application import App
 
@@ -74,8 +76,7 @@ def recovery_state(app: App) -> RecoveryState:
     """Read Faust's recovery service (private fields: Faust has no public view of them)."""
     recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
     now = monotonic()
-    started = recovery._recovery_started_at
-    received = list(recovery._active_events_received_at.values())
+    started, received = faust_compat.recovery_progress(recovery)
     rebalance_started = app.rebalance_started_at if app.rebalancing else None
     return RecoveryState(
         completed_once=recovery.completed.is_set(),
@@ -85,12 +86,6 @@ def recovery_state(app: App) -> RecoveryState:
         idle_s=now - max(received) if received else None,
         rebalancing_s=now - rebalance_started if rebalance_started is not None else None,
     )
-
-
-def _broker_connected(app: App) -> bool:
-    producer: Any = app.producer
-    client = getattr(producer._producer, "client", None)
-    return client is not None and any(conn.connected() for conn in client._conns.values())
 
 
 def _timers(app: App) -> dict[str, Any]:
@@ -107,11 +102,11 @@ def _timers(app: App) -> dict[str, Any]:
 
 def readiness(app: App) -> dict[str, Any]:
     """Every check of ``/ready``, and ``ready`` when all pass."""
-    broker = _broker_connected(app)
+    broker = faust_compat.broker_connected(app.producer)
     recovery = assess_recovery(
         recovery_state(app), stall_s=app.dawning_settings.health.recovery_stall_s
     )
-    consumer: Any = app._consumer
+    consumer = faust_compat.worker_consumer(app)
     try:
         assigned = sorted(consumer.assignment()) if consumer is not None else []
     except ConsumerNotStarted:  # a worker waiting for Kafka to start

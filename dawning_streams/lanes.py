@@ -37,14 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from faust.streams import _current_event
 from faust.types import TP
 from mode import Service
+
+from . import faust_compat
 
 if TYPE_CHECKING:
     from faust.types import AppT
@@ -73,7 +73,7 @@ def acting_on(message: Any, handler: str | None = None) -> _Current:
     """Make ``message`` Faust's current event in this task, as a lane does, so
     tables written meanwhile send to its partition; keep the result alive."""
     current = _Current(message, handler)
-    _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
+    faust_compat.set_current_event(current)
     return current
 
 

@@ -65,6 +65,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .faust_compat import ReceiveMetricsHook
 from .settings import TelemetrySettings
 
 __all__ = ["CONTENT_TYPE", "Durations", "Metrics", "RecentCounts", "otlp_headers"]
@@ -229,20 +230,7 @@ def _with_metric(
     return MetricsData(resource_metrics=[dataclasses.replace(first, scope_metrics=scopes), *others])
 
 
-class _Merging:
-    """A reader mixin: what the SDK collected, plus the in-process histograms."""
-
-    _extra: Callable[[MetricsData | None], MetricsData | None]
-
-    def _receive_metrics(
-        self, metrics_data: MetricsData | None, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> None:
-        super()._receive_metrics(  # type: ignore[misc]
-            self._extra(metrics_data), timeout_millis=timeout_millis, **kwargs
-        )
-
-
-class _PrometheusReader(_Merging, PrometheusMetricReader):
+class _PrometheusReader(ReceiveMetricsHook, PrometheusMetricReader):
     def __init__(
         self, extra: Callable[[MetricsData | None], MetricsData | None], **kwargs: Any
     ) -> None:
@@ -250,7 +238,7 @@ class _PrometheusReader(_Merging, PrometheusMetricReader):
         super().__init__(**kwargs)
 
 
-class _ExportingReader(_Merging, PeriodicExportingMetricReader):
+class _ExportingReader(ReceiveMetricsHook, PeriodicExportingMetricReader):
     def __init__(
         self,
         extra: Callable[[MetricsData | None], MetricsData | None],

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from . import faust_compat
 from .kafka_security import client_options
 from .settings import KafkaSettings
 
@@ -24,7 +25,7 @@ async def read_to_end(settings: KafkaSettings, topics: Iterable[str]) -> list[An
     await consumer.start()
     records: list[Any] = []
     try:
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await faust_compat.cluster_metadata(consumer)
         partitions = [
             TopicPartition(name, p)
             for name in names

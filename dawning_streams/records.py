@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 
 import faust
 
+from . import faust_compat
+
 __all__ = [
     "AlertNotificationMessage",
     "AuditLogMessage",
@@ -106,7 +108,7 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
         cls._wire_values = operator.attrgetter(*(f.attr for f in wire_fields))
         # Faust's field descriptors run Python code on every read; a field that
         # is not coerced on access (generic types are) reads the same from __dict__.
-        lazy = any(getattr(cls, f.attr).lazy_coercion for f in wire_fields)
+        lazy = faust_compat.field_is_lazy(cls, (f.attr for f in wire_fields))
         cls._wire_plain = None if lazy else tuple((f.wire, f.attr) for f in wire_fields)
 
     def __post_init__(self) -> None:

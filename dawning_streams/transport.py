@@ -32,6 +32,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from faust.types import TP
 
+from . import faust_compat
 from .lanes import Lane
 
 __all__ = ["Consumer", "Producer", "ProducerBuffer", "Transport"]
@@ -272,17 +273,13 @@ class Consumer(faust_aiokafka.Consumer):
         """
         if not tps:
             return
-        thread: Any = self._thread
-        consumer = thread._ensure_consumer()
 
-        def apply() -> None:
+        def apply(consumer: Any) -> None:
             assigned = consumer.assignment()  # it may have changed meanwhile
             chosen = [tp for tp in faust_aiokafka.ensure_aiokafka_TPset(tps) if tp in assigned]
             (consumer.pause if paused else consumer.resume)(*chosen)
 
-        done = await thread.method_queue.call(thread.parent_loop.create_future(), apply)
-        if wait:
-            await done
+        await faust_compat.call_in_consumer_thread(self._thread, apply, wait=wait)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed: Mapping[TP, int] = await super().seek_to_committed()

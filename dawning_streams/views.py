@@ -28,18 +28,13 @@ from .metrics import CONTENT_TYPE
 if TYPE_CHECKING:
     from .application import App
 
-__all__ = ["authorized", "install", "web_driver"]
+__all__ = ["DashboardWeb", "authorized", "install"]
 
 
-class _Web(Web):
+class DashboardWeb(Web):
     """Faust's aiohttp web server without Faust's index page: ``/`` is the dashboard."""
 
     production_blueprints = ()
-
-
-def web_driver(app: App) -> Web:
-    """The web server the app runs."""
-    return _Web(app)
 
 
 def authorized(app: App, request: Request) -> bool:

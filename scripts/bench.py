@@ -302,7 +302,9 @@ class Bench:
         try:
             bus = app.bus
             async with bus:
-                live = app.producer._producer  # type: ignore[attr-defined]
+                # Outside a worker the bus publishes through its loop's own producer.
+                live = bus.senders.for_loop(asyncio.get_running_loop()).port._producer
+                assert live is not None
                 self.live_producer = {
                     "acks": live._sender._acks,
                     "enable_idempotence": live._txn_manager is not None,

@@ -57,6 +57,8 @@ def test_the_smoke_benchmark_measures_every_pair_and_writes_its_result(
         "timers.lateness",
         "timers.capacity",
         "timers.schedule_fire_delete",
+        "sender.first_receipt",
+        "sender.raw_aiokafka_first_receipt",
     }
     for name, measured in rows.items():
         part = name.split(".")[0]
@@ -71,6 +73,8 @@ def test_the_smoke_benchmark_measures_every_pair_and_writes_its_result(
                 assert row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], row  # type: ignore[operator]
             if name == "timers.capacity":
                 assert row["messages"] == 2_000 and row["rss_mb_per_10k_timers"] is not None, row
+            if part == "sender":  # three fresh processes, each sent one record
+                assert len(measured) == 3 and row["messages"] == 1 and row["rss_mb"] > 0, row
             if part == "e2e":
                 assert row["messages"] == row["sent"] > 0, row
                 assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], row  # type: ignore[operator]
@@ -88,6 +92,8 @@ def test_the_smoke_benchmark_measures_every_pair_and_writes_its_result(
         "handler_consume",
         "e2e_p99_ms",
         "timer_lateness_p99_ms",
+        "sender_first_receipt_ms",
+        "sender_rss_mb",
     }
     for pair in ("publish_many", "publish", "handler_consume"):
         figures = result["ratios"][pair]
