@@ -1,9 +1,20 @@
 """``dawning.cache-invalidation``: drop cache entries in Redis once, and everywhere locally.
 
 The group's handler deletes from Redis (an exact ``CacheKey`` directly, a glob
-``Pattern`` with SCAN and UNLINK in batches) and records the invalidation in
-the ``cache-invalidations`` table. Every instance also follows the topic
-outside the group and evicts its in-process cache level.
+``Pattern`` with SCAN and UNLINK in batches), then announces the delete on
+``<topic>.evictions``, records the invalidation in the ``cache-invalidations``
+table, and last marks the message done in Redis. Every instance follows the
+evictions topic outside the group and evicts its in-process cache level.
+
+The order is what keeps a stale value from surviving:
+
+* the done-marker is written last, so a crash anywhere before it (in the middle
+  of a pattern's SCAN, say) leaves the message to be handled again, and the
+  delete, being idempotent, finishes; a redelivery after the marker skips;
+* local levels are evicted only after the Redis delete, so an instance that
+  misses locally afterwards reads Redis, which no longer has the value (and
+  :class:`~dawning_streams.cache.LocalCache` refuses a value read from Redis
+  before an eviction it applied meanwhile).
 
 Views: ``GET /cache/invalidations`` (this instance's partitions of the table)
 and ``GET /cache/local`` (this instance's local keys and broadcasts applied).
@@ -19,7 +30,7 @@ from faust.web import Request, Response, View
 from dawning_streams import App, CacheInvalidationMessage, Handler, decode
 from dawning_streams.broadcast import Broadcast
 from dawning_streams.cache import unlink_matching
-from dawning_streams.names import invalidation_key
+from dawning_streams.names import evictions_topic, invalidation_key
 from dawning_streams.tables import cache_invalidations
 
 __all__ = ["INVALIDATION_MARKER_TTL_S", "install"]
@@ -30,30 +41,38 @@ INVALIDATION_MARKER_TTL_S = 24 * 3600
 def install(app: App) -> Handler[CacheInvalidationMessage]:
     """Declare the invalidation handler, the local-eviction broadcast and the views."""
     table = cache_invalidations.create(app)
-    topic = app.dawning_settings.kafka.topics.cache_invalidation
+    kafka = app.dawning_settings.kafka
+    evictions = evictions_topic(kafka.topics.cache_invalidation)
+    app.declare_topic(
+        app.topic(
+            evictions,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=kafka.partitions,
+            replicas=kafka.replication_factor,
+        )
+    )
 
     def evict_locally(record: ConsumerRecord) -> None:
         app.distributed_cache.local.evict(
-            decode(record.value, CacheInvalidationMessage, topic=topic)
+            decode(record.value, CacheInvalidationMessage, topic=evictions)
         )
 
-    eviction = Broadcast(app, topic, evict_locally)
+    eviction = Broadcast(app, evictions, evict_locally)
     app.add_dependency(eviction)
 
     @app.handler(CacheInvalidationMessage, name="invalidate_cache")
     async def invalidate_cache(message: CacheInvalidationMessage) -> None:
-        """Delete the named keys from Redis and note it in the table.
-
-        A marker per message id makes a redelivery (after a rebalance, say)
-        delete nothing again: the deletion happens once per message.
-        """
+        """Delete the named keys from Redis, have every instance evict them
+        locally, note it in the table, and only then mark the message done."""
         client = app.redis.client
-        first_time = await client.set(
-            invalidation_key(message.message_id), b"1", nx=True, ex=INVALIDATION_MARKER_TTL_S
-        )
-        if not first_time:
-            return
+        marker = invalidation_key(message.message_id)
+        if await client.exists(marker):
+            return  # a redelivery of a message handled to the end
         removed = await unlink_matching(client, message)
+        await app.bus.publish(message, topic=evictions)
         key = message.partition_key()
         previous = table.get(key.encode()) or {"count": 0}
         table[key.encode()] = {
@@ -65,6 +84,7 @@ def install(app: App) -> Handler[CacheInvalidationMessage]:
             "invalidated_at": datetime.now(UTC).isoformat(),
             "count": previous["count"] + 1,
         }
+        await client.set(marker, b"1", ex=INVALIDATION_MARKER_TTL_S)
 
     @app.page("/cache/invalidations")
     class InvalidationsView(View):

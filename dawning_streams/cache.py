@@ -2,8 +2,9 @@
 
 ``get``/``set`` with a TTL read the local level first and fall back to Redis;
 ``CacheInvalidationMessage`` removes entries from Redis once per message (the
-cache-invalidation agent) and from every instance's local level (a broadcast:
-each worker also follows the topic outside the consumer group). A ``Region``
+cache-invalidation agent) and then from every instance's local level (a
+broadcast: each worker follows the agent's evictions topic outside the
+consumer group). A ``Region``
 is a key prefix: region ``users`` and key ``42`` is the Redis key ``users:42``.
 """
 
@@ -39,6 +40,8 @@ class LocalCache:
     def __init__(self, max_entries: int = 10_000) -> None:
         self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        #: Raised by each eviction: a value read elsewhere before it is not kept.
+        self.generation = 0
 
     def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
@@ -65,6 +68,7 @@ class LocalCache:
 
     def evict(self, message: CacheInvalidationMessage) -> int:
         """Drop what ``message`` invalidates; returns how many entries went."""
+        self.generation += 1
         if message.cache_key:
             doomed = [redis_key(message.cache_key, message.region)]
         else:
@@ -98,6 +102,7 @@ class DistributedCache:
         value = self.local.get(full)
         if value is not None:
             return value
+        generation = self.local.generation
         try:
             stored: bytes | None = await self.client.get(full)  # type: ignore[assignment]
             self.pool.reachability.up()
@@ -108,8 +113,11 @@ class DistributedCache:
             self.pool.reachability.down(exc)
             logger.debug("cache: Redis unreachable, %s is a miss: %s", full, exc)
             return None
-        local_ttl = self.local_ttl_s if ttl_ms < 0 else min(self.local_ttl_s, ttl_ms / 1000)
-        self.local.set(full, stored, local_ttl)
+        if self.local.generation == generation:
+            # Not when an eviction came in while Redis answered: the value
+            # read may be the one it evicts, kept here for up to local_ttl_s.
+            local_ttl = self.local_ttl_s if ttl_ms < 0 else min(self.local_ttl_s, ttl_ms / 1000)
+            self.local.set(full, stored, local_ttl)
         return stored
 
     async def set(self, key: str, value: bytes, ttl_s: float, region: str | None = None) -> None:

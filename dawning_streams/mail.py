@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ssl
 from email.message import EmailMessage as MimeMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, parseaddr
 
 import aiosmtplib
 from mode import Service
@@ -49,7 +49,7 @@ def compose(message: EmailMessage, sender: str) -> MimeMessage:
     mime["Subject"] = message.subject
     assert message.timestamp is not None
     mime["Date"] = format_datetime(message.timestamp)
-    mime["Message-ID"] = make_msgid(idstring=str(message.message_id))
+    mime["Message-ID"] = message_id_header(message, sender)
     mime["X-Dawning-Message-Id"] = str(message.message_id)
     x_priority, importance = _PRIORITY_HEADERS.get(message.priority, _PRIORITY_HEADERS[0])
     mime["X-Priority"] = x_priority
@@ -59,6 +59,13 @@ def compose(message: EmailMessage, sender: str) -> MimeMessage:
     else:
         mime.set_content(message.body)
     return mime
+
+
+def message_id_header(message: EmailMessage, sender: str) -> str:
+    """``<MessageId@sender's domain>``: the same for every delivery of one message,
+    so a receiving system that drops repeated Message-IDs drops a resend."""
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "dawning.invalid"
+    return f"<{message.message_id}@{domain}>"
 
 
 def recipients(message: EmailMessage) -> list[str]:

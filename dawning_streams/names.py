@@ -9,6 +9,7 @@ __all__ = [
     "Header",
     "dead_letter_topic",
     "email_sent_key",
+    "evictions_topic",
     "header_text",
     "invalidation_key",
     "lock_key",
@@ -46,6 +47,12 @@ def revoke_reply_key(nonce: str) -> str:
 def dead_letter_topic(source: str) -> str:
     """The dead-letter topic of ``source``, shared by the handlers of that topic."""
     return f"{source}.dlq"
+
+
+def evictions_topic(source: str) -> str:
+    """Where the cache-invalidation handler announces a finished Redis delete,
+    for every instance to evict its local level (see agents/cache_invalidation.py)."""
+    return f"{source}.evictions"
 
 
 def header_text(headers: Iterable[tuple[str, bytes]], name: str) -> str | None:

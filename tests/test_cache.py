@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from dawning_streams import CacheInvalidationMessage
 from dawning_streams.cache import DistributedCache
 from dawning_streams.redis_pool import RedisPool
 from dawning_streams.settings import RedisSettings
@@ -34,3 +37,24 @@ async def test_a_value_set_through_redis_is_read_back_by_another_instance(redis_
     finally:
         await writer.on_stop()
         await reader.on_stop()
+
+
+async def test_a_value_read_from_redis_across_an_eviction_is_not_kept_locally(
+    redis_url: str,
+) -> None:
+    pool = RedisPool(RedisSettings(url=redis_url))
+    cache = DistributedCache(pool)
+    try:
+        await cache.set("7", b"stale", ttl_s=5, region="test-cache")
+        cache.local.evict(CacheInvalidationMessage(cache_key="7", region="test-cache"))
+        # The read is in flight (waiting on Redis) when the eviction arrives.
+        reading = asyncio.create_task(cache.get("7", region="test-cache"))
+        await asyncio.sleep(0)
+        cache.local.evict(CacheInvalidationMessage(cache_key="7", region="test-cache"))
+        assert await reading == b"stale"  # what Redis had when asked
+        assert cache.local.keys() == []  # but not served again from this process
+        # Without an eviction meanwhile, a read from Redis is kept.
+        assert await cache.get("7", region="test-cache") == b"stale"
+        assert cache.local.keys() == ["test-cache:7"]
+    finally:
+        await pool.on_stop()

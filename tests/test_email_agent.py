@@ -73,6 +73,9 @@ async def test_an_email_is_delivered_with_cc_html_priority_and_a_hidden_bcc(
     assert "<p>Welcome</p>" in got.get_payload()
     assert (got["X-Priority"], got["Importance"]) == ("1", "high")
     assert got["X-Dawning-Message-Id"] == str(message.message_id)
+    # Derived from MessageId alone, so a resend carries the same one.
+    domain = settings.smtp.sender.rpartition("@")[2].rstrip(">")
+    assert got["Message-ID"] == f"<{message.message_id}@{domain}>"
 
 
 async def test_a_redelivered_email_is_not_sent_twice(

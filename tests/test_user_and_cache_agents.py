@@ -7,6 +7,7 @@ import uuid
 
 import aiohttp
 import pytest
+import redis as sync_redis
 import redis.asyncio as redis
 
 from dawning_streams import (
@@ -16,11 +17,14 @@ from dawning_streams import (
     Settings,
     UserEventMessage,
     create_app,
+    decode,
 )
 from dawning_streams.agents import cache_invalidation, email_queue, user_event
+from dawning_streams.cache import LocalCache, redis_key
+from dawning_streams.names import evictions_topic
 
 from .handler_helpers import eventually, running
-from .kafka_helpers import caught_up
+from .kafka_helpers import caught_up, read_to_end
 
 pytestmark = pytest.mark.kafka
 
@@ -138,6 +142,8 @@ async def test_an_invalidation_evicts_the_local_level_and_records_it(
     app = app_with_agents(settings)
     region = f"r{uuid.uuid4().hex[:6]}"
     url = f"http://127.0.0.1:{settings.web.port}"
+    probe = RedisAtEviction(redis_url, f"{region}:42")
+    app.distributed_cache.local = probe
     async with running(app), aiohttp.ClientSession() as http:
         cache = app.distributed_cache
         await cache.set("42", b"profile", ttl_s=60, region=region)
@@ -154,6 +160,18 @@ async def test_an_invalidation_evicts_the_local_level_and_records_it(
             return await cache.client.exists(f"{region}:42") == 0
 
         await eventually(evicted)
+        # Evicted locally only once Redis no longer had the key: an instance
+        # missing locally then could not have reloaded the old value.
+        assert probe.redis_had_it == [False]
+        announced = await read_to_end(
+            settings.kafka.bootstrap_servers[0],
+            evictions_topic(settings.kafka.topics.cache_invalidation),
+        )
+        assert [
+            m.message_id
+            for m in (decode(r.value, CacheInvalidationMessage) for r in announced)
+            if m.region == region
+        ] == [invalidation.message_id]
 
         async def recorded():  # type: ignore[no-untyped-def]
             async with http.get(f"{url}/cache/invalidations") as response:
@@ -167,6 +185,21 @@ async def test_an_invalidation_evicts_the_local_level_and_records_it(
         assert await cache.client.get(f"{region}:42") == b"new profile"
     assert (entry["reason"], entry["removed"], entry["count"]) == ("profile edited", 1, 1)
     assert await cache_get_after_stop(redis_url, f"{region}:42") == b"new profile"
+
+
+class RedisAtEviction(LocalCache):
+    """A local level that notes, at each eviction of ``key``, whether Redis still had it."""
+
+    def __init__(self, redis_url: str, key: str) -> None:
+        super().__init__()
+        self.key = key
+        self.redis = sync_redis.from_url(redis_url)
+        self.redis_had_it: list[bool] = []
+
+    def evict(self, message: CacheInvalidationMessage) -> int:
+        if redis_key(message.cache_key or "", message.region) == self.key:
+            self.redis_had_it.append(bool(self.redis.exists(self.key)))
+        return super().evict(message)
 
 
 async def cache_get_after_stop(redis_url: str, key: str) -> bytes | None:
