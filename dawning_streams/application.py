@@ -24,7 +24,7 @@ from .cache import DistributedCache
 from .commands import register_commands
 from .handlers import Handler, HandlerError, HandlerOptions, handler_for
 from .kafka_security import faust_credentials
-from .lanes import Lane
+from .lanes import Lane, LaneGroup
 from .lock import DistributedLock
 from .mail import Mailer
 from .outages import (
@@ -138,8 +138,7 @@ class App(faust.App):
         self.mailer = Mailer(settings.smtp)
         self.handlers: dict[str, Handler[Any]] = {}
         #: Handler source topics whose records skip Faust's streams (see lanes.py).
-        self.lanes: dict[str, Lane] = {}
-        self._shared_topics: set[str] = set()
+        self.lanes: dict[str, Lane | LaneGroup] = {}
         self._declared: list[TopicT] = list(self.message_topics.values())
         register_commands(self)
         views.install(self)
@@ -201,16 +200,16 @@ class App(faust.App):
     def add_lane(self, lane: Lane) -> None:
         """Have the consumer hand ``lane.topic``'s records to ``lane`` (see lanes.py).
 
-        Two handlers on one topic each see every message: Faust's channels fan
-        it out, so such a topic stays on Faust's path.
+        The handlers of one topic each see every message: their lanes form a
+        :class:`LaneGroup`, which hands each record to all of them.
         """
-        if lane.topic in self._shared_topics:
-            return
-        if lane.topic in self.lanes:
-            del self.lanes[lane.topic]
-            self._shared_topics.add(lane.topic)
-            return
-        self.lanes[lane.topic] = lane
+        present = self.lanes.get(lane.topic)
+        if present is None:
+            self.lanes[lane.topic] = lane
+        elif isinstance(present, LaneGroup):
+            present.add(lane)
+        else:
+            self.lanes[lane.topic] = LaneGroup([present, lane])
 
     def topic_for(self, message_type: type[MessageBase]) -> TopicT:
         """The topic messages of ``message_type`` are published to."""

@@ -49,7 +49,7 @@ from . import faust_compat
 if TYPE_CHECKING:
     from faust.types import AppT
 
-__all__ = ["Lane", "acting_on"]
+__all__ = ["Lane", "LaneGroup", "acting_on"]
 
 #: Records a worker handles before it lets the event loop run other tasks.
 _YIELD_EVERY = 100
@@ -155,6 +155,9 @@ class Lane(Service):
         self._next_offset: dict[TP, int] = {}
         self._refused: dict[TP, int] = {}
         self._paused: set[TP] = set()
+        #: Whom a full buffer asks to stop fetching a partition: the consumer, or
+        #: the :class:`LaneGroup` of the topic's handlers.
+        self.fetching: Any = None
         super().__init__(**kwargs)
 
     def __repr__(self) -> str:
@@ -192,7 +195,7 @@ class Lane(Service):
         self._wakeup.set()
         if self._buffered >= self.max_buffered and tp not in self._paused:
             self._paused.add(tp)
-            self.app.consumer.on_buffer_full(tp)
+            (self.fetching or self.app.consumer).on_buffer_full(tp)
 
     def refuse(self, tp: TP, records: list[Any]) -> None:
         """Note a fetched batch of ``tp`` that will not be handled: the consumer's
@@ -271,7 +274,7 @@ class Lane(Service):
         self._resume_paused()
 
     def _resume_paused(self) -> None:
-        consumer = self.app.consumer
+        consumer = self.fetching or self.app.consumer
         for tp in self._paused:
             consumer.on_buffer_drop(tp)
         self._paused.clear()
@@ -421,3 +424,94 @@ class Lane(Service):
             if deadline is None:
                 deadline = loop.time() + self.batch_within_s
         return taken
+
+
+class LaneGroup(Service):
+    """The lanes of two or more handlers of one topic: each fetched record goes to
+    every one of them, and a partition is committed only up to where all of them
+    have handled it.
+
+    A lane that refuses a batch (it holds, or its partition is not ready) has the
+    consumer seek back to it; the lanes that took it skip it when it comes again.
+    A partition stops being fetched while any lane's buffer is full.
+    """
+
+    def __init__(self, lanes: list[Lane], **kwargs: Any) -> None:
+        self.lanes = lanes
+        self.topic = lanes[0].topic
+        self.app = lanes[0].app
+        #: Per partition, how many lanes have a full buffer.
+        self._full: dict[TP, int] = {}
+        for lane in lanes:
+            lane.fetching = self
+        super().__init__(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"<LaneGroup {self.topic} x{len(self.lanes)}>"
+
+    def on_init_dependencies(self) -> list[Lane]:
+        return self.lanes
+
+    def add(self, lane: Lane) -> None:
+        lane.fetching = self
+        self.lanes.append(lane)
+
+    # -- what a lane asks of the consumer ------------------------------------------
+
+    def on_buffer_full(self, tp: TP) -> None:
+        self._full[tp] = self._full.get(tp, 0) + 1
+        if self._full[tp] == 1:
+            self.app.consumer.on_buffer_full(tp)
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        left = self._full.get(tp, 0) - 1
+        if left > 0:
+            self._full[tp] = left
+            return
+        self._full.pop(tp, None)
+        self.app.consumer.on_buffer_drop(tp)
+
+    # -- what the consumer asks of a lane ------------------------------------------
+
+    def deliver(self, tp: TP, records: list[Any]) -> None:
+        for lane in self.lanes:
+            lane.deliver(tp, records)
+
+    def refuse(self, tp: TP, records: list[Any]) -> None:
+        for lane in self.lanes:
+            lane.refuse(tp, records)
+
+    def refused(self) -> dict[TP, int]:
+        merged: dict[TP, int] = {}
+        for lane in self.lanes:
+            for tp, offset in lane.refused().items():
+                merged[tp] = min(offset, merged.get(tp, offset))
+        return merged
+
+    def on_assign(self, assigned: set[TP]) -> None:
+        for lane in self.lanes:
+            lane.on_assign(assigned)
+
+    def hold(self) -> None:
+        for lane in self.lanes:
+            lane.hold()
+
+    def on_seek(self) -> None:
+        for lane in self.lanes:
+            lane.on_seek()
+
+    async def wait_idle(self) -> None:
+        for lane in self.lanes:
+            await lane.wait_idle()
+
+    @property
+    def paused(self) -> bool:
+        return any(lane.paused for lane in self.lanes)
+
+    def committable(self, tp: TP) -> int | None:
+        """The lowest of the lanes' offsets: none while any lane has handled nothing."""
+        offsets = [lane.committable(tp) for lane in self.lanes]
+        return None if None in offsets else min(offsets)  # type: ignore[type-var]
+
+    def partitions(self) -> list[TP]:
+        return sorted({tp for lane in self.lanes for tp in lane.partitions()})

@@ -75,8 +75,10 @@ async def test_two_handlers_on_one_topic_each_see_every_message(settings: Settin
     async def index(message: AuditLogMessage) -> None:
         second.add(message.action)
 
-    # Faust's channels fan the topic out to both; each timers topic has its lane.
-    assert list(app.lanes) == [store.timers_topic, index.timers_topic]
+    # One group of lanes hands the topic to both; each timers topic has its lane.
+    topic = app.topic_for(AuditLogMessage).get_topic_name()
+    assert list(app.lanes) == [topic, store.timers_topic, index.timers_topic]
+    assert [lane.handler for lane in app.lanes[topic].lanes] == ["store", "index"]
     async with running(app):
         await app.bus.publish_many([entry(uuid.uuid4(), str(i)) for i in range(20)])
         await first.wait_until(lambda items: len(items) == 20)

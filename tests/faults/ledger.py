@@ -258,12 +258,21 @@ async def committed_to_end(bootstrap: str, group: str, *topics: str) -> bool:
     """Whether ``group`` has committed every partition of ``topics`` to its end:
     then nothing of them can be handled again (offsets are committed after
     processing), so the journals are final. Poll it with ``eventually``."""
+    return not await behind(bootstrap, group, *topics)
+
+
+async def behind(bootstrap: str, group: str, *topics: str) -> dict[str, str]:
+    """``topic/partition`` -> ``committed < end`` for each partition not committed to its end."""
+    lagging = {}
     for topic in topics:
         ends = await end_offsets(bootstrap, topic)
+        if not ends:
+            lagging[topic] = "no partitions"
         committed = await committed_offsets(bootstrap, group, topic)
-        if not ends or any(committed.get(p, 0) < end for p, end in ends.items()):
-            return False
-    return True
+        for p, end in ends.items():
+            if committed.get(p, 0) < end:
+                lagging[f"{topic}/{p}"] = f"{committed.get(p)} < {end}"
+    return lagging
 
 
 def write_duplicates(path: Path, ledger: Ledger, calls: dict[str, list[tuple[int, float]]]) -> None:

@@ -41,6 +41,7 @@ from .fault_app import KINDS, KINDS_DIR_VAR, kind_topic
 from .ledger import (
     Call,
     Ledger,
+    behind,
     committed_offsets,
     committed_to_end,
     kind_calls,
@@ -189,11 +190,15 @@ async def test_every_handler_kind_through_a_fault(
         await eventually(lambda: not unhandled(), timeout_s=180, what="every handler done")
         done_s = time.time() - fault_at
         # Nothing more can come once every offset is committed.
-        await eventually(
-            lambda: committed_to_end(bootstrap, group_id, *topics),
-            timeout_s=60,
-            what="the group's offsets committed to the end of every topic",
-        )
+        try:
+            await eventually(
+                lambda: committed_to_end(bootstrap, group_id, *topics),
+                timeout_s=60,
+                what="the group's offsets committed to the end of every topic",
+            )
+        except AssertionError as exc:
+            lagging = await behind(bootstrap, group_id, *topics)
+            raise AssertionError(f"{exc}; behind: {lagging}") from None
         calls = kind_calls(w.folder for w in group)
         for worker in group:
             if worker is not victim:
