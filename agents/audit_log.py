@@ -17,13 +17,13 @@ from datetime import UTC, datetime, timedelta
 from faust.web import Request, Response, View
 
 from dawning_streams import App, AuditLogMessage, Handler
-from dawning_streams.audit_store import (
+from dawning_streams.ops.web import BadRequest, Query, error
+from dawning_streams.services.audit_store import (
     AuditQuery,
     AuditStore,
     SqliteAuditStore,
     open_audit_store,
 )
-from dawning_streams.web import BadRequest, Query, error
 
 __all__ = ["install"]
 

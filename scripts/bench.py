@@ -48,8 +48,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from dawning_streams import App, AuditLogMessage, EmailMessage, create_app
 from dawning_streams.agents import audit_log, email_queue
-from dawning_streams.codec import decode, encode
-from dawning_streams.settings import (
+from dawning_streams.core.codec import decode, encode
+from dawning_streams.core.settings import (
     AuditSettings,
     KafkaSettings,
     RedisSettings,

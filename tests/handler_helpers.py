@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dawning_streams import App
-from dawning_streams.partitioners import murmur2
+from dawning_streams.core.partitioners import murmur2
 
 
 @dataclass
