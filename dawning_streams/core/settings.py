@@ -5,10 +5,18 @@ Sources, first match wins:
 1. environment variables named ``DAWNING_`` + the key path joined with ``__``,
    in any case: ``DAWNING_KAFKA__BOOTSTRAPSERVERS``,
    ``DAWNING_KAFKA__PRODUCER__ACKS``, ``DAWNING_SMTP__PASSWORD``;
-2. the seed's ``appsettings.json`` shape (``{"Kafka": {...}, "Redis": {...}}``),
+2. the same key paths without the prefix, as ASP.NET Core names them
+   (``Kafka__BootstrapServers``, ``Kafka__Producer__Acks``, in any case), so
+   the gateway's own deployment variables configure a worker unchanged;
+3. the seed's ``appsettings.json`` shape (``{"Kafka": {...}, "Redis": {...}}``),
    from the file named by ``DAWNING_SETTINGS_FILE``, else ``./appsettings.json``
    when it exists, so the .NET gateway's file works unchanged;
-3. the defaults below, which are the seed's.
+4. the defaults below, which are the seed's.
+
+An unknown ``DAWNING_*`` or ``Kafka__*`` variable is an error. Other
+.NET-style variables of a section this project also has (``Redis__*``,
+``Smtp__*``...) are read when they name one of its settings and otherwise left
+alone: in the gateway's deployment those sections configure its own clients.
 
 Every bad value fails at start-up with a :class:`SettingsError` naming the key,
 the value and where it came from. Nothing else in the project reads
@@ -53,6 +61,8 @@ __all__ = [
 
 ENV_PREFIX = "DAWNING_"
 SETTINGS_FILE_VAR = f"{ENV_PREFIX}SETTINGS_FILE"
+#: .NET-style variables under this section must each name a setting (the seed's section).
+STRICT_DOTNET = "KAFKA__"
 
 Acks = Literal["all", 1, 0]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
@@ -583,13 +593,25 @@ class Settings:
         """Build settings from the environment, then ``appsettings.json``, then defaults."""
         environ = os.environ if environ is None else environ
         env = {k.upper(): v for k, v in environ.items() if k.upper().startswith(ENV_PREFIX)}
+        sections = {f.metadata["key"].upper() for f in dataclasses.fields(cls)}
+        dotnet = {
+            name.upper(): (name, value)
+            for name, value in environ.items()
+            if name.partition("__")[1] and name.partition("__")[0].upper() in sections
+        }
         path, document = _read_file(env.pop(SETTINGS_FILE_VAR, None) if file is None else file)
-        sources = _Sources(env, document, str(path) if path else "")
+        sources = _Sources(env, dotnet, document, str(path) if path else "")
         settings = sources.build(cls, ())
-        if sources.unused_env:
-            name = sorted(sources.unused_env)[0]
+        unknown = sorted(sources.unused_env) + sorted(
+            dotnet[name][0] for name in sources.unused_dotnet if name.startswith(STRICT_DOTNET)
+        )
+        if unknown:
+            name = unknown[0]
             raise SettingsError(
-                name, env[name], "is not a dawning-streams setting", source="environment"
+                name,
+                environ.get(name, env.get(name)),
+                "is not a dawning-streams setting",
+                source="environment",
             )
         return settings
 
@@ -632,11 +654,20 @@ def _read_file(file: str | Path | None) -> tuple[Path | None, Mapping[str, Any]]
 class _Sources:
     """Looks keys up in the environment, then the file, the way .NET configuration does."""
 
-    def __init__(self, env: Mapping[str, str], document: Mapping[str, Any], file: str) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        dotnet: Mapping[str, tuple[str, str]],
+        document: Mapping[str, Any],
+        file: str,
+    ) -> None:
         self.env = env
+        #: Upper-cased ``Section__Key`` -> (the variable's own name, its value).
+        self.dotnet = dotnet
         self.document = document
         self.file = file
         self.unused_env = set(env)
+        self.unused_dotnet = set(dotnet)
 
     def build(self, cls: type[C], path: tuple[str, ...]) -> C:
         values: dict[str, Any] = {}
@@ -664,10 +695,15 @@ class _Sources:
             ) from None
 
     def _lookup(self, key_path: tuple[str, ...]) -> tuple[Any, str] | None:
-        name = ENV_PREFIX + "__".join(key_path).upper()
+        dotnet = "__".join(key_path).upper()
+        name = ENV_PREFIX + dotnet
         if name in self.env:
             self.unused_env.discard(name)
+            self.unused_dotnet.discard(dotnet)
             return self.env[name], name
+        if dotnet in self.dotnet:
+            self.unused_dotnet.discard(dotnet)
+            return self.dotnet[dotnet][1], self.dotnet[dotnet][0]
         node: Any = self.document
         for key in key_path:
             if not isinstance(node, Mapping):

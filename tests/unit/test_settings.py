@@ -104,6 +104,43 @@ def test_environment_overrides_the_file_and_is_case_insensitive(tmp_path: Path) 
     assert settings.redis.url == "redis://cache:6380/2"
 
 
+def test_the_gateways_dotnet_variables_are_read_between_dawning_ones_and_the_file(
+    tmp_path: Path,
+) -> None:
+    file = tmp_path / "appsettings.json"
+    file.write_text(json.dumps(SEED_APPSETTINGS))
+    settings = load(
+        {
+            "DAWNING_SETTINGS_FILE": str(file),
+            "Kafka__BootstrapServers": "10.0.0.7:9092",
+            "KAFKA__PRODUCER__LINGERMS": "12",
+            "kafka__topics__auditlog": "gateway.audit",
+            "Kafka__ConsumerGroupId": "from-dotnet",
+            "DAWNING_KAFKA__CONSUMERGROUPID": "from-dawning",
+            "Smtp__Port": "2525",
+            # The gateway's own settings, in sections this project shares or not.
+            "Redis__ConnectionString": "redis:6379,abortConnect=false",
+            "Logging__LogLevel__Default": "Information",
+            "ASPNETCORE_ENVIRONMENT": "Production",
+        }
+    )
+    assert settings.kafka.bootstrap_servers == ("10.0.0.7:9092",)  # over the file
+    assert settings.kafka.producer.linger_ms == 12
+    assert settings.kafka.topics.audit_log == "gateway.audit"
+    assert settings.kafka.consumer_group_id == "from-dawning"  # DAWNING_ over .NET
+    assert settings.kafka.producer.acks == "all"  # from the file
+    assert settings.smtp.port == 2525
+
+
+def test_an_unknown_kafka_variable_is_refused_by_its_own_name(tmp_cwd: Path) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load({"Kafka__BootstrapServer": "10.0.0.7:9092"})
+    assert refused.value.key == "Kafka__BootstrapServer"
+    assert "is not a dawning-streams setting" in str(refused.value)
+    with pytest.raises(SettingsError, match=r"\(from Kafka__Partitions\)"):
+        load({"Kafka__Partitions": "0"})
+
+
 def test_settings_are_immutable(tmp_cwd: Path) -> None:
     settings = load()
     with pytest.raises(dataclasses.FrozenInstanceError):
