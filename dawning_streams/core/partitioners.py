@@ -2,9 +2,11 @@
 
 ``murmur2`` is Kafka's Java default (``Utils.murmur2(key) & 0x7fffffff % n``).
 ``consistent_random`` is librdkafka's, the default of the .NET Confluent
-client: ``crc32(key) % n``. Pick the one the .NET gateway uses, and one user's
-messages land in the same partition whichever side publishes them. Both send
-key-less messages to a random available partition.
+client and this project's: ``crc32(key) % n``. Pick the one the .NET gateway
+uses, and one user's messages land in the same partition whichever side
+publishes them. Both send key-less messages to a random available partition;
+``consistent_random`` also an empty key (``b""``), as librdkafka does, while
+``murmur2`` hashes it, as the Java client and librdkafka's ``murmur2_random`` do.
 """
 
 from __future__ import annotations
@@ -68,8 +70,9 @@ def murmur2(key: bytes | None, all_partitions: Sequence[int], available: Sequenc
 def consistent_random(
     key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]
 ) -> int:
-    """librdkafka's ``consistent_random``: CRC32 of the key."""
-    if key is None:
+    """librdkafka's ``consistent_random``: CRC32 of the key; an empty key, like
+    none, goes to a random available partition (librdkafka's ``keylen == 0``)."""
+    if not key:
         return _random(all_partitions, available)
     return all_partitions[zlib.crc32(key) % len(all_partitions)]
 

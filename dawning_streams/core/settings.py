@@ -400,7 +400,8 @@ class KafkaSettings:
     max_poll_interval_ms: int = _setting("MaxPollIntervalMs", _int(1), 300000)
     partitions: int = _setting("Partitions", _int(1), 3)
     replication_factor: int = _setting("ReplicationFactor", _int(1), 1)
-    partitioner: Partitioner = _setting("Partitioner", _choice(_PARTITIONERS), "murmur2")
+    # librdkafka's default, as the .NET gateway's Confluent.Kafka producers use it.
+    partitioner: Partitioner = _setting("Partitioner", _choice(_PARTITIONERS), "consistent_random")
     producer: ProducerSettings = _section("Producer", ProducerSettings)
     topics: TopicNames = _section("Topics", TopicNames)
     spool: SpoolSettings = _section("Spool", SpoolSettings)

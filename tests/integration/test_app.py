@@ -10,7 +10,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from dawning_streams import App, AuditLogMessage, Settings, create_app
-from dawning_streams.core.partitioners import murmur2
+from dawning_streams.core.partitioners import consistent_random
 
 from ..kafka_helpers import committed
 
@@ -49,7 +49,7 @@ async def test_the_live_producer_has_every_setting(running_app: App, settings: S
     assert producer._compression_type == "snappy"
     assert producer._message_accumulator._batch_size == 16384
     assert producer._message_accumulator._linger_time == pytest.approx(0.005)
-    assert producer._partitioner is murmur2
+    assert producer._partitioner is consistent_random
     await running_app.bus.publish(
         AuditLogMessage(user_id=uuid.uuid4(), action="login", entity_type="User")
     )

@@ -58,7 +58,7 @@ async def test_each_message_type_lands_on_its_topic_with_its_key(settings: Setti
             ack.offset,
         )
         assert record.key == key.encode()
-        assert record.partition == murmur2(record.key, [0, 1, 2], [0, 1, 2])
+        assert record.partition == consistent_random(record.key, [0, 1, 2], [0, 1, 2])
         assert record.timestamp == int(message.timestamp.timestamp() * 1000)
         decoded = decode(record.value, type(message))
         assert decoded == message
@@ -86,15 +86,17 @@ async def test_one_users_events_stay_in_order_on_one_partition(settings: Setting
     records = await read_topic(
         settings.kafka.bootstrap_servers[0], settings.kafka.topics.user_event, 50
     )
-    assert {r.partition for r in records} == {murmur2(str(user).encode(), [0, 1, 2], [])}
+    assert {r.partition for r in records} == {consistent_random(str(user).encode(), [0, 1, 2], [])}
     assert [decode(r.value, UserEventMessage).event_type for r in records] == [
         f"step.{n}" for n in range(50)
     ]
 
 
-async def test_the_consistent_random_partitioner_matches_librdkafka(settings: Settings) -> None:
+async def test_murmur2_stays_selectable_and_places_keys_as_the_java_client(
+    settings: Settings,
+) -> None:
     settings = dataclasses.replace(
-        settings, kafka=dataclasses.replace(settings.kafka, partitioner="consistent_random")
+        settings, kafka=dataclasses.replace(settings.kafka, partitioner="murmur2")
     )
     users = [uuid.uuid4() for _ in range(12)]
     async with create_app(settings).bus as bus:
@@ -105,7 +107,7 @@ async def test_the_consistent_random_partitioner_matches_librdkafka(settings: Se
         settings.kafka.bootstrap_servers[0], settings.kafka.topics.audit_log, 12
     )
     for record in records:
-        assert record.partition == consistent_random(record.key, [0, 1, 2], [])
+        assert record.partition == murmur2(record.key, [0, 1, 2], [])
     assert len({r.partition for r in records}) > 1
 
 

@@ -13,7 +13,7 @@ from aiokafka import TopicPartition
 from faust.types import TP
 
 from dawning_streams import App, AuditLogMessage, Settings, create_app, transport
-from dawning_streams.core.partitioners import murmur2
+from dawning_streams.core.partitioners import consistent_random
 from dawning_streams.kafka.lanes import Lane, _Progress
 
 from ..handler_helpers import Calls, eventually, running, same_partition_users
@@ -271,11 +271,11 @@ async def test_a_fetch_that_lands_while_the_consumer_seeks_is_fetched_again(
 
 
 def users_on_every_partition(each: int, partitions: int = 3) -> list[uuid.UUID]:
-    """``each`` user ids for every one of the ``partitions``, as murmur2 places them."""
+    """``each`` user ids for every one of the ``partitions``, placed by the default partitioner."""
     found: dict[int, list[uuid.UUID]] = defaultdict(list)
     while any(len(found[p]) < each for p in range(partitions)):
         user = uuid.uuid4()
-        found[murmur2(str(user).encode(), list(range(partitions)), [])].append(user)
+        found[consistent_random(str(user).encode(), list(range(partitions)), [])].append(user)
     return [user for p in range(partitions) for user in found[p][:each]]
 
 

@@ -60,6 +60,13 @@ def test_keyless_messages_go_to_an_available_partition(partitioner) -> None:  # 
     assert {partitioner(None, PARTITIONS, [1]) for _ in range(20)} == {1}
 
 
+def test_an_empty_key_is_keyless_to_consistent_random_and_hashed_by_murmur2() -> None:
+    assert {consistent_random(b"", PARTITIONS, PARTITIONS) for _ in range(100)} == {0, 1, 2}
+    assert {murmur2(b"", PARTITIONS, PARTITIONS) for _ in range(100)} == {
+        (murmur2_hash(b"") & 0x7FFFFFFF) % 3
+    }
+
+
 @pytest.mark.kafka
 @pytest.mark.parametrize(
     ("ours", "librdkafka"), [(consistent_random, "consistent_random"), (murmur2, "murmur2_random")]
@@ -77,20 +84,34 @@ async def test_each_key_lands_where_librdkafka_itself_puts_it(
         await admin.create_topics([NewTopic(topic, len(PARTITIONS), 1)])
     finally:
         await admin.close()
-    keys = [str(uuid.uuid4()).encode() for _ in range(150)]
+    # .NET's Guid.ToString() keys, as the gateway sends them, and odd ones.
+    keys = [str(uuid.uuid4()).encode() for _ in range(10_000)]
     keys += [random.randbytes(n) for n in range(1, 51)] + [b"user-42", b"21"]
     landed: dict[bytes, int] = {}
+    empty_landed: list[int] = []
 
     def delivered(error: object, message: Any) -> None:
         assert error is None, error
-        landed[message.key()] = message.partition()
+        if message.key():
+            landed[message.key()] = message.partition()
+        else:
+            empty_landed.append(message.partition())
 
     def produce() -> None:
         producer = confluent_kafka.Producer(
-            {"bootstrap.servers": bootstrap, "partitioner": librdkafka, "acks": "all"}
+            {
+                "bootstrap.servers": bootstrap,
+                "partitioner": librdkafka,
+                "acks": "all",
+                # Else a run of key-less records sticks to one partition for 10 ms.
+                "sticky.partitioning.linger.ms": 0,
+            }
         )
         for key in keys:
             producer.produce(topic, value=b"v", key=key, on_delivery=delivered)
+            producer.poll(0)
+        for _ in range(60):
+            producer.produce(topic, value=b"v", key=b"", on_delivery=delivered)
         assert producer.flush(30) == 0
 
     await asyncio.to_thread(produce)
@@ -98,3 +119,8 @@ async def test_each_key_lands_where_librdkafka_itself_puts_it(
     wrong = {k: (p, ours(k, PARTITIONS, PARTITIONS)) for k, p in landed.items()}
     wrong = {k: v for k, v in wrong.items() if v[0] != v[1]}
     assert wrong == {}, f"{len(wrong)} keys where librdkafka and ours disagree: {wrong}"
+    # An empty key: one partition each time, or several, on both sides alike.
+    ours_empty = {ours(b"", PARTITIONS, PARTITIONS) for _ in range(60)}
+    assert (len(set(empty_landed)) > 1) == (len(ours_empty) > 1), (empty_landed, ours_empty)
+    if len(ours_empty) == 1:
+        assert set(empty_landed) == ours_empty

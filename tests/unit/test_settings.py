@@ -69,7 +69,11 @@ def test_defaults_are_the_seeds(tmp_cwd: Path) -> None:
         "dawning.config-changed",
         "dawning.cache-invalidation",
     )
-    assert (kafka.partitions, kafka.replication_factor, kafka.partitioner) == (3, 1, "murmur2")
+    assert (kafka.partitions, kafka.replication_factor, kafka.partitioner) == (
+        3,
+        1,
+        "consistent_random",
+    )
 
 
 def test_the_gateways_appsettings_json_is_read_unchanged(tmp_cwd: Path) -> None:
