@@ -37,6 +37,8 @@ def install(app: App) -> Handler[AuditLogMessage]:
     settings = app.dawning_settings.audit
     store: AuditStore = open_audit_store(settings.store_url)
     app.add_dependency(store)
+    if store.reachability is not None:
+        app.watch(store.reachability)
     app.audit_store = store  # type: ignore[attr-defined]
 
     @app.handler(

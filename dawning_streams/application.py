@@ -126,6 +126,7 @@ class App(faust.App):
         self.telemetry.metrics.buffer_source = self._buffer_sizes
         #: Kafka's reachability: logged on each change, on /ready and in metrics.
         self.kafka_state = Dependency("Kafka", ",".join(kafka.bootstrap_servers), self._waiting)
+        self._watched: list[Dependency] = []
         self.telemetry.metrics.down_source = lambda: [
             (state.name.lower(), state.down_s) for state in self.dependencies
         ]
@@ -335,7 +336,17 @@ class App(faust.App):
     @property
     def dependencies(self) -> list[Dependency]:
         """The services this worker needs, each with its reachability."""
-        return [self.kafka_state, self.redis.reachability, self.mailer.reachability]
+        return [
+            self.kafka_state,
+            self.redis.reachability,
+            self.mailer.reachability,
+            *self._watched,
+        ]
+
+    def watch(self, dependency: Dependency) -> None:
+        """Count another service among :attr:`dependencies`: its time down is a
+        metric (``dawning.dependency.down``), beside Kafka's, Redis's and SMTP's."""
+        self._watched.append(dependency)
 
     def _waiting(self) -> str:
         """What waits on Kafka, for the outage's summary line."""

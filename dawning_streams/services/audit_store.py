@@ -25,6 +25,7 @@ from mode import Service
 
 from dawning_streams.core.errors import DawningError
 from dawning_streams.core.records import AuditLogMessage
+from dawning_streams.kafka.outages import Dependency
 
 __all__ = ["AuditQuery", "AuditStore", "AuditStoreError", "open_audit_store"]
 
@@ -82,6 +83,9 @@ def _row(message: AuditLogMessage) -> tuple[Any, ...]:
 
 class AuditStore(Service):
     """Base of the stores: ``write`` a batch, ``query`` with filters."""
+
+    #: A store on a server: whether it answers (see ``App.watch``).
+    reachability: Dependency | None = None
 
     async def write(self, messages: Sequence[AuditLogMessage]) -> int:
         """Store ``messages``; returns how many were new."""
@@ -192,7 +196,21 @@ class PostgresAuditStore(AuditStore):
     def __init__(self, url: str, **kwargs: object) -> None:
         self.url = url
         self._pool: asyncpg.Pool | None = None
+        #: Logged once when the database stops answering and once when it is back.
+        self.reachability = self._state = Dependency("PostgreSQL", _address(url))
         super().__init__(**kwargs)  # type: ignore[arg-type]
+
+    async def _call(self, method: str, sql: str, *args: Any) -> Any:
+        """``pool.<method>(sql, *args)``, noting the database's reachability."""
+        try:
+            result = await getattr(self._ready(), method)(sql, *args)
+        except _UNREACHABLE as exc:
+            self._state.down(exc)
+            raise AuditStoreError(f"PostgreSQL audit store: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise AuditStoreError(f"PostgreSQL audit store: {exc}") from exc
+        self._state.up()
+        return result
 
     async def on_start(self) -> None:
         try:
@@ -223,10 +241,7 @@ class PostgresAuditStore(AuditStore):
             "ON CONFLICT (message_id) DO NOTHING"
         )
         rows = [_row(m) for m in messages]
-        try:
-            status = await self._ready().execute(sql, *[list(c) for c in zip(*rows, strict=True)])
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise AuditStoreError(f"PostgreSQL audit store: {exc}") from exc
+        status = await self._call("execute", sql, *[list(c) for c in zip(*rows, strict=True)])
         return int(status.rsplit(" ", 1)[-1])
 
     async def query(self, query: AuditQuery) -> list[dict[str, Any]]:
@@ -235,20 +250,26 @@ class PostgresAuditStore(AuditStore):
             f"SELECT {', '.join(COLUMNS)} FROM audit_log{where} "
             f"ORDER BY occurred_at DESC, message_id LIMIT ${len(args) + 1}"
         )
-        try:
-            rows = await self._ready().fetch(sql, *args, query.limit)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise AuditStoreError(f"PostgreSQL audit store: {exc}") from exc
+        rows = await self._call("fetch", sql, *args, query.limit)
         return [{k: _plain(v) for k, v in dict(row).items()} for row in rows]
 
     async def delete_older_than(self, cutoff: datetime) -> int:
-        try:
-            status = await self._ready().execute(
-                "DELETE FROM audit_log WHERE occurred_at < $1", cutoff
-            )
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise AuditStoreError(f"PostgreSQL audit store: {exc}") from exc
+        status = await self._call("execute", "DELETE FROM audit_log WHERE occurred_at < $1", cutoff)
         return int(status.rsplit(" ", 1)[-1])
+
+
+#: What a database that does not answer raises (a refused query is not an outage).
+_UNREACHABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+)
+
+
+def _address(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}/{parts.path.lstrip('/')}"
 
 
 def open_audit_store(url: str) -> AuditStore:
