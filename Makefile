@@ -32,6 +32,10 @@ test: install lint browser
 browser:
 	scripts/browser.sh
 
+## The unit tier: settings, the wire format, declarations, the layers; no services.
+test-unit: install
+	$(VENV)/bin/pytest tests/unit
+
 ## Only the fault scenarios, on the faults profile's own Kafka, Redis and SMTP
 ## sink; prints a row of figures per scenario, also in .local/faults/report.json.
 test-faults: install

@@ -18,10 +18,10 @@ import aiohttp
 from faust.web import Request, Response, View
 
 from dawning_streams import AlertNotificationMessage, App, EmailMessage, Handler, encode
-from dawning_streams.errors import DawningError
-from dawning_streams.replica import TableReplica
+from dawning_streams.core.errors import DawningError
+from dawning_streams.kafka.replica import TableReplica
+from dawning_streams.ops.web import error
 from dawning_streams.tables import alert_rules
-from dawning_streams.web import error
 
 __all__ = ["WebhookError", "install"]
 

@@ -17,13 +17,13 @@ from datetime import UTC, datetime, timedelta
 from faust.web import Request, Response, View
 
 from dawning_streams import App, AuditLogMessage, Handler
-from dawning_streams.audit_store import (
+from dawning_streams.ops.web import BadRequest, Query, error
+from dawning_streams.services.audit_store import (
     AuditQuery,
     AuditStore,
     SqliteAuditStore,
     open_audit_store,
 )
-from dawning_streams.web import BadRequest, Query, error
 
 __all__ = ["install"]
 
@@ -37,6 +37,8 @@ def install(app: App) -> Handler[AuditLogMessage]:
     settings = app.dawning_settings.audit
     store: AuditStore = open_audit_store(settings.store_url)
     app.add_dependency(store)
+    if store.reachability is not None:
+        app.watch(store.reachability)
     app.audit_store = store  # type: ignore[attr-defined]
 
     @app.handler(

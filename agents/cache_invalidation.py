@@ -13,7 +13,7 @@ The order is what keeps a stale value from surviving:
   delete, being idempotent, finishes; a redelivery after the marker skips;
 * local levels are evicted only after the Redis delete, so an instance that
   misses locally afterwards reads Redis, which no longer has the value (and
-  :class:`~dawning_streams.cache.LocalCache` refuses a value read from Redis
+  :class:`~dawning_streams.services.cache.LocalCache` refuses a value read from Redis
   before an eviction it applied meanwhile).
 
 Views: ``GET /cache/invalidations`` (this instance's partitions of the table)
@@ -28,9 +28,9 @@ from aiokafka.structs import ConsumerRecord
 from faust.web import Request, Response, View
 
 from dawning_streams import App, CacheInvalidationMessage, Handler, decode
-from dawning_streams.broadcast import Broadcast
-from dawning_streams.cache import unlink_matching
-from dawning_streams.names import evictions_topic, invalidation_key
+from dawning_streams.core.names import evictions_topic, invalidation_key
+from dawning_streams.kafka.broadcast import Broadcast
+from dawning_streams.services.cache import unlink_matching
 from dawning_streams.tables import cache_invalidations
 
 __all__ = ["INVALIDATION_MARKER_TTL_S", "install"]

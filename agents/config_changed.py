@@ -2,7 +2,7 @@
 
 The worker owning a message's partition writes the new value with the next
 version into the table; every instance replays the table's changelog into
-``app.shared_config`` (see :mod:`dawning_streams.shared_config`), so all of
+``app.shared_config`` (see :mod:`dawning_streams.services.shared_config`), so all of
 them see every change and can ``app.shared_config.on_change(callback)``.
 
 Views (answered by any instance, from its replica): ``GET /config``,
@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from faust.web import Request, Response, View
 
 from dawning_streams import App, ConfigChangedMessage, Handler
-from dawning_streams.shared_config import config_key
+from dawning_streams.ops.web import error
+from dawning_streams.services.shared_config import config_key
 from dawning_streams.tables import config_values
-from dawning_streams.web import error
 
 __all__ = ["install"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from dawning_streams import App, EmailMessage, Handler, Retry
-from dawning_streams.names import email_sent_key
+from dawning_streams.core.names import email_sent_key
 
 __all__ = ["EMAIL_RETRY", "SENT_MARKER_TTL_S", "install"]
 

@@ -17,8 +17,8 @@ from faust.web import Request, Response, View
 from mode import Service
 
 from dawning_streams import App, Handler, SystemEventMessage
-from dawning_streams.replica import TableReplica
-from dawning_streams.shared_config import ConfigEntry
+from dawning_streams.kafka.replica import TableReplica
+from dawning_streams.services.shared_config import ConfigEntry
 from dawning_streams.tables import instances
 
 __all__ = ["HEARTBEAT_S", "LifecycleReporter", "install"]

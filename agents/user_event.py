@@ -28,8 +28,8 @@ from dawning_streams import (
     MessageBase,
     UserEventMessage,
 )
+from dawning_streams.ops.web import error
 from dawning_streams.tables import user_state
-from dawning_streams.web import error
 
 __all__ = ["install"]
 

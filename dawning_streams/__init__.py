@@ -1,12 +1,19 @@
 """dawning-streams: Celery-style messaging for the Dawning Gateway on Kafka and Faust."""
 
-from .application import App, create_app
-from .bus import KafkaMessageBus, MessageBus, NullMessageBus, create_bus
-from .codec import decode, encode
-from .delivery import CurrentDelivery, current_delivery
-from .errors import DawningError, MessageDecodeError, PublishError, SettingsError
-from .handlers import Handler, HandlerError
-from .records import (
+from dawning_streams.application import App, create_app, create_bus
+from dawning_streams.bus.message_bus import (
+    KafkaMessageBus,
+    MessageBus,
+    NullMessageBus,
+)
+from dawning_streams.core.codec import decode, encode
+from dawning_streams.core.errors import (
+    DawningError,
+    MessageDecodeError,
+    PublishError,
+    SettingsError,
+)
+from dawning_streams.core.records import (
     AlertNotificationMessage,
     AuditLogMessage,
     CacheInvalidationMessage,
@@ -16,8 +23,10 @@ from .records import (
     SystemEventMessage,
     UserEventMessage,
 )
-from .retry import Expired, Reject, Retry, RetryLater
-from .settings import Settings
+from dawning_streams.core.retry import Expired, Reject, Retry, RetryLater
+from dawning_streams.core.settings import Settings
+from dawning_streams.handlers.delivery import CurrentDelivery, current_delivery
+from dawning_streams.handlers.handler import Handler, HandlerError
 
 __all__ = [
     "AlertNotificationMessage",

@@ -3,6 +3,6 @@
 Equivalent to ``faust -A dawning_streams.app ...``, without naming the app.
 """
 
-from .app import app
+from dawning_streams.app import app
 
 app.main()

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import importlib
 
-from .application import create_app
-from .errors import SettingsError
-from .settings import Settings
+from dawning_streams.application import create_app
+from dawning_streams.core.errors import SettingsError
+from dawning_streams.core.settings import Settings
 
 settings = Settings.load()
 app = create_app(settings)

@@ -1,4 +1,4 @@
-"""The Faust app, built from :class:`~dawning_streams.settings.Settings`."""
+"""The Faust app, built from :class:`~dawning_streams.core.settings.Settings`."""
 
 from __future__ import annotations
 
@@ -18,16 +18,21 @@ from faust.serializers import codecs as faust_codecs
 from faust.types import TopicT
 from mode import ServiceT
 
-from . import codec, faust_compat, views
-from .bus import KafkaMessageBus
-from .cache import DistributedCache
-from .commands import register_commands
-from .handlers import Handler, HandlerError, HandlerOptions, handler_for
-from .kafka_security import faust_credentials
-from .lanes import Lane, LaneGroup
-from .lock import DistributedLock
-from .mail import Mailer
-from .outages import (
+from dawning_streams.bus.message_bus import KafkaMessageBus, NullMessageBus
+from dawning_streams.core import codec
+from dawning_streams.core.partitioners import partitioner_for
+from dawning_streams.core.records import MessageBase, message_types
+from dawning_streams.core.settings import Settings, shown
+from dawning_streams.handlers.handler import (
+    Handler,
+    HandlerError,
+    HandlerOptions,
+    handler_for,
+)
+from dawning_streams.handlers.timers import REVOKE_WAIT_S
+from dawning_streams.kafka import faust_compat
+from dawning_streams.kafka.lanes import Lane, LaneGroup
+from dawning_streams.kafka.outages import (
     Dependency,
     KafkaUnreachable,
     KafkaWatch,
@@ -36,16 +41,18 @@ from .outages import (
     quiet_client_logs,
     wait_for_kafka,
 )
-from .partitioners import partitioner_for
-from .records import MessageBase, message_types
-from .redis_pool import RedisPool
-from .scheduler import Scheduler
-from .settings import Settings, shown
-from .shared_config import SharedConfig
-from .telemetry import Telemetry
-from .timers import REVOKE_WAIT_S
+from dawning_streams.kafka.security import faust_credentials
+from dawning_streams.observability.telemetry import Telemetry
+from dawning_streams.ops import views
+from dawning_streams.ops.cli import register_commands
+from dawning_streams.services.cache import DistributedCache
+from dawning_streams.services.lock import DistributedLock
+from dawning_streams.services.mail import Mailer
+from dawning_streams.services.redis_pool import RedisPool
+from dawning_streams.services.scheduler import Scheduler
+from dawning_streams.services.shared_config import SharedConfig
 
-__all__ = ["App", "create_app"]
+__all__ = ["App", "create_app", "create_bus"]
 
 #: The seed's seven types, whose topics ``Kafka:Topics`` names.
 _SEED_TYPES = [cls for cls in message_types().values() if cls.topic_setting]
@@ -119,6 +126,7 @@ class App(faust.App):
         self.telemetry.metrics.buffer_source = self._buffer_sizes
         #: Kafka's reachability: logged on each change, on /ready and in metrics.
         self.kafka_state = Dependency("Kafka", ",".join(kafka.bootstrap_servers), self._waiting)
+        self._watched: list[Dependency] = []
         self.telemetry.metrics.down_source = lambda: [
             (state.name.lower(), state.down_s) for state in self.dependencies
         ]
@@ -158,7 +166,7 @@ class App(faust.App):
         comes from the function's annotation. Options: ``retry=Retry(...)``,
         ``dead_letter=True``, ``ordered=False``, ``concurrency=1``, and
         ``batch_size``/``batch_within_s`` for a handler of lists. See
-        :mod:`dawning_streams.handlers`.
+        :mod:`dawning_streams.handlers.handler`.
         """
         try:
             chosen = HandlerOptions(**options)
@@ -179,7 +187,7 @@ class App(faust.App):
         self, *, every_s: float, name: str | None = None, lock_ttl_s: float | None = None
     ) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
         """Run the decorated coroutine function every ``every_s`` seconds, on one
-        instance at a time (see :mod:`dawning_streams.scheduler`)."""
+        instance at a time (see :mod:`dawning_streams.services.scheduler`)."""
 
         def decorate(fn: Callable[[], Any]) -> Callable[[], Any]:
             self.scheduler.add(fn, every_s=every_s, name=name, lock_ttl_s=lock_ttl_s)
@@ -327,7 +335,17 @@ class App(faust.App):
     @property
     def dependencies(self) -> list[Dependency]:
         """The services this worker needs, each with its reachability."""
-        return [self.kafka_state, self.redis.reachability, self.mailer.reachability]
+        return [
+            self.kafka_state,
+            self.redis.reachability,
+            self.mailer.reachability,
+            *self._watched,
+        ]
+
+    def watch(self, dependency: Dependency) -> None:
+        """Count another service among :attr:`dependencies`: its time down is a
+        metric (``dawning.dependency.down``), beside Kafka's, Redis's and SMTP's."""
+        self._watched.append(dependency)
 
     def _waiting(self) -> str:
         """What waits on Kafka, for the outage's summary line."""
@@ -395,3 +413,10 @@ class App(faust.App):
 def create_app(settings: Settings | None = None, **options: Any) -> App:
     """A new app from ``settings`` (default: :meth:`Settings.load`)."""
     return App(settings if settings is not None else Settings.load(), **options)
+
+
+def create_bus(settings: Settings) -> KafkaMessageBus | NullMessageBus:
+    """The bus ``settings`` call for: Kafka, or the null bus when Kafka is disabled."""
+    if not settings.kafka.enabled:
+        return NullMessageBus()
+    return create_app(settings).bus

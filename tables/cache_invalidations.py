@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dawning_streams import App
-from dawning_streams.keyed_table import message_keyed_table
+from dawning_streams.kafka.tables import message_keyed_table
 
 __all__ = ["create"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from dawning_streams.settings import (
+from dawning_streams.core.settings import (
     KafkaSettings,
     RedisSettings,
     Settings,

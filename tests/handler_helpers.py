@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dawning_streams import App
-from dawning_streams.partitioners import murmur2
+from dawning_streams.core.partitioners import consistent_random
 
 
 @dataclass
@@ -67,10 +67,10 @@ async def running(app: App) -> AsyncIterator[App]:
 
 
 def same_partition_users(count: int, partitions: int = 3) -> list[uuid.UUID]:
-    """``count`` user ids whose messages murmur2 puts on one partition."""
+    """``count`` user ids whose messages the default partitioner puts on one partition."""
     users: list[uuid.UUID] = []
     while len(users) < count:
         user = uuid.uuid4()
-        if murmur2(str(user).encode(), list(range(partitions)), []) == 0:
+        if consistent_random(str(user).encode(), list(range(partitions)), []) == 0:
             users.append(user)
     return users

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 
 from dawning_streams import Settings
-from dawning_streams.settings import WebSettings
+from dawning_streams.core.settings import WebSettings
 
 from .conftest import ROOT, free_port
 

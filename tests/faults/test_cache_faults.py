@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as redis
 
 from dawning_streams import CacheInvalidationMessage, Settings, create_app
-from dawning_streams.names import invalidation_key
+from dawning_streams.core.names import invalidation_key
 
 from ..handler_helpers import eventually
 from ..workers import spawn, workers

@@ -24,7 +24,7 @@ from dawning_streams import (
     UserEventMessage,
     encode,
 )
-from dawning_streams.names import Header, dead_letter_topic
+from dawning_streams.core.names import Header, dead_letter_topic
 
 from ..handler_helpers import eventually
 from ..kafka_helpers import read_to_end
@@ -182,6 +182,8 @@ async def test_poison_on_every_topic_is_dead_lettered_and_the_worker_goes_on(
         assert [r.value for r in found] == [value for value, _ in expected], topic
         for record, (_, reason) in zip(found, expected, strict=True):
             headers = {k: v.decode() for k, v in record.headers}
-            assert headers[Header.EXCEPTION_TYPE] == "dawning_streams.errors.MessageDecodeError"
+            assert (
+                headers[Header.EXCEPTION_TYPE] == "dawning_streams.core.errors.MessageDecodeError"
+            )
             assert headers[Header.EXCEPTION_MESSAGE].startswith(reason), (topic, headers)
             assert headers[Header.ORIGINAL_TOPIC] == topic

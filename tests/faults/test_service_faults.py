@@ -21,7 +21,7 @@ from dawning_streams import (
     decode,
     encode,
 )
-from dawning_streams.names import Header, dead_letter_topic
+from dawning_streams.core.names import Header, dead_letter_topic
 
 from ..conftest import ROOT
 from ..handler_helpers import eventually
@@ -307,7 +307,7 @@ async def test_with_smtp_down_emails_are_dead_lettered_then_replayed_and_all_del
     for letter in letters:
         headers = {k: v.decode() for k, v in letter.headers}
         assert headers[Header.ATTEMPT] == "4"
-        assert headers[Header.EXCEPTION_TYPE] == "dawning_streams.mail.MailError"
+        assert headers[Header.EXCEPTION_TYPE] == "dawning_streams.services.mail.MailError"
         assert "could not reach SMTP" in headers[Header.EXCEPTION_MESSAGE]
     assert sorted(got) == sorted(subjects)
 

@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 
 from dawning_streams import App, AuditLogMessage, Settings, UserEventMessage, create_app
-from dawning_streams.names import dead_letter_topic
-from dawning_streams.reading import read_to_end
-from dawning_streams.timers import pending_timers
+from dawning_streams.core.names import dead_letter_topic
+from dawning_streams.handlers.timers import pending_timers
+from dawning_streams.kafka.reading import read_to_end
 
 from ..handler_helpers import eventually
 from ..workers import Worker, spawn, workers

@@ -1,0 +1,400 @@
+"""The publishing core: send through a producer, spool what the broker does not take.
+
+:class:`Publisher` is built from a :class:`ProducerPort` (a producer and the
+topics it must declare), a spool and settings, not from the app. The bus
+(:mod:`dawning_streams.bus.message_bus`) runs one on the worker's Faust producer, and one
+per event loop on a plain aiokafka producer in every other process
+(:mod:`dawning_streams.bus.sending`).
+
+``publish`` does not raise when the broker is unreachable, at start-up or
+later: a message the broker has not acknowledged within
+``Kafka:Spool:SendTimeoutMs`` goes to the durable spool
+(:mod:`dawning_streams.bus.spool`), and so does every message after it until the
+spool has been delivered, in order. It raises only for a message the broker
+refuses for good (:class:`PublishError`) and when the spool is full
+(:class:`SpoolFullError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable
+from typing import NamedTuple, Protocol
+
+from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
+from faust.exceptions import FaustError, ProducerSendError
+from mode import Service
+
+from dawning_streams.bus.spool import Spool, SpooledRecord
+from dawning_streams.core.codec import encode
+from dawning_streams.core.errors import PublishError
+from dawning_streams.core.records import MessageBase
+
+__all__ = ["Outgoing", "ProducerPort", "Publisher", "reason", "refused_for_good"]
+
+logger = logging.getLogger(__name__)
+
+#: What an unreachable (or too slow) broker looks like to a publisher.
+UNREACHABLE = (KafkaError, FaustError, TimeoutError)
+#: Spooled records sent per round trip while the spool drains.
+_DRAIN_BATCH = 500
+
+
+class ProducerPort(Protocol):
+    """The producer a :class:`Publisher` sends through."""
+
+    async def connect(self) -> None:
+        """Start the producer and declare the topics it needs; raise if unreachable."""
+        ...
+
+    async def send_record(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        """Hand one record to the producer; the future resolves on the broker's ack."""
+        ...
+
+    def counted(self, topic: str, pending: Awaitable[RecordMetadata]) -> Awaitable[RecordMetadata]:
+        """``pending``, counted in ``kafka.producer.send.total`` when the broker answers."""
+        ...
+
+    async def close(self) -> None:
+        """Flush what was sent, and stop the producer if this port started it."""
+        ...
+
+
+class Outgoing(NamedTuple):
+    """One record as the producer takes it, but for its value.
+
+    The value is encoded when the record is handed to the producer, which
+    copies it into a batch, and again only if the record must be spooled:
+    keeping every encoded value of a pipelined batch alive until its ack
+    costs more than encoding it (fresh memory for each).
+    """
+
+    topic: str
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+    timestamp_ms: int | None
+    message: MessageBase
+
+    @property
+    def value(self) -> bytes:
+        return encode(self.message)
+
+    @property
+    def what(self) -> str:
+        """The message, as errors and logs name it."""
+        return f"{self.message.message_type} {self.message.message_id}"
+
+
+class Publisher(Service):
+    """Publishes records through ``port``, and spools them while it cannot."""
+
+    def __init__(
+        self,
+        port: ProducerPort,
+        spool: Spool,
+        *,
+        send_timeout_s: float,
+        sends: Counter[tuple[str, str]],
+        **kwargs: object,
+    ) -> None:
+        self.port = port
+        self.spool = spool
+        self._send_timeout_s = send_timeout_s
+        #: (topic, "ok" or "error") -> sends, as the metrics read them.
+        self.sends = sends
+        self._connected = False
+        #: Set while the spool holds records: new messages queue up behind them.
+        self._spooling = False
+        self._spool_waiting = asyncio.Event()
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+
+    async def on_start(self) -> None:
+        await self.spool.open()
+        if self.spool.count:
+            logger.warning(
+                "%d messages wait in the spool %s from an earlier run; delivering them first",
+                self.spool.count,
+                self.spool.path,
+            )
+            self._start_spooling()
+        try:
+            await self.connect()
+        except (*UNREACHABLE, PublishError) as exc:
+            logger.warning(
+                "Kafka is unreachable (%s); messages go to the spool %s until it is back",
+                reason(exc),
+                self.spool.path,
+            )
+            self._start_spooling()
+
+    async def on_shutdown(self) -> None:
+        # After the spool's delivery task has stopped.
+        if self.spool.count:
+            logger.warning(
+                "stopping with %d messages in the spool %s; they are delivered on the next start",
+                self.spool.count,
+                self.spool.path,
+            )
+        await self.spool.close()
+        await self.port.close()
+
+    async def connect(self) -> None:
+        """Connect the port within the send timeout."""
+        async with asyncio.timeout(self._send_timeout_s):
+            await self.port.connect()
+        self._connected = True
+
+    async def send(self, record: Outgoing) -> Awaitable[RecordMetadata]:
+        """Hand ``record`` to the producer; no spool, no timeout."""
+        try:
+            ack = await self.port.send_record(
+                record.topic,
+                record.key,
+                record.value,
+                timestamp_ms=record.timestamp_ms,
+                headers=record.headers,
+            )
+        except (KafkaError, ProducerSendError) as exc:
+            if refused_for_good(exc):
+                raise PublishError(f"{record.what}: {exc!r}") from exc
+            raise
+        return self.port.counted(record.topic, ack)
+
+    async def publish(self, records: list[Outgoing]) -> list[RecordMetadata | None]:
+        """Send ``records`` pipelined; spool from the first one not acknowledged in time.
+
+        A record the broker refuses for good is neither sent nor spooled: once
+        the others are published (or spooled), :class:`PublishError` names it.
+        """
+        receipts: list[RecordMetadata | None] = [None] * len(records)
+        refused: dict[int, str] = {}
+        unencodable: dict[int, str] = {}
+        confirmed = 0  # records[:confirmed] are acknowledged or refused
+        if not self._spooling:
+            port = self.port
+            # In this loop rather than a coroutine per step: this is every message's path.
+            send = port.send_record
+            sends = self.sends
+            pending: list[asyncio.Future[RecordMetadata] | None] = []
+            loop = asyncio.get_running_loop()
+            timeout_s = self._send_timeout_s
+            try:
+                # The deadline is for progress: each wait for an ack gets all of
+                # it (less a hundredth, so that a timer is not replaced by an
+                # equal one for every message).
+                set_at = loop.time()
+                async with asyncio.timeout(timeout_s) as deadline:
+                    for n, record in enumerate(records):
+                        ack = None
+                        value = self._encoded(records, n, unencodable)
+                        if value is not None:
+                            try:
+                                ack = await send(
+                                    record.topic,
+                                    record.key,
+                                    value,
+                                    timestamp_ms=record.timestamp_ms,
+                                    headers=record.headers,
+                                )
+                            except (KafkaError, ProducerSendError) as exc:
+                                if not refused_for_good(exc):
+                                    raise
+                                refused[n] = f"{record.what}: {exc!r}"
+                        pending.append(ack)
+                    for ack in pending:
+                        if ack is not None:
+                            if not ack.done() and loop.time() - set_at > timeout_s / 100:
+                                set_at = loop.time()
+                                deadline.reschedule(set_at + timeout_s)
+                            topic = records[confirmed].topic
+                            try:
+                                receipts[confirmed] = await ack
+                            except KafkaError as exc:
+                                if not refused_for_good(exc):
+                                    raise
+                                sends[(topic, "error")] += 1
+                                refused[confirmed] = f"{records[confirmed].what}: {exc!r}"
+                            else:
+                                sends[(topic, "ok")] += 1
+                        confirmed += 1
+            except BaseException as exc:
+                # What was sent but not awaited is counted when the broker answers.
+                for n in range(confirmed, len(pending)):
+                    ack = pending[n]
+                    if ack is not None:
+                        port.counted(records[n].topic, ack)
+                if not isinstance(exc, UNREACHABLE):
+                    raise
+                logger.warning(
+                    "Kafka did not take %s (%s); spooling it and what follows to %s",
+                    records[confirmed].what,
+                    reason(exc),
+                    self.spool.path,
+                )
+                self._start_spooling()
+        for n in range(confirmed, len(records)):
+            if n in refused or n in unencodable:
+                continue
+            value = self._encoded(records, n, unencodable)
+            if value is not None:
+                record = records[n]
+                await self.spool.append(
+                    record.topic, record.key, value, record.headers, record.timestamp_ms
+                )
+                self._spool_waiting.set()
+        problems = [
+            f"{what} " + "; ".join(named[n] for n in sorted(named))
+            for what, named in (("the broker refused", refused), ("cannot encode", unencodable))
+            if named
+        ]
+        if problems:
+            raise PublishError("; ".join(problems))
+        return receipts
+
+    @staticmethod
+    def _encoded(records: list[Outgoing], n: int, unencodable: dict[int, str]) -> bytes | None:
+        """The value of ``records[n]``, or None (noted in ``unencodable``) if it has none."""
+        try:
+            return encode(records[n].message)
+        except TypeError as exc:  # a field's value orjson cannot write
+            unencodable[n] = f"{records[n].what} ({exc})"
+            return None
+
+    def _start_spooling(self) -> None:
+        self._spooling = True
+        self._spool_waiting.set()
+
+    @Service.task
+    async def _deliver_spool(self) -> None:
+        """Deliver spooled records, oldest first, whenever there are any."""
+        pause_s = 0.5
+        while not self.should_stop:
+            await self._spool_waiting.wait()
+            try:
+                if not self._connected:
+                    await self.connect()
+                await self.drain()
+                pause_s = 0.5
+            except (*UNREACHABLE, PublishError) as exc:
+                # Said once; the app's Kafka watch sums an outage up once a minute.
+                logger.log(
+                    logging.INFO if pause_s == 0.5 else logging.DEBUG,
+                    "spool: Kafka still unreachable (%s); trying again with backoff",
+                    reason(exc),
+                )
+                await self.sleep(pause_s)
+                pause_s = min(pause_s * 2, 10.0)
+
+    async def drain(self) -> None:
+        """Deliver the spool, oldest first; raises while the broker is unreachable."""
+        while self.spool.count:
+            batch = await self.spool.oldest(_DRAIN_BATCH)
+            delivered: list[SpooledRecord] = []
+            try:
+                await self._deliver(batch, delivered)
+            finally:
+                if delivered:
+                    await self.spool.remove(delivered)
+        # Nothing awaits between the check above and here: a publish that
+        # starts now sees the flag down and goes straight to the broker.
+        if self._spooling:
+            logger.info("spool: everything delivered; publishing directly again")
+        self._spooling = False
+        self._spool_waiting.clear()
+
+    async def _deliver(self, batch: list[SpooledRecord], delivered: list[SpooledRecord]) -> None:
+        """Send ``batch`` pipelined; collect what the broker acknowledged in ``delivered``."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._send_timeout_s) as deadline:
+            pending = []
+            for record in batch:
+                try:
+                    ack = self.port.counted(
+                        record.topic,
+                        await self.port.send_record(
+                            record.topic,
+                            record.key,
+                            record.value,
+                            timestamp_ms=record.timestamp_ms,
+                            headers=record.headers,
+                        ),
+                    )
+                except (KafkaError, ProducerSendError) as exc:
+                    if not refused_for_good(exc):
+                        raise
+                    await self._reject(record, exc)
+                else:
+                    pending.append((record, ack))
+            for record, ack in pending:
+                try:
+                    await ack
+                except KafkaError as exc:
+                    if not refused_for_good(exc):
+                        raise
+                    await self._reject(record, exc)
+                else:
+                    delivered.append(record)
+                deadline.reschedule(loop.time() + self._send_timeout_s)
+
+    async def _reject(self, record: SpooledRecord, exc: Exception) -> None:
+        logger.error(
+            "spool: the broker refused a record for %s for good (%r); it is kept in the"
+            " 'rejected' table of %s",
+            record.topic,
+            exc,
+            self.spool.path,
+        )
+        await self.spool.reject(record, repr(exc))
+
+    async def forward(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> RecordMetadata:
+        """Publish raw bytes and wait for the ack, trying again while the error is transient.
+
+        Retries and dead letters go through here: the message they carry is
+        committed on its source only after this returns, so it must not give up
+        on a broker that is merely unreachable for a while.
+        """
+        pause_s = 0.5
+        while True:
+            try:
+                pending = await self.port.send_record(
+                    topic, key, value, partition=partition, headers=headers
+                )
+                return await self.port.counted(topic, pending)
+            except (KafkaError, ProducerSendError) as exc:
+                if refused_for_good(exc):
+                    raise PublishError(f"could not publish to {topic}: {exc!r}") from exc
+                logger.warning(
+                    "publish to %s failed (%r); trying again in %.1f s", topic, exc, pause_s
+                )
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, 10.0)
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Kafka error no retry cures (Faust wraps those it meets in sending)."""
+    cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
+    return isinstance(cause, KafkaError) and not cause.retriable
+
+
+def reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,340 @@
+"""Sending from any process: the bus's producers outside a worker.
+
+A worker publishes through its Faust producer, on its own event loop. Every
+other caller (a script under ``asyncio.run``, an aiohttp or Starlette app, a
+test, a thread) gets a producer of its own, with no set-up call:
+
+* :class:`LoopSender`: one per event loop, started on the first publish in
+  that loop. It is a plain aiokafka producer configured as the worker's
+  (acks, idempotence, partitioner, batching, security) behind the same
+  :class:`~dawning_streams.bus.publisher.Publisher` and spool, so it publishes at
+  the same speed, from any number of tasks. When the loop ends (``asyncio.run``
+  returning, a server shutting down) it delivers what its spool holds if the
+  broker answers within ``Worker:StopTimeoutS``, closes the producer, and names
+  in one WARNING line anything left in the spool.
+* :class:`BlockingSender`: one per process, for code with no event loop
+  (``publish_blocking``, ``delay_blocking``): a loop on a thread of its own,
+  safe to call from any number of threads, closed at process exit.
+
+A sender declares the app's message and timer topics it finds missing, with
+the configured partitions, before its first send: a script may run before any
+worker ever has. A spool is only for a broker that does not answer: a sender
+that has not started yet starts, it does not spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import RecordMetadata
+
+from dawning_streams.bus.publisher import Publisher
+from dawning_streams.bus.spool import Spool
+from dawning_streams.core.errors import DawningError, PublishError
+from dawning_streams.core.partitioners import partitioner_for
+from dawning_streams.kafka.security import client_options
+
+if TYPE_CHECKING:
+    from dawning_streams.application import App
+
+__all__ = ["BlockingSender", "ClientPort", "LoopSender", "Senders"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ClientPort:
+    """An aiokafka producer set up as the worker's, for one event loop."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.settings = app.dawning_settings
+        self.sends = app.telemetry.metrics.sends
+        self._producer: AIOKafkaProducer | None = None
+        #: Topics known to exist (or not the app's to declare).
+        self._known: set[str] = set()
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        kafka = self.settings.kafka
+        producer = kafka.producer
+        return AIOKafkaProducer(
+            **client_options(kafka),
+            client_id=f"{self.settings.instance_name}-sender",
+            acks=producer.acks,
+            enable_idempotence=producer.enable_idempotence,
+            linger_ms=producer.linger_ms,
+            max_batch_size=producer.batch_size,
+            max_request_size=producer.max_request_bytes,
+            compression_type=None
+            if producer.compression_type == "none"
+            else producer.compression_type,
+            partitioner=partitioner_for(kafka.partitioner),
+        )
+
+    async def connect(self) -> None:
+        if self._producer is None:
+            fresh = self._new_producer()
+            try:
+                await fresh.start()
+            except BaseException:
+                with suppress(KafkaError):
+                    await fresh.stop()
+                raise
+            self._producer = fresh
+        if not self._known:
+            await self._declare()
+
+    def _wanted(self) -> dict[str, tuple[int, int, dict[str, str]]]:
+        """name -> (partitions, replicas, config) of what the app declares and a
+        sender may publish to (changelogs are the worker's)."""
+        kafka = self.settings.kafka
+        return {
+            topic.get_topic_name(): (
+                topic.partitions or kafka.partitions,
+                topic.replicas or kafka.replication_factor,
+                {k: str(v) for k, v in (topic.config or {}).items()},
+            )
+            for topic in self.app.declared_topics
+            if not topic.compacting
+        }
+
+    async def _declare(self) -> None:
+        """Create the topics the app declares that the cluster lacks."""
+        wanted = self._wanted()
+        admin = AIOKafkaAdminClient(**client_options(self.settings.kafka))
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [
+                NewTopic(name, partitions, replicas, topic_configs=config)
+                for name, (partitions, replicas, config) in wanted.items()
+                if name not in existing
+            ]
+            if missing:
+                with suppress(TopicAlreadyExistsError):  # another process made them meanwhile
+                    await admin.create_topics(missing)
+        except KafkaConnectionError as exc:
+            raise PublishError(f"could not declare topics: {exc}") from exc
+        except KafkaError as exc:
+            # Not allowed to create topics, say: they may exist, or be made by the worker.
+            logger.warning("could not declare the app's topics (%r); publishing anyway", exc)
+        finally:
+            await admin.close()
+        self._known |= set(wanted)
+
+    async def send_record(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        if self._producer is None:
+            raise KafkaConnectionError("the producer is not connected")
+        if topic not in self._known:
+            # A message type declared since (a module imported later), or any topic.
+            await self._declare()
+            self._known.add(topic)
+        try:
+            return await self._producer.send(  # type: ignore[no-any-return]
+                topic,
+                value,
+                key=key,
+                partition=partition,
+                timestamp_ms=timestamp_ms,
+                headers=headers,
+            )
+        except BaseException:
+            self.sends[(topic, "error")] += 1
+            raise
+
+    def counted(self, topic: str, pending: Awaitable[RecordMetadata]) -> Awaitable[RecordMetadata]:
+        sends = self.sends
+
+        def count(done: asyncio.Future[RecordMetadata]) -> None:
+            ok = not done.cancelled() and done.exception() is None
+            sends[(topic, "ok" if ok else "error")] += 1
+
+        future = asyncio.ensure_future(pending)
+        future.add_done_callback(count)
+        return future
+
+    async def reset(self) -> None:
+        """Drop the producer; the next :meth:`connect` makes a new one."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with suppress(KafkaError, asyncio.CancelledError):
+                await producer.stop()
+
+    async def close(self) -> None:
+        await self.reset()
+
+
+class LoopSender:
+    """The bus's producer in one event loop that is not the worker's."""
+
+    def __init__(self, app: App, loop: asyncio.AbstractEventLoop) -> None:
+        settings = app.dawning_settings
+        self.loop = loop
+        self.port = ClientPort(app)
+        self.spool = Spool(
+            settings.kafka.spool.file(settings.instance_name), settings.kafka.spool.max_bytes
+        )
+        self.publisher = Publisher(
+            self.port,
+            self.spool,
+            send_timeout_s=settings.kafka.spool.send_timeout_ms / 1000,
+            sends=app.telemetry.metrics.sends,
+            loop=loop,
+        )
+        self._stop_timeout_s = settings.worker.stop_timeout_s
+        self._starting: asyncio.Task[None] | None = None
+        self._guard: asyncio.Task[None] | None = None
+        self._ready = False
+        self.closed = False
+
+    async def started(self) -> Publisher:
+        """The publisher, started on first use (by one caller; the others wait)."""
+        if self._ready:
+            return self.publisher
+        if self.closed:
+            raise DawningError("this event loop's sender was closed (`async with app.bus` ended)")
+        if self._starting is None:
+            self._starting = self.loop.create_task(self._start())
+        await asyncio.shield(self._starting)
+        self._ready = True
+        return self.publisher
+
+    async def _start(self) -> None:
+        await self.publisher.start()
+        self._guard = self.loop.create_task(self._close_with_loop(), name="dawning sender")
+
+    async def _close_with_loop(self) -> None:
+        # Cancelled with every other task when the loop's owner shuts it down
+        # (asyncio.run returning, a server stopping): close while it still runs.
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            await self.close(at_exit=True)
+
+    async def close(self, *, at_exit: bool = False) -> None:
+        """Deliver what the spool holds if the broker answers in time, then stop."""
+        if self.closed or self._starting is None:
+            self.closed = True
+            return
+        self.closed = True
+        self._ready = False
+        if self._guard is not None and self._guard is not asyncio.current_task():
+            self._guard.cancel()
+        if self.spool.count:
+            if at_exit:
+                # The loop's shutdown cancelled the producer's own tasks too.
+                await self.port.reset()
+            with suppress(Exception):
+                async with asyncio.timeout(self._stop_timeout_s):
+                    await self.port.connect()
+                    await self.publisher.drain()
+        left, path = self.spool.count, self.spool.path
+        await self.publisher.stop()
+        if left:
+            logger.warning(
+                "%d messages were not delivered and wait in the spool %s: the next process "
+                "started with the same settings delivers them",
+                left,
+                path,
+            )
+
+
+class BlockingSender:
+    """A :class:`LoopSender` on a thread of its own, for callers without a loop."""
+
+    def __init__(self, app: App) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="dawning-sender", daemon=True
+        )
+        self._thread.start()
+        self.sender = LoopSender(app, self.loop)
+        self._stop_timeout_s = app.dawning_settings.worker.stop_timeout_s
+        atexit.register(self.close)
+
+    @property
+    def spool(self) -> Spool:
+        return self.sender.spool
+
+    def call(self, use: Callable[[Publisher], Awaitable[T]]) -> T:
+        """Run ``use(publisher)`` on the sender's loop and wait for its result."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise DawningError(
+                "a blocking publish would block this running event loop; "
+                "use `await bus.publish(...)` (or `await task.delay(...)`) here"
+            )
+
+        async def run() -> T:
+            return await use(await self.sender.started())
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
+
+    def close(self) -> None:
+        """Deliver or keep what is spooled, and stop the thread (at process exit)."""
+        if not self._thread.is_alive():
+            return
+        done = asyncio.run_coroutine_threadsafe(self.sender.close(), self.loop)
+        with suppress(Exception):
+            done.result(self._stop_timeout_s + 5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class Senders:
+    """The senders of one app: one per event loop, and the blocking one."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopSender] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._blocking: BlockingSender | None = None
+        self._lock = threading.Lock()
+
+    def for_loop(self, loop: asyncio.AbstractEventLoop) -> LoopSender:
+        sender = self._by_loop.get(loop)
+        if sender is None or sender.closed:
+            sender = self._by_loop[loop] = LoopSender(self.app, loop)
+        return sender
+
+    async def close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        sender = self._by_loop.pop(loop, None)
+        if sender is not None:
+            await sender.close()
+
+    def blocking(self) -> BlockingSender:
+        with self._lock:
+            if self._blocking is None:
+                self._blocking = BlockingSender(self.app)
+            return self._blocking
+
+    def spool_count(self) -> int | None:
+        senders: list[Any] = list(self._by_loop.values())
+        if self._blocking is not None:
+            senders.append(self._blocking.sender)
+        counts = [sender.spool.count for sender in senders]
+        return sum(counts) if counts else None

@@ -1,0 +1,180 @@
+"""The JSON wire format, through orjson, shared with the .NET gateway.
+
+Out: PascalCase names, canonical lower-case GUID strings, ISO-8601 UTC times
+ending in ``Z``, no Python module paths. In: PascalCase or camelCase names (any
+case, as ASP.NET reads them), GUIDs as strings, ISO-8601 times (.NET's seven
+fractional digits included; a time without an offset is taken as UTC), and
+unknown fields ignored so newer senders stay readable.
+
+Anything else raises :class:`~dawning_streams.core.errors.MessageDecodeError`
+carrying the raw bytes and the reason; nothing here can crash a worker.
+
+The codec is registered with Faust as ``"dawning"``, so a plain Faust agent
+with ``value_type=AuditLogMessage`` decodes through the same rules.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import orjson
+from faust.serializers import codecs
+
+from dawning_streams.core.errors import MessageDecodeError
+from dawning_streams.core.records import MessageBase, WireField, message_types, use_wire_decoder
+
+__all__ = ["CODEC_NAME", "OrjsonCodec", "decode", "decode_mapping", "encode"]
+
+CODEC_NAME = "dawning"
+_DUMP_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+M = TypeVar("M", bound=MessageBase)
+
+
+def encode(message: MessageBase) -> bytes:
+    """The message as the .NET gateway would write it."""
+    return orjson.dumps(message.to_representation(), option=_DUMP_OPTIONS)
+
+
+def decode(raw: bytes | None, expected: type[M], *, topic: str | None = None) -> M:
+    """Parse ``raw`` into an ``expected`` message, or raise MessageDecodeError."""
+    if raw is None:
+        raise MessageDecodeError(raw, "empty value (tombstone)", topic=topic)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MessageDecodeError(raw, f"not JSON: {exc}", topic=topic) from None
+    return decode_mapping(data, expected, raw=raw, topic=topic)
+
+
+def _bare_type_name(declared: object) -> object:
+    """``Dawning.Messages.AuditLogMessage`` (namespace-qualified, as .NET may write it)
+    and ``Dawning.Messages.AuditLogMessage, Dawning.Messages`` (assembly-qualified)
+    name ``AuditLogMessage``; anything else is compared as it is."""
+    if not isinstance(declared, str):
+        return declared
+    return declared.split(",", 1)[0].strip().rsplit(".", 1)[-1]
+
+
+def decode_mapping(
+    data: Any, expected: type[M], *, raw: bytes | None = None, topic: str | None = None
+) -> M:
+    """Build an ``expected`` message from parsed JSON, checking every field."""
+
+    def fail(reason: str) -> MessageDecodeError:
+        return MessageDecodeError(
+            raw if raw is not None else orjson.dumps(data), reason, topic=topic
+        )
+
+    if not isinstance(data, dict):
+        raise fail(f"expected a JSON object, got {_json_kind(data)}")
+    by_name = {key.lower(): value for key, value in data.items()}
+    declared = by_name.get("messagetype")
+    if declared is not None and _bare_type_name(declared) != expected.__name__:
+        if declared in message_types():
+            raise fail(
+                f"MessageType {declared!r} does not belong here; expected {expected.__name__!r}"
+            )
+        raise fail(f"unknown MessageType {declared!r}")
+    values: dict[str, Any] = {}
+    for f in expected.wire_fields:
+        value = by_name.get(f.wire.lower())
+        if value is None:
+            if f.required:
+                raise fail(f"missing required field {f.wire}")
+            continue
+        try:
+            values[f.attr] = _convert(f, value)
+        except (TypeError, ValueError) as exc:
+            raise fail(f"field {f.wire}: {exc}") from None
+    try:
+        return expected(**values)
+    except (TypeError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+def _convert(f: WireField, value: Any) -> Any:
+    kind = f.kind
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {_json_kind(value)}")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {_json_kind(value)}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {_json_kind(value)}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"expected a number, got {_json_kind(value)}")
+        return float(value)
+    if kind is uuid.UUID:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a GUID string, got {_json_kind(value)}")
+        return uuid.UUID(value)
+    if kind is datetime:
+        if not isinstance(value, str):
+            raise TypeError(f"expected an ISO-8601 time, got {_json_kind(value)}")
+        parsed = datetime.fromisoformat(value)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    origin = getattr(kind, "__origin__", kind)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"expected a list of strings, got {_json_kind(value)}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a JSON object, got {_json_kind(value)}")
+        return value
+    raise TypeError(f"unsupported field type {kind!r}")  # pragma: no cover
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+class OrjsonCodec(codecs.Codec):
+    """Faust codec ``"dawning"``: orjson with the wire options above.
+
+    Loading keeps the raw bytes beside the parsed object, so a record's
+    ``from_data`` can raise MessageDecodeError with exactly what was received.
+    """
+
+    def _dumps(self, obj: Any) -> bytes:
+        return orjson.dumps(obj, option=_DUMP_OPTIONS)
+
+    def _loads(self, s: bytes) -> Any:
+        try:
+            data = orjson.loads(s)
+        except orjson.JSONDecodeError as exc:
+            raise MessageDecodeError(bytes(s), f"not JSON: {exc}") from None
+        return _Received(data, raw=bytes(s)) if isinstance(data, dict) else data
+
+
+class _Received(dict[str, Any]):
+    """A parsed JSON object that remembers its raw bytes."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, data: dict[str, Any], *, raw: bytes) -> None:
+        super().__init__(data)
+        self.raw = raw
+
+
+codecs.register(CODEC_NAME, OrjsonCodec())
+use_wire_decoder(decode_mapping)

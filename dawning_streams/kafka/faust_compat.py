@@ -1,0 +1,227 @@
+"""Every private name of Faust, aiokafka and the OpenTelemetry SDK the framework relies on.
+
+The framework reads a few things these libraries keep private (a consumer's
+committed offsets, the recovery's progress, a connection's state), and its
+transport overrides some of Faust's private methods to decide when offsets
+are committed. A change to any of these in an upgrade is more likely to lose
+or repeat messages silently than to fail, so:
+
+* every private read goes through a function here, and nowhere else;
+* :mod:`dawning_streams.kafka.transport` (the one subclass of Faust's consumer and
+  producer) overrides the private methods listed in :data:`OVERRIDDEN`;
+* at import, :func:`check` verifies the pinned versions and the shape of every
+  name used (that it exists, and each method's parameters), and raises
+  :class:`FaustCompatError` naming each difference. A worker on an untested
+  Faust does not start.
+
+Public hooks are used where they exist: the transport and the web server are
+Faust drivers, registered by entry points (``faust.transports`` and
+``faust.web.drivers`` in ``pyproject.toml``), not by overriding the app.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from importlib.metadata import version
+from typing import Any
+
+import aiokafka
+import faust
+import faust.streams
+from aiokafka.cluster import ClusterMetadata
+from faust.models.fields import FieldDescriptor
+from faust.tables.recovery import Recovery
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
+from faust.types import TP
+from opentelemetry.sdk.metrics.export import MetricReader, MetricsData
+
+from dawning_streams.core.errors import DawningError
+
+__all__ = [
+    "FaustCompatError",
+    "ReceiveMetricsHook",
+    "broker_connected",
+    "call_in_consumer_thread",
+    "check",
+    "cluster_metadata",
+    "committed_offsets",
+    "new_producer",
+    "recovery_progress",
+    "set_current_event",
+    "worker_consumer",
+]
+
+#: The versions whose internals this module was checked against.
+PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+#: (owner, method, its parameters): private or internal methods that
+#: :mod:`dawning_streams.kafka.transport` overrides or calls.
+OVERRIDDEN: tuple[tuple[type, str, tuple[str, ...]], ...] = (
+    (faust_aiokafka.Consumer, "_getmany", ("self", "active_partitions", "timeout")),
+    (faust_aiokafka.Consumer, "_new_offset", ("self", "tp")),
+    (faust_aiokafka.Consumer, "_commit_tps", ("self", "tps", "start_new_transaction")),
+    (faust_aiokafka.Consumer, "_filter_tps_with_pending_acks", ("self", "topics")),
+    (faust_aiokafka.Consumer, "perform_seek", ("self",)),
+    (faust_aiokafka.Consumer, "seek_to_committed", ("self",)),
+    (
+        faust_aiokafka.Consumer,
+        "threadsafe_partitions_assigned",
+        ("self", "receiver_loop", "assigned", "generation_id"),
+    ),
+    (
+        faust_aiokafka.Consumer,
+        "threadsafe_partitions_revoked",
+        ("self", "receiver_loop", "revoked"),
+    ),
+    (faust_aiokafka.Producer, "_settings_extra", ("self",)),
+    (faust_aiokafka.Producer, "_ensure_producer", ("self",)),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer", ("self",)),
+    (ProducerBuffer, "put", ("self", "fut")),
+    (faust.App, "_new_producer", ("self",)),
+    (aiokafka.AIOKafkaClient, "fetch_all_metadata", ("self",)),
+    (MetricReader, "_receive_metrics", ("self", "metrics_data", "timeout_millis", "kwargs")),
+)
+
+#: (owner, attribute): private attributes an instance of ``owner`` gets from
+#: one of its methods (they are not on the class, so the check reads the
+#: methods' code for an assignment or a read of the name).
+ATTRIBUTES: tuple[tuple[type, str], ...] = (
+    (faust_aiokafka.Consumer, "_committed_offset"),
+    (faust_aiokafka.Consumer, "_acked"),
+    (faust_aiokafka.Consumer, "_gap"),
+    (faust_aiokafka.Consumer, "_thread"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "method_queue"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "parent_loop"),
+    (Recovery, "_recovery_started_at"),
+    (Recovery, "_active_events_received_at"),
+    (faust.App, "_consumer"),
+    (aiokafka.AIOKafkaConsumer, "_client"),
+    (aiokafka.AIOKafkaClient, "_conns"),
+    # Not private, but undocumented: core/records.py reads it to skip coercion.
+    (FieldDescriptor, "lazy_coercion"),
+)
+
+
+class FaustCompatError(DawningError):
+    """An installed library differs from the one this framework was checked against."""
+
+
+def _parameters(function: Callable[..., Any]) -> tuple[str, ...]:
+    return tuple(inspect.signature(function).parameters)
+
+
+def _named_in_methods(owner: type, attribute: str) -> bool:
+    for klass in owner.__mro__:
+        for member in vars(klass).values():
+            code = getattr(member, "__code__", None) or getattr(
+                getattr(member, "fget", None), "__code__", None
+            )
+            if code is not None and attribute in code.co_names:
+                return True
+    return False
+
+
+def problems() -> list[str]:
+    """Each way the installed libraries differ from what this module expects."""
+    found = [
+        f"{package} is {version(package)}, this framework is checked against {pinned}"
+        for package, pinned in PINNED.items()
+        if version(package) != pinned
+    ]
+    for owner, name, parameters in OVERRIDDEN:
+        method = getattr(owner, name, None)
+        where = f"{owner.__module__}.{owner.__qualname__}.{name}"
+        if method is None:
+            found.append(f"{where} is gone")
+        elif (seen := _parameters(method)) != parameters:
+            found.append(f"{where} takes {seen}, expected {parameters}")
+    for owner, attribute in ATTRIBUTES:
+        if not _named_in_methods(owner, attribute):
+            found.append(f"{owner.__module__}.{owner.__qualname__} no longer has {attribute}")
+    if not isinstance(getattr(faust.streams, "_current_event", None), ContextVar):
+        found.append("faust.streams._current_event is no longer a ContextVar")
+    return found
+
+
+def check() -> None:
+    """Raise :class:`FaustCompatError` naming every difference :func:`problems` finds."""
+    found = problems()
+    if found:
+        pins = ", ".join(f"{package}=={pinned}" for package, pinned in PINNED.items())
+        raise FaustCompatError(
+            "dawning-streams relies on internals that changed: "
+            + "; ".join(found)
+            + f". Install the pinned versions ({pins})."
+        )
+
+
+# -- private reads ---------------------------------------------------------------
+
+
+def committed_offsets(consumer: Any) -> Mapping[TP, int | None]:
+    """The offsets Faust's consumer last committed, per partition (its own view)."""
+    return consumer._committed_offset  # type: ignore[no-any-return]
+
+
+def new_producer(app: faust.App) -> Any:
+    """A fresh producer for ``app`` (one whose start failed cannot be started again)."""
+    return app._new_producer()
+
+
+def worker_consumer(app: faust.App) -> Any:
+    """The app's consumer if one was made, without making one (``app.consumer`` would)."""
+    return app._consumer
+
+
+async def cluster_metadata(consumer: aiokafka.AIOKafkaConsumer) -> ClusterMetadata:
+    """Fresh metadata of every topic, through a started aiokafka consumer's client
+    (aiokafka's public ``topics()`` returns names only, not partitions)."""
+    return await consumer._client.fetch_all_metadata()
+
+
+def recovery_progress(recovery: Recovery) -> tuple[float | None, list[float]]:
+    """(monotonic time the current recovery started, when each active
+    partition last received a changelog record): Faust has no public view of them."""
+    return recovery._recovery_started_at, list(recovery._active_events_received_at.values())
+
+
+def broker_connected(producer: Any) -> bool:
+    """Whether an open connection to any broker exists in Faust's aiokafka producer."""
+    client = getattr(getattr(producer, "_producer", None), "client", None)
+    return client is not None and any(conn.connected() for conn in client._conns.values())
+
+
+async def call_in_consumer_thread(thread: Any, apply: Callable[[Any], None], *, wait: bool) -> None:
+    """Run ``apply(aiokafka_consumer)`` on Faust's consumer thread; with ``wait``,
+    until it has run (without, a stopping worker does not wait on a stopping thread)."""
+    consumer = thread._ensure_consumer()
+    done = await thread.method_queue.call(thread.parent_loop.create_future(), apply, consumer)
+    if wait:
+        await done
+
+
+def set_current_event(current: Any) -> None:
+    """Make ``current`` what Faust's ``current_event()`` returns in this task
+    (tables read the partition they write to from it). Keep ``current`` alive."""
+    faust.streams._current_event.set(weakref.ref(current))  # type: ignore[arg-type]
+
+
+class ReceiveMetricsHook:
+    """A metric reader mixin: ``self._extra(data)`` added to what the SDK collected
+    (the SDK has no public hook between collecting and exporting)."""
+
+    _extra: Callable[[MetricsData | None], MetricsData | None]
+
+    def _receive_metrics(
+        self, metrics_data: MetricsData | None, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> None:
+        super()._receive_metrics(  # type: ignore[misc]
+            self._extra(metrics_data), timeout_millis=timeout_millis, **kwargs
+        )
+
+
+check()

@@ -1,0 +1,299 @@
+"""Outages: a worker that says when Kafka is gone, waits for it, and stops when told.
+
+- :class:`Dependency` is one service's reachability. When it changes, the log
+  says so once, naming the service, its address and the error; while it is
+  down, one summary line a minute says for how long and what waits (the spool,
+  parked messages, pending timers); when it is back, one line says so.
+- :class:`KafkaWatch` probes the brokers every few seconds with a client of
+  its own, so ``/ready`` turns 503 within seconds of losing Kafka, naming it,
+  and ``dawning.dependency.down_seconds`` counts the time.
+- :func:`quiet_client_logs` rate-limits the Kafka clients' own reconnect
+  noise: each kind of message at most once a minute, with a count of what was
+  held back (an outage otherwise logs hundreds of lines a second).
+- :func:`wait_for_kafka` holds a worker's start until the brokers answer,
+  with exponential backoff, instead of exiting at once.
+- :class:`StopDeadline` ends the process ``Worker:StopTimeoutS`` after a stop
+  began, whatever it still waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaClient
+from mode import Service
+
+from dawning_streams.kafka.security import client_options
+
+if TYPE_CHECKING:
+    from dawning_streams.application import App
+
+__all__ = [
+    "Dependency",
+    "KafkaUnreachable",
+    "KafkaWatch",
+    "StopDeadline",
+    "flush_logs",
+    "quiet_client_logs",
+    "wait_for_kafka",
+]
+
+logger = logging.getLogger(__name__)
+
+#: How often a dependency that stays down is summed up in the log.
+SUMMARY_EVERY_S = 60.0
+#: How often the watch asks the brokers, and how long it gives them to answer.
+PROBE_EVERY_S = 3.0
+PROBE_TIMEOUT_S = 5.0
+#: The client loggers whose messages repeat through an outage.
+CLIENT_LOGGERS = (
+    "aiokafka",
+    "aiokafka.client",
+    "aiokafka.conn",
+    "aiokafka.cluster",
+    "aiokafka.consumer.consumer",
+    "aiokafka.consumer.fetcher",
+    "aiokafka.consumer.group_coordinator",
+    "aiokafka.producer.producer",
+    "aiokafka.producer.sender",
+    "faust.transport.drivers.aiokafka",
+    "faust.transport.consumer",
+    "faust.transport.producer",
+)
+
+
+class KafkaUnreachable(Exception):
+    """No broker answered within ``Worker:StartTimeoutS``."""
+
+
+class Dependency:
+    """One service's reachability, as the log, ``/ready`` and the metrics see it."""
+
+    def __init__(self, name: str, address: str, waiting: Callable[[], str] = lambda: "") -> None:
+        self.name = name
+        self.address = address
+        #: What waits while it is down, for the summary line.
+        self.waiting = waiting
+        self.down_since: float | None = None
+        self.error: str | None = None
+        self._summarised_at = 0.0
+
+    @property
+    def down_s(self) -> float:
+        """Seconds it has been down (0 while up)."""
+        return time.monotonic() - self.down_since if self.down_since is not None else 0.0
+
+    def down(self, error: BaseException | str) -> None:
+        """It did not answer: say so once, then once a minute."""
+        self.error = _describe(error)
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = self._summarised_at = now
+            logger.warning("%s is unreachable at %s: %s", self.name, self.address, self.error)
+        elif now - self._summarised_at >= SUMMARY_EVERY_S:
+            self._summarised_at = now
+            waiting = self.waiting()
+            logger.warning(
+                "%s still unreachable at %s, for %.0f s (%s)%s",
+                self.name,
+                self.address,
+                self.down_s,
+                self.error,
+                f"; waiting: {waiting}" if waiting else "",
+            )
+
+    def up(self) -> None:
+        """It answered: say so once if it had been down."""
+        if self.down_since is not None:
+            logger.warning(
+                "%s is reachable again at %s, after %.0f s", self.name, self.address, self.down_s
+            )
+        self.down_since = None
+        self.error = None
+
+    def check(self) -> dict[str, Any]:
+        """This dependency's entry in ``/ready``."""
+        if self.down_since is None:
+            return {"ok": True}
+        return {
+            "ok": False,
+            "error": f"{self.name} unreachable at {self.address}: {self.error}",
+            "down_s": round(self.down_s, 1),
+        }
+
+
+def _describe(error: BaseException | str) -> str:
+    if isinstance(error, str):
+        return error
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+async def probe(app: App) -> None:
+    """Raise unless a broker answers a metadata request within ``PROBE_TIMEOUT_S``."""
+    client = AIOKafkaClient(**client_options(app.dawning_settings.kafka))
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            await client.bootstrap()
+    finally:
+        await client.close()
+
+
+class KafkaWatch(Service):
+    """Asks the brokers every few seconds, and keeps :class:`Dependency` ``kafka`` current."""
+
+    def __init__(self, app: App, kafka: Dependency, **kwargs: Any) -> None:
+        self.app = app
+        self.kafka = kafka
+        super().__init__(**kwargs)
+
+    @Service.task
+    async def _watch(self) -> None:
+        client: AIOKafkaClient | None = None
+        try:
+            while not self.should_stop:
+                try:
+                    async with asyncio.timeout(PROBE_TIMEOUT_S):
+                        if client is None:
+                            fresh = AIOKafkaClient(
+                                **client_options(self.app.dawning_settings.kafka)
+                            )
+                            try:
+                                await fresh.bootstrap()
+                            except BaseException:
+                                await fresh.close()
+                                raise
+                            client = fresh
+                        else:
+                            await client.fetch_all_metadata()
+                except Exception as exc:  # unreachable, or anything else: it is down
+                    self.kafka.down(exc)
+                else:
+                    self.kafka.up()
+                await self.sleep(PROBE_EVERY_S)
+        finally:
+            if client is not None:
+                await client.close()
+
+
+async def wait_for_kafka(app: App, kafka: Dependency, timeout_s: float | None) -> None:
+    """Return once a broker answers; back off exponentially (1 s doubling to 30 s)
+    meanwhile. Raises :class:`KafkaUnreachable` after ``timeout_s``."""
+    started = time.monotonic()
+    pause_s = 1.0
+    while True:
+        try:
+            await probe(app)
+        except Exception as exc:
+            kafka.down(exc)
+        else:
+            kafka.up()
+            return
+        waited = time.monotonic() - started
+        if timeout_s is not None and waited + pause_s > timeout_s:
+            raise KafkaUnreachable(
+                f"Kafka is unreachable at {kafka.address} ({kafka.error}); "
+                f"gave up after {waited:.0f} s (Worker:StartTimeoutS={timeout_s:g})"
+            )
+        await asyncio.sleep(pause_s)
+        pause_s = min(pause_s * 2, 30.0)
+
+
+class _Repeats(logging.Filter):
+    """Lets each kind of warning or error through at most once per ``SUMMARY_EVERY_S``."""
+
+    _DIGITS = re.compile(r"\d+")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()  # the consumer logs from its own thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True  # the clients' INFO lines (rebalances, assignments) stay
+        text = record.msg if isinstance(record.msg, str) else str(record.msg)
+        kind = (record.name, self._DIGITS.sub("#", text)[:120])
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < SUMMARY_EVERY_S:
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return False
+            self._last[kind] = now
+            held = self._held.pop(kind, 0)
+        if held:
+            record.msg = f"{text} ({held} more like it in the last {now - last:.0f} s)"  # type: ignore[operator]
+        return True
+
+
+_installed: _Repeats | None = None
+
+
+def quiet_client_logs() -> None:
+    """Rate-limit the Kafka clients' loggers (once per process)."""
+    global _installed
+    if _installed is not None:
+        return
+    _installed = _Repeats()
+    for name in CLIENT_LOGGERS:
+        logging.getLogger(name).addFilter(_installed)
+
+
+class StopDeadline:
+    """Ends the process when a stop has not finished in time.
+
+    A thread, not a task: a stop can wait on a broker forever inside the event
+    loop (Faust flushing its producer, aiokafka committing or leaving the
+    group), and the loop itself may be what is stuck. What the deadline cuts
+    short is safe to lose: an offset is committed only after its record was
+    handled and its effects acknowledged, so anything not yet acknowledged is
+    handled again by the partition's next owner; messages published through
+    the bus and not acknowledged wait in its spool.
+    """
+
+    def __init__(self, timeout_s: float, describe: Callable[[], str]) -> None:
+        self.timeout_s = timeout_s
+        self.describe = describe
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        if self._timer is None:
+            self._timer = threading.Timer(self.timeout_s, self._overdue)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _overdue(self) -> None:
+        try:
+            state = self.describe()
+        except Exception as exc:  # the description must not keep the process alive
+            state = f"(state unknown: {exc!r})"
+        logger.error(
+            "the stop did not finish within Worker:StopTimeoutS=%g s; exiting now. %s",
+            self.timeout_s,
+            state,
+        )
+        flush_logs()
+        os._exit(0)
+
+
+def flush_logs() -> None:
+    """Flush every log handler and stderr, before an exit that skips Python's own."""
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):  # exiting regardless
+            handler.flush()
+    sys.stderr.flush()

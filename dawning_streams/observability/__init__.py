@@ -1,0 +1,1 @@
+"""Metrics, traces, their exporters, and the health checks behind ``/ready``."""

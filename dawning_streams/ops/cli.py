@@ -1,0 +1,169 @@
+"""The app's command-line commands: ``dlq-list``, ``dlq-replay``, ``timers`` and
+``held-release``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+from faust.cli import AppCommand, option
+
+from dawning_streams.core.names import Header
+from dawning_streams.handlers.timers import pending_timers
+from dawning_streams.ops import dlq
+
+if TYPE_CHECKING:
+    from dawning_streams.application import App
+
+__all__ = ["register_commands"]
+
+
+def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO-8601 time") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+_FILTERS = [
+    option("--topic", "topics", multiple=True, help="Source or .dlq topic; default: all seven."),
+    option("--key", default=None, help="Only messages with this key."),
+    option(
+        "--since",
+        default=None,
+        callback=_when,
+        help="Dead-lettered at or after this ISO-8601 time.",
+    ),
+    option(
+        "--until",
+        default=None,
+        callback=_when,
+        help="Dead-lettered at or before this ISO-8601 time.",
+    ),
+    option("--exception", default=None, help="Exception class name, short or full."),
+]
+
+
+async def _chosen(app: App, topics: tuple[str, ...], **filters: Any) -> list[dlq.DeadLetter]:
+    letters = await dlq.read_dead_letters(app, topics or None)
+    return dlq.select(
+        letters,
+        key=filters["key"],
+        since=filters["since"],
+        until=filters["until"],
+        exception=filters["exception"],
+    )
+
+
+def _iso(epoch_ms: int | None) -> str:
+    if epoch_ms is None:
+        return "-"
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _handlers(command: AppCommand, chosen: tuple[str, ...]) -> list[str]:
+    """The handlers named by ``--handler`` (default: all); an unknown one exits with 2."""
+    known = command.app.handlers  # type: ignore[attr-defined]
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        command.say(
+            f"Error: no handler named {', '.join(unknown)}; "
+            f"this app has {', '.join(sorted(known))}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return list(chosen) or sorted(known)
+
+
+def register_commands(app: App) -> None:
+    """Add the dead-letter and timer commands to ``app``'s command line."""
+
+    @app.command(
+        option("--handler", "handlers", multiple=True, help="Only this handler; default: all."),
+        option("--json", "as_json", is_flag=True, help="The whole report as JSON."),
+    )
+    async def timers(self: AppCommand, handlers: tuple[str, ...], as_json: bool) -> None:
+        """Pending timers per handler, the next due time, and the keys held by a retry."""
+        names = _handlers(self, handlers)
+        report = await pending_timers(self.app, names)  # type: ignore[arg-type]
+        if as_json:
+            self.say(json.dumps(report, indent=2))
+            return
+        for name in names:
+            entry = report[name]
+            self.say(
+                f"{name}: {entry['pending']} pending, next due {_iso(entry['next_due_ms'])}, "
+                f"{len(entry['held'])} held key(s)"
+            )
+            for key, held in sorted(entry["held"].items()):
+                self.say(
+                    f"  held {key}: waits on {held['holder']} since {_iso(held['since_ms'])}, "
+                    f"{held['parked']} parked, partition {held['p']}"
+                )
+
+    @app.command(
+        option("--handler", required=True, help="The ordered handler."),
+        option("--key", required=True, help="The held key."),
+    )
+    async def held_release(self: AppCommand, handler: str, key: str) -> None:
+        """Dead-letter the message a held key waits on; what is parked behind it then runs."""
+        (name,) = _handlers(self, (handler,))
+        report = await pending_timers(self.app, [name])  # type: ignore[arg-type]
+        held = report[name]["held"].get(key)
+        if held is None:
+            self.say(f"Error: {name} holds no key {key!r}", file=sys.stderr)
+            raise SystemExit(1)
+        target = self.app.handlers[name]  # type: ignore[attr-defined]
+        async with self.app.bus:  # type: ignore[attr-defined]
+            await self.app.bus.forward(  # type: ignore[attr-defined]
+                target.timers_topic,
+                key.encode(),
+                None,
+                partition=held["p"],
+                headers=[(Header.RELEASE, key.encode())],
+            )
+        self.say(
+            f"asked the owner of partition {held['p']} to dead-letter {held['holder']} and "
+            f"release {key} ({held['parked']} parked message(s) then run)",
+            file=sys.stderr,
+        )
+
+    @app.command(*_FILTERS, option("--json", "as_json", is_flag=True, help="One JSON per line."))
+    async def dlq_list(
+        self: AppCommand, topics: tuple[str, ...], as_json: bool, **filters: Any
+    ) -> None:
+        """List dead-lettered messages with where and why they failed."""
+        letters = await _chosen(self.app, topics, **filters)  # type: ignore[arg-type]
+        for letter in letters:
+            summary = letter.summary()
+            if as_json:
+                self.say(json.dumps(summary))
+            else:
+                self.say("  ".join(f"{k}={v}" for k, v in summary.items()))
+        self.say(f"{len(letters)} dead letter(s)", file=sys.stderr)
+
+    @app.command(
+        *_FILTERS,
+        option("--all", "everything", is_flag=True, help="Replay every dead letter of the topics."),
+    )
+    async def dlq_replay(
+        self: AppCommand, topics: tuple[str, ...], everything: bool, **filters: Any
+    ) -> None:
+        """Republish dead-lettered messages to their original topics."""
+        if not everything and not any(filters.values()):
+            self.say(
+                "Error: say which dead letters to replay: --all, or "
+                "--key/--since/--until/--exception",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        letters = await _chosen(self.app, topics, **filters)  # type: ignore[arg-type]
+        async with self.app.bus:  # type: ignore[attr-defined]
+            count = await dlq.replay(self.app, letters)  # type: ignore[arg-type]
+        self.say(f"replayed {count} dead letter(s)", file=sys.stderr)

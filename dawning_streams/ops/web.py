@@ -1,0 +1,74 @@
+"""Helpers for the worker's web views: strict query parsing and JSON errors.
+
+A malformed request gets ``400 {"error": "..."}`` naming the parameter and
+what is wrong with it; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from dawning_streams.core.errors import DawningError
+
+__all__ = ["BadRequest", "Query", "error"]
+
+
+class BadRequest(DawningError):
+    """A request a view cannot answer; becomes a 400."""
+
+
+def error(view: View, status: int, message: str) -> Response:
+    """A JSON error response."""
+    return view.json({"error": message}, status=status)
+
+
+class Query:
+    """The query string of ``request``, limited to the parameters a view knows."""
+
+    def __init__(self, request: Request, allowed: set[str]) -> None:
+        params: Any = request.query  # type: ignore[attr-defined]  # a MultiDict
+        for name in params:
+            if name not in allowed:
+                raise BadRequest(f"unknown parameter {name!r}; use {', '.join(sorted(allowed))}")
+            if len(params.getall(name)) > 1:
+                raise BadRequest(f"parameter {name!r} is given more than once")
+        self.params = params
+
+    def text(self, name: str) -> str | None:
+        value = self.params.get(name)
+        return value if value else None
+
+    def uuid(self, name: str) -> uuid.UUID | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            raise BadRequest(f"{name}={value!r} is not a GUID") from None
+
+    def time(self, name: str) -> datetime | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise BadRequest(f"{name}={value!r} is not an ISO-8601 time") from None
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+    def integer(self, name: str, *, default: int, low: int, high: int) -> int:
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise BadRequest(f"{name}={value!r} is not an integer") from None
+        if not low <= number <= high:
+            raise BadRequest(f"{name}={number} must be from {low} to {high}")
+        return number

@@ -1,0 +1,112 @@
+"""Periodic tasks that run on one instance at a time, once per period.
+
+Every instance ticks; a task that is due is run by whichever instance takes
+its lock first. The time of the last run is kept in Redis, next to the lock,
+so after a failover the next instance neither repeats a run that finished nor
+skips one that is due: a run that failed or died half-way leaves the last-run
+time alone and is tried again on the next tick. Tasks must be idempotent, as
+handlers are. With Redis unreachable no task runs.
+
+    @app.scheduled(every_s=3600)
+    async def purge_old_audit_entries() -> None: ...
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mode import Service
+from redis.exceptions import RedisError
+
+from dawning_streams.core.names import scheduled_key, valid_name
+from dawning_streams.services.lock import LockUnavailable
+
+if TYPE_CHECKING:
+    from dawning_streams.application import App
+
+__all__ = ["ScheduledTask", "Scheduler"]
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledTask:
+    """A coroutine function to run every ``every_s`` seconds somewhere in the group."""
+
+    name: str
+    every_s: float
+    fn: Callable[[], Awaitable[Any]]
+    lock_ttl_s: float
+
+
+class Scheduler(Service):
+    """Checks each task every second and runs the due ones under their locks."""
+
+    def __init__(self, app: App, **kwargs: Any) -> None:
+        self.app = app
+        self.tasks: dict[str, ScheduledTask] = {}
+        # Apps of other consumer groups may share the Redis; their tasks are theirs.
+        self._group = app.dawning_settings.kafka.consumer_group_id
+        super().__init__(**kwargs)
+
+    def add(
+        self,
+        fn: Callable[[], Awaitable[Any]],
+        *,
+        every_s: float,
+        name: str | None = None,
+        lock_ttl_s: float | None = None,
+    ) -> ScheduledTask:
+        """Schedule ``fn``; a bad name or period fails here, at import."""
+        name = name or fn.__name__
+        if not valid_name(name):
+            raise ValueError(f"scheduled task name {name!r} may use only letters, digits, _ and -")
+        if name in self.tasks:
+            raise ValueError(f"a scheduled task named {name!r} already exists")
+        if not every_s > 0:
+            raise ValueError(f"scheduled task {name!r}: every_s must be positive")
+        task = ScheduledTask(name, every_s, fn, lock_ttl_s or max(30.0, every_s))
+        self.tasks[name] = task
+        return task
+
+    @Service.timer(TICK_S)
+    async def _tick(self) -> None:
+        for task in list(self.tasks.values()):
+            await self.run_if_due(task)
+
+    async def run_if_due(self, task: ScheduledTask) -> bool:
+        """Run ``task`` here if it is due and no other instance is running it."""
+        try:
+            due = await self._due(task)
+            self.app.redis.reachability.up()
+            if not due:
+                return False
+            lock_name = f"{self._group}:scheduled:{task.name}"
+            async with self.app.lock.try_acquire(lock_name, ttl_s=task.lock_ttl_s) as handle:
+                if handle is None or not await self._due(task):
+                    return False
+                started = time.time()
+                try:
+                    await task.fn()
+                except Exception:
+                    logger.exception("scheduled task %s failed; it runs again next tick", task.name)
+                    return False
+                await self.app.redis.client.set(
+                    scheduled_key(self._group, task.name), repr(started)
+                )
+                return True
+        except (LockUnavailable, RedisError, OSError) as exc:
+            # Logged once per outage (and a line a minute), not once per tick.
+            self.app.redis.reachability.down(exc)
+            logger.debug("scheduled task %s skipped this tick: %s", task.name, exc)
+            return False
+
+    async def _due(self, task: ScheduledTask) -> bool:
+        last = await self.app.redis.client.get(scheduled_key(self._group, task.name))
+        return last is None or float(last) + task.every_s <= time.time()

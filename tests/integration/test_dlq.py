@@ -1,0 +1,154 @@
+"""Dead-letter tooling on the real broker: list, filter, replay, never truncate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from dawning_streams import AuditLogMessage, Settings, create_app
+from dawning_streams.core.names import Header, dead_letter_topic
+from dawning_streams.core.retry import Reject, Retry
+from dawning_streams.ops.dlq import read_dead_letters, replay, select
+
+from ..handler_helpers import Calls, running
+from ..kafka_helpers import read_topic
+
+pytestmark = pytest.mark.kafka
+
+
+def audit(action: str, user: uuid.UUID | None = None) -> AuditLogMessage:
+    return AuditLogMessage(user_id=user or uuid.uuid4(), action=action, entity_type="User")
+
+
+async def test_replay_brings_a_message_back_and_it_succeeds_once_fixed(
+    settings: Settings,
+) -> None:
+    app = create_app(settings, web_enabled=False)
+    calls = Calls()
+    broken = True
+
+    @app.handler(retry=Retry(max_retries=1, backoff_s=0.2))
+    async def store(message: AuditLogMessage) -> None:
+        if broken:
+            calls.add(("failed", message.message_id))
+            raise ConnectionError("database is down")
+        calls.add(("stored", message.message_id))
+
+    message = audit("login")
+    async with running(app):
+        await store.delay(message)
+        await calls.wait_until(lambda items: len(items) == 2)
+        letters = []
+        while not letters:
+            letters = await read_dead_letters(app)
+        broken = False
+        assert await replay(app, letters) == 1
+        await calls.wait_until(lambda items: ("stored", message.message_id) in items)
+        # The dead letter stays; the replayed copy says where it came from.
+        assert len(await read_dead_letters(app)) == 1
+        records = await read_topic(
+            settings.kafka.bootstrap_servers[0], settings.kafka.topics.audit_log, 2
+        )
+    assert dict(records[1].headers)[Header.REPLAYED_FROM] == (
+        f"{letters[0].topic}/{letters[0].partition}/{letters[0].offset}".encode()
+    )
+    assert records[1].value == records[0].value
+
+
+async def test_dead_letters_are_selected_by_key_time_and_exception(settings: Settings) -> None:
+    app = create_app(settings, web_enabled=False)
+    calls = Calls()
+    user = uuid.uuid4()
+
+    @app.handler(retry=Retry(max_retries=0))
+    async def picky(message: AuditLogMessage) -> None:
+        calls.add(message.action)
+        if message.action == "reject":
+            raise Reject("not allowed")
+        raise KeyError(message.action)
+
+    async with running(app):
+        started = datetime.now(UTC)
+        for action in ("reject", "missing", "reject"):
+            await picky.delay(audit(action, user if action == "missing" else None))
+        await calls.wait_until(lambda items: len(items) == 3)
+        letters: list = []
+        while len(letters) < 3:
+            letters = await read_dead_letters(app, [settings.kafka.topics.audit_log])
+    assert len(select(letters, exception="Reject")) == 2
+    assert len(select(letters, exception="dawning_streams.core.retry.Reject")) == 2
+    assert [x.header(Header.EXCEPTION_MESSAGE) for x in select(letters, exception="KeyError")] == [
+        "'missing'"
+    ]
+    assert [x.key for x in select(letters, key=str(user))] == [str(user).encode()]
+    assert len(select(letters, since=started - timedelta(seconds=1))) == 3
+    assert select(letters, until=started - timedelta(seconds=1)) == []
+
+
+async def test_dead_letter_topics_are_kept_forever(settings: Settings) -> None:
+    app = create_app(settings, web_enabled=False)
+
+    @app.handler
+    async def store(message: AuditLogMessage) -> None:
+        pass
+
+    async with app.bus:
+        pass
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers[0])
+    await admin.start()
+    try:
+        name = dead_letter_topic(settings.kafka.topics.audit_log)
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    finally:
+        await admin.close()
+    configs = {entry[0]: entry[1] for entry in response.resources[0][4]}
+    assert configs["retention.ms"] == "-1"
+    assert configs["retention.bytes"] == "-1"
+
+
+async def test_the_dlq_commands_list_and_refuse_an_unfiltered_replay(
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    app = create_app(settings, web_enabled=False)
+    calls = Calls()
+
+    @app.handler(retry=Retry(max_retries=0))
+    async def audit_log(message: AuditLogMessage) -> None:
+        calls.add(message.action)
+        raise Reject("bad entry")
+
+    async with running(app):
+        await audit_log.delay(audit("one"))
+        await calls.wait_until(lambda items: items == ["one"])
+    env = {
+        **os.environ,
+        "DAWNING_KAFKA__BOOTSTRAPSERVERS": settings.kafka.bootstrap_servers[0],
+        "DAWNING_KAFKA__TOPICS__AUDITLOG": settings.kafka.topics.audit_log,
+    }
+    faust = [str(Path(sys.executable).with_name("faust")), "-A", "dawning_streams.app"]
+    listed = subprocess.run(
+        [*faust, "dlq-list", "--json", "--topic", settings.kafka.topics.audit_log],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    [line] = listed.stdout.splitlines()
+    assert json.loads(line)["exception"] == "dawning_streams.core.retry.Reject: bad entry"
+    refused = subprocess.run(
+        [*faust, "dlq-replay"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert "--all" in refused.stderr

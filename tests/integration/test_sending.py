@@ -1,0 +1,201 @@
+"""Sending tasks from processes that are not workers, as web apps and scripts do.
+
+Each client is a process of its own, importing a tasks module as a user's code
+would; every message is then read back from Kafka by its id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from dawning_streams import DawningError, Settings, UserEventMessage, create_app, decode
+
+from ..conftest import ROOT, free_port
+from ..kafka_helpers import read_to_end
+
+pytestmark = pytest.mark.kafka
+
+TASKS = textwrap.dedent("""
+    import os
+    from dawning_streams import UserEventMessage, create_app
+
+    app = create_app()
+
+    @app.handler(UserEventMessage, topic=os.environ["SEND_TOPIC"], name="sent_task")
+    async def sent_task(message: UserEventMessage) -> None:
+        pass
+""")
+
+ASYNCIO_RUN = textwrap.dedent("""
+    import asyncio, json, sys, uuid
+    from dawning_streams import UserEventMessage
+    from tasks import sent_task
+
+    async def main(count):
+        receipts = await asyncio.gather(*(
+            sent_task.delay(UserEventMessage(user_id=uuid.uuid4(), event_type="asyncio.run"))
+            for _ in range(count)
+        ))
+        print(json.dumps([r is not None for r in receipts]))
+
+    asyncio.run(main(int(sys.argv[1])))
+""")
+
+AIOHTTP_SERVER = textwrap.dedent("""
+    import sys, uuid
+    from aiohttp import web
+    from dawning_streams import UserEventMessage
+    from tasks import sent_task
+
+    async def post(request):
+        body = await request.json()
+        receipt = await sent_task.delay(
+            UserEventMessage(user_id=uuid.UUID(body["user"]), event_type="aiohttp")
+        )
+        return web.json_response({"sent": receipt is not None})
+
+    app = web.Application()
+    app.router.add_post("/tasks", post)
+    def up(*_):
+        print("up", flush=True)
+
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=up)
+""")
+
+THREADS = textwrap.dedent("""
+    import json, sys, uuid
+    from concurrent.futures import ThreadPoolExecutor
+    from dawning_streams import UserEventMessage
+    from tasks import sent_task
+
+    def send(_):
+        receipt = sent_task.delay_blocking(
+            UserEventMessage(user_id=uuid.uuid4(), event_type="threads")
+        )
+        return receipt is not None
+
+    with ThreadPoolExecutor(4) as pool:
+        print(json.dumps(list(pool.map(send, range(int(sys.argv[1]))))))
+""")
+
+
+def client_env(settings: Settings, folder: Path, topic: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}",
+        "SEND_TOPIC": topic,
+        **settings.to_environ(),
+    }
+
+
+async def run_client(
+    script: str, *args: str, env: dict[str, str], cwd: Path, timeout_s: float = 120
+) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout_s)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_tasks_sent_from_asyncio_run_an_aiohttp_server_and_threads_all_reach_kafka(
+    settings: Settings, tmp_path: Path
+) -> None:
+    topic = f"{settings.kafka.topics.user_event}.sent"
+    (tmp_path / "tasks.py").write_text(TASKS)
+    env = client_env(settings, tmp_path, topic)
+    work = tmp_path / "cwd"
+    work.mkdir()
+
+    code, out, err = await run_client(ASYNCIO_RUN, "50", env=env, cwd=work)
+    assert code == 0, err
+    assert json.loads(out) == [True] * 50, "every send acknowledged, none spooled"
+
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        AIOHTTP_SERVER,
+        str(port),
+        env=env,
+        cwd=work,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert server.stdout is not None
+        assert (await asyncio.wait_for(server.stdout.readline(), 60)).strip() == b"up"
+        users = [uuid.uuid4() for _ in range(100)]
+        async with aiohttp.ClientSession() as http:
+
+            async def post(user: uuid.UUID) -> dict[str, bool]:
+                url = f"http://127.0.0.1:{port}/tasks"
+                async with http.post(url, json={"user": str(user)}) as response:
+                    assert response.status == 200, await response.text()
+                    return await response.json()  # type: ignore[no-any-return]
+
+            answers = await asyncio.gather(*(post(user) for user in users))
+        assert answers == [{"sent": True}] * 100
+    finally:
+        server.terminate()
+        _, server_err = await asyncio.wait_for(server.communicate(), 60)
+    assert server.returncode == 0, server_err.decode()
+
+    code, out, err = await run_client(THREADS, "40", env=env, cwd=work)
+    assert code == 0, err
+    assert json.loads(out) == [True] * 40
+
+    records = await read_to_end(settings.kafka.bootstrap_servers[0], topic)
+    kinds = [decode(r.value, UserEventMessage).event_type for r in records]
+    assert sorted(kinds) == sorted(["asyncio.run"] * 50 + ["aiohttp"] * 100 + ["threads"] * 40)
+    aiohttp_users = {
+        decode(r.value, UserEventMessage).user_id for r in records if b"aiohttp" in r.value
+    }
+    assert aiohttp_users == set(users)
+    # Nothing was written to the working directory: the spool lives elsewhere.
+    assert list(work.iterdir()) == []
+
+
+async def test_a_script_that_ends_with_messages_spooled_says_so_with_the_count_and_path(
+    settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "tasks.py").write_text(TASKS)
+    spool = tmp_path / "spool" / "script.sqlite3"
+    env = {
+        **client_env(settings, tmp_path, "never.reached"),
+        "DAWNING_KAFKA__BOOTSTRAPSERVERS": f"127.0.0.1:{free_port()}",  # nothing listens
+        "DAWNING_KAFKA__SPOOL__PATH": str(spool),
+        "DAWNING_KAFKA__SPOOL__SENDTIMEOUTMS": "1000",
+        "DAWNING_WORKER__STOPTIMEOUTS": "2",
+    }
+    code, out, err = await run_client(ASYNCIO_RUN, "5", env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out) == [False] * 5, "unreachable: every message spooled"
+    assert f"5 messages were not delivered and wait in the spool {spool}" in err, err
+    assert spool.exists()
+
+
+async def test_a_blocking_send_on_a_running_loop_is_refused_with_what_to_do(
+    settings: Settings,
+) -> None:
+    app = create_app(settings)
+    message = UserEventMessage(user_id=uuid.uuid4(), event_type="misuse")
+    with pytest.raises(DawningError, match=r"use `await bus.publish\(...\)`"):
+        app.bus.publish_blocking(message)

@@ -1,0 +1,72 @@
+"""A user's own tasks in the standard worker, through ``Worker:Modules``."""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dawning_streams import Settings, UserEventMessage, create_app
+
+from ..conftest import ROOT
+from ..handler_helpers import eventually
+from ..workers import workers
+
+pytestmark = pytest.mark.kafka
+
+OWN_TASKS = textwrap.dedent("""
+    import os
+    from faust.web import Request, Response, View
+    from dawning_streams import UserEventMessage
+    from dawning_streams.app import app
+
+    handled = []
+
+    @app.handler(UserEventMessage, topic=os.environ["OWN_TOPIC"], name="own_task")
+    async def own_task(message: UserEventMessage) -> None:
+        handled.append(str(message.user_id))
+
+    @app.page("/own")
+    class Own(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"handled": handled, "handlers": sorted(app.handlers)})
+""")
+
+
+async def test_the_standard_worker_runs_the_modules_it_is_given_and_only_those(
+    settings: Settings, tmp_path: Path
+) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "own_tasks.py").write_text(OWN_TASKS)
+    topic = f"{settings.kafka.topics.user_event}.own"
+    env = {
+        "DAWNING_WORKER__MODULES": "own_tasks",
+        "PYTHONPATH": f"{code}:{ROOT}",
+        "OWN_TOPIC": topic,
+    }
+    users = [uuid.uuid4() for _ in range(3)]
+    async with workers(settings, 1, tmp_path, env=env) as [worker]:  # python -m dawning_streams
+        async with create_app(settings).bus as bus:
+            for user in users:
+                await bus.publish(UserEventMessage(user_id=user, event_type="own"), topic=topic)
+
+        async def handled() -> dict | None:  # type: ignore[type-arg]
+            status, body = await worker.get_json("/own")
+            return body if status == 200 and len(body["handled"]) == 3 else None
+
+        body = await eventually(handled, timeout_s=60, what="the own task handled all three")
+    assert sorted(body["handled"]) == sorted(str(u) for u in users)
+    # Only what it was given: none of the Dawning agents.
+    assert body["handlers"] == ["own_task"]
+
+
+def test_worker_modules_are_read_from_the_environment_and_checked() -> None:
+    default = Settings.load({}, file=None)
+    assert default.worker.modules == ("dawning_streams.agents",)
+    both = Settings.load({"DAWNING_WORKER__MODULES": "dawning_streams.agents, billing.tasks"})
+    assert both.worker.modules == ("dawning_streams.agents", "billing.tasks")
+    with pytest.raises(ValueError, match="'billing/tasks' is not a dotted module name"):
+        Settings.load({"DAWNING_WORKER__MODULES": "billing/tasks"})

@@ -1,0 +1,122 @@
+"""The package's layers: no import cycle, and every import points down the layers.
+
+Read from the source (every import a module runs, at the top or inside a
+function; those under ``if TYPE_CHECKING:`` only name types and run nothing).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from ..conftest import ROOT
+
+PACKAGE = ROOT / "dawning_streams"
+
+#: Each layer may import its own modules and those of lower ranks.
+RANK = {
+    "core": 0,
+    "kafka": 1,
+    "observability": 2,
+    "bus": 3,
+    "handlers": 3,
+    "services": 3,
+    "ops": 4,
+    # The composition root: the app and the package's public surface.
+    "": 5,
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in RANK else ""
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def runtime_imports(path: Path, modules: set[str]) -> set[str]:
+    """The package modules ``path`` imports when it runs."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                dotted = f"{node.module}.{alias.name}"
+                found.add(dotted if dotted in modules else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    assert not [
+        n
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.ImportFrom) and n.level
+    ], f"{path}: relative import"
+    return {m for m in found if m in modules}
+
+
+def graph() -> dict[str, set[str]]:
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = set(paths)
+    return {name: runtime_imports(path, modules) - {name} for name, path in paths.items()}
+
+
+def test_no_module_of_the_package_imports_itself_back() -> None:
+    imports = graph()
+    cycles: list[list[str]] = []
+
+    def walk(module: str, trail: list[str]) -> None:
+        for target in sorted(imports[module]):
+            if target in trail:
+                cycles.append([*trail[trail.index(target) :], target])
+            elif target not in seen:
+                seen.add(target)
+                walk(target, [*trail, target])
+
+    seen: set[str] = set()
+    for start in sorted(imports):
+        if start not in seen:
+            seen.add(start)
+            walk(start, [start])
+    assert cycles == []
+
+
+def test_every_import_points_down_the_layers() -> None:
+    upward = [
+        f"{module} ({layer(module) or 'root'}) imports {target} ({layer(target) or 'root'})"
+        for module, targets in graph().items()
+        for target in targets
+        if RANK[layer(target)] > RANK[layer(module)]
+        or (layer(target) != layer(module) and RANK[layer(target)] == RANK[layer(module)])
+    ]
+    assert upward == []
+
+
+def test_core_needs_no_transport_redis_or_web() -> None:
+    """core may build on Faust's models and codecs (a message is a faust.Record)."""
+    for path in (PACKAGE / "core").glob("*.py"):
+        text = path.read_text()
+        for banned in ("aiokafka", "redis", "faust.transport", "faust.web", "mode"):
+            assert f"import {banned}" not in text and f"from {banned}" not in text, (path, banned)
+
+
+def test_the_graph_is_read_at_all() -> None:
+    imports = graph()
+    assert "dawning_streams.core.records" in imports["dawning_streams.core.codec"]
+    assert "dawning_streams.kafka.lanes" in imports["dawning_streams.kafka.transport"]

@@ -1,0 +1,274 @@
+"""The wire format, both ways, against JSON as the .NET gateway writes it."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import orjson
+import pytest
+from faust.exceptions import ValueDecodeError
+
+from dawning_streams import (
+    AlertNotificationMessage,
+    AuditLogMessage,
+    CacheInvalidationMessage,
+    ConfigChangedMessage,
+    EmailMessage,
+    MessageDecodeError,
+    SystemEventMessage,
+    UserEventMessage,
+    create_app,
+    decode,
+    encode,
+)
+from dawning_streams.core.records import MessageBase, message_types
+
+USER = uuid.UUID("9f706e05-3812-4496-a6d4-6f1f5f5e0512")
+
+# What System.Text.Json writes for the .NET AuditLogMessage: PascalCase,
+# lower-case GUIDs, DateTime with seven fractional digits and a Z.
+DOTNET_AUDIT = (
+    b'{"MessageId":"3f2504e0-4f89-41d3-9a0c-0305e82c3301",'
+    b'"Timestamp":"2025-01-15T08:30:00.1234567Z","MessageType":"AuditLogMessage",'
+    b'"CorrelationId":"req-1","SourceInstance":"identity-api-1","TenantId":null,'
+    b'"UserId":"9f706e05-3812-4496-a6d4-6f1f5f5e0512","UserName":"alice",'
+    b'"Action":"Login","EntityType":"User","EntityId":null,"Description":"signed in",'
+    b'"OldValue":null,"NewValue":null,"IpAddress":"10.0.0.7","UserAgent":"curl/8"}'
+)
+
+SAMPLES: list[MessageBase] = [
+    AuditLogMessage(user_id=USER, action="Login", entity_type="User", ip_address="10.0.0.7"),
+    AlertNotificationMessage(
+        alert_rule_id=uuid.uuid4(),
+        rule_name="cpu",
+        metric_type="cpu",
+        severity="critical",
+        current_value=97.5,
+        threshold=90,
+    ),
+    EmailMessage(
+        to="alice@example.com",
+        subject="Hi",
+        body="<b>x</b>",
+        cc=["bob@example.com"],
+        bcc=["audit@example.com"],
+        is_html=True,
+        priority=2,
+    ),
+    ConfigChangedMessage(
+        config_group="security",
+        config_key="lockout",
+        old_value="5",
+        new_value="3",
+        changed_by="admin",
+    ),
+    CacheInvalidationMessage(pattern=f"user:permissions:{USER}:*", reason="roles"),
+    UserEventMessage(
+        user_id=USER,
+        event_type="user.created",
+        event_data={"roles": ["admin"], "profile": {"age": 30, "vip": True}},
+    ),
+    SystemEventMessage(
+        event_type="instance.started", source_instance="api-1", data={"version": "1.0"}
+    ),
+]
+
+
+def test_every_seed_message_type_has_a_record() -> None:
+    assert set(message_types()) == {type(m).__name__ for m in SAMPLES}
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_a_message_survives_the_round_trip(message: MessageBase) -> None:
+    assert decode(encode(message), type(message)) == message
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_the_wire_mapping_has_every_field_as_read_in_declaration_order(
+    message: MessageBase,
+) -> None:
+    message = copy.copy(message)
+    message.source_instance = "set-after-creation"
+    expected = {f.wire: getattr(message, f.attr) for f in type(message).wire_fields}
+    assert list(message.to_representation().items()) == list(expected.items())
+
+
+def test_fields_are_written_in_pascal_case_without_module_paths() -> None:
+    wire = orjson.loads(encode(SAMPLES[0]))
+    assert list(wire)[:6] == [
+        "MessageId",
+        "Timestamp",
+        "MessageType",
+        "CorrelationId",
+        "SourceInstance",
+        "TenantId",
+    ]
+    assert {"UserId", "Action", "EntityType", "IpAddress", "UserAgent"} <= set(wire)
+    assert wire["MessageType"] == "AuditLogMessage"
+    assert wire["UserId"] == "9f706e05-3812-4496-a6d4-6f1f5f5e0512"
+    assert b"__faust" not in encode(SAMPLES[0]) and b"dawning_streams" not in encode(SAMPLES[0])
+
+
+def test_times_are_iso_8601_in_utc() -> None:
+    message = AuditLogMessage(
+        user_id=USER,
+        action="a",
+        entity_type="b",
+        timestamp=datetime(2025, 1, 2, 3, 4, 5, 600000, tzinfo=timezone(timedelta(hours=8))),
+    )
+    assert orjson.loads(encode(message))["Timestamp"] == "2025-01-01T19:04:05.600000Z"
+    decoded = decode(
+        b'{"UserId": "%s", "Action": "a", "EntityType": "b",'
+        b' "Timestamp": "2025-01-02T03:04:05.6+08:00"}' % str(USER).encode(),
+        AuditLogMessage,
+    )
+    assert decoded.timestamp == datetime(2025, 1, 1, 19, 4, 5, 600000, tzinfo=UTC)
+
+
+def test_a_message_is_written_byte_for_byte_as_the_gateway_writes_it() -> None:
+    # Written by hand from System.Text.Json's rules for the .NET AuditLogMessage
+    # (JsonSerializerOptions.Default with PascalCase properties): properties in
+    # declaration order, the base class's first; nulls written; Guid as its
+    # lower-case "D" string; a UTC DateTime as ISO 8601 with the 7-digit tick
+    # fraction trimmed of trailing zeros (1234560 ticks: .123456) and a "Z";
+    # no whitespace.
+    expected = (
+        b'{"MessageId":"3f2504e0-4f89-41d3-9a0c-0305e82c3301",'
+        b'"Timestamp":"2025-01-15T08:30:00.123456Z","MessageType":"AuditLogMessage",'
+        b'"CorrelationId":"req-1","SourceInstance":"identity-api-1","TenantId":null,'
+        b'"UserId":"9f706e05-3812-4496-a6d4-6f1f5f5e0512","UserName":"alice",'
+        b'"Action":"Login","EntityType":"User","EntityId":null,"Description":"signed in",'
+        b'"OldValue":null,"NewValue":null,"IpAddress":"10.0.0.7","UserAgent":"curl/8"}'
+    )
+    message = AuditLogMessage(
+        message_id=uuid.UUID("3F2504E0-4F89-41D3-9A0C-0305E82C3301"),
+        timestamp=datetime(2025, 1, 15, 8, 30, 0, 123456, tzinfo=UTC),
+        correlation_id="req-1",
+        source_instance="identity-api-1",
+        user_id=USER,
+        user_name="alice",
+        action="Login",
+        entity_type="User",
+        description="signed in",
+        ip_address="10.0.0.7",
+        user_agent="curl/8",
+    )
+    assert encode(message) == expected
+
+
+def test_the_gateways_json_is_read() -> None:
+    message = decode(DOTNET_AUDIT, AuditLogMessage)
+    assert message.message_id == uuid.UUID("3f2504e0-4f89-41d3-9a0c-0305e82c3301")
+    assert message.timestamp == datetime(2025, 1, 15, 8, 30, 0, 123456, tzinfo=UTC)
+    assert (message.user_id, message.user_name, message.action) == (USER, "alice", "Login")
+    assert (message.correlation_id, message.source_instance) == ("req-1", "identity-api-1")
+
+
+def test_camel_case_is_read_too_and_unknown_fields_are_ignored() -> None:
+    raw = orjson.dumps(
+        {
+            "messageId": "3f2504e0-4f89-41d3-9a0c-0305e82c3301",
+            "userId": str(USER),
+            "eventType": "user.password_changed",
+            "eventData": {"by": "self", "n": [1, 2]},
+            "timestamp": "2025-01-15T08:30:00",
+            "addedInAFutureVersion": 1,
+        }
+    )
+    message = decode(raw, UserEventMessage)
+    assert message.event_type == "user.password_changed"
+    assert message.event_data == {"by": "self", "n": [1, 2]}
+    assert message.timestamp == datetime(2025, 1, 15, 8, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\x00\xffnot json", "not JSON"),
+        (b"[1, 2]", "expected a JSON object, got an array"),
+        (b'{"Action": "a", "EntityType": "b"}', "missing required field UserId"),
+        (
+            b'{"UserId": 42, "Action": "a", "EntityType": "b"}',
+            "field UserId: expected a GUID string, got a number",
+        ),
+        (b'{"UserId": "not-a-guid", "Action": "a", "EntityType": "b"}', "field UserId:"),
+        (
+            b'{"UserId": "9f706e05-3812-4496-a6d4-6f1f5f5e0512", "Action": ["a"],'
+            b' "EntityType": "b"}',
+            "field Action: expected a string, got an array",
+        ),
+        (
+            b'{"UserId": "9f706e05-3812-4496-a6d4-6f1f5f5e0512", "Action": "a", "EntityType": "b",'
+            b' "Timestamp": "yesterday"}',
+            "field Timestamp:",
+        ),
+        (b'{"MessageType": "PasswordResetMessage"}', "unknown MessageType 'PasswordResetMessage'"),
+        (
+            b'{"MessageType": "EmailMessage", "To": "a@b", "Subject": "s", "Body": "b"}',
+            "MessageType 'EmailMessage' does not belong here",
+        ),
+    ],
+)
+def test_bad_input_raises_one_error_that_keeps_the_raw_bytes(raw: bytes, reason: str) -> None:
+    with pytest.raises(MessageDecodeError) as caught:
+        decode(raw, AuditLogMessage, topic="dawning.audit-log")
+    assert caught.value.raw == raw
+    assert reason in caught.value.reason
+    assert "dawning.audit-log" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        "AuditLogMessage",
+        "Dawning.Messages.AuditLogMessage",
+        "Dawning.Messages.AuditLogMessage, Dawning.Messages",
+    ],
+)
+def test_a_namespace_or_assembly_qualified_message_type_is_accepted(declared: str) -> None:
+    raw = (
+        b'{"MessageType": "' + declared.encode() + b'", "Action": "a", "EntityType": "b",'
+        b' "UserId": "9f706e05-3812-4496-a6d4-6f1f5f5e0512"}'
+    )
+    assert decode(raw, AuditLogMessage).action == "a"
+
+
+@pytest.mark.parametrize(
+    "declared", ["Dawning.Messages.EmailMessage", "AuditLogMessageV2", "Other.AuditLog"]
+)
+def test_a_qualified_name_of_another_type_is_refused(declared: str) -> None:
+    raw = b'{"MessageType": "' + declared.encode() + b'", "Action": "a", "EntityType": "b"}'
+    with pytest.raises(MessageDecodeError, match="MessageType"):
+        decode(raw, AuditLogMessage)
+
+
+def test_wrong_types_in_numbers_and_lists_are_rejected() -> None:
+    with pytest.raises(MessageDecodeError, match="field CurrentValue: expected a number"):
+        decode(
+            b'{"AlertRuleId": "3f2504e0-4f89-41d3-9a0c-0305e82c3301", "RuleName": "r",'
+            b' "MetricType": "m", "Severity": "s", "CurrentValue": "97", "Threshold": 1}',
+            AlertNotificationMessage,
+        )
+    with pytest.raises(MessageDecodeError, match="field Cc: expected a list of strings"):
+        decode(b'{"To": "a@b", "Subject": "s", "Body": "b", "Cc": "c@d"}', EmailMessage)
+    with pytest.raises(MessageDecodeError, match="field Priority: expected an integer"):
+        decode(b'{"To": "a@b", "Subject": "s", "Body": "b", "Priority": true}', EmailMessage)
+
+
+def test_a_cache_invalidation_needs_a_key_or_a_pattern() -> None:
+    with pytest.raises(MessageDecodeError, match="CacheKey or Pattern must be set"):
+        decode(b'{"Region": "users"}', CacheInvalidationMessage)
+
+
+def test_faust_agents_decode_through_the_same_codec() -> None:
+    app = create_app()
+    raw = encode(SAMPLES[0])
+    assert app.serializers.loads_value(AuditLogMessage, raw) == SAMPLES[0]
+    assert app.serializers.dumps_value(AuditLogMessage, SAMPLES[0]) == raw
+    with pytest.raises(ValueDecodeError) as caught:
+        app.serializers.loads_value(AuditLogMessage, b'{"Action": 1}')
+    cause = caught.value.__cause__
+    assert isinstance(cause, MessageDecodeError)
+    assert cause.raw == b'{"Action": 1}'
