@@ -26,7 +26,7 @@ from dawning_streams.core.partitioners import consistent_random, murmur2
 from dawning_streams.core.settings import KafkaSettings, SpoolSettings
 
 from ..kafka_helpers import partition_count, read_topic
-from .test_codec import SAMPLES
+from ..unit.test_codec import SAMPLES
 
 pytestmark = pytest.mark.kafka
 

@@ -25,10 +25,10 @@ from dawning_streams import (
     Settings,
     SettingsError,
     create_app,
-    dashboard,
 )
 from dawning_streams.core.settings import KafkaSecuritySettings, Secret
 from dawning_streams.kafka.security import client_options
+from dawning_streams.ops import dashboard
 from dawning_streams.ops.dlq import read_dead_letters
 
 from ..conftest import ROOT, _profile

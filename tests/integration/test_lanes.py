@@ -12,8 +12,9 @@ import pytest
 from aiokafka import TopicPartition
 from faust.types import TP
 
-from dawning_streams import App, AuditLogMessage, Settings, create_app, transport
+from dawning_streams import App, AuditLogMessage, Settings, create_app
 from dawning_streams.core.partitioners import consistent_random
+from dawning_streams.kafka import transport
 from dawning_streams.kafka.lanes import Lane, _Progress
 
 from ..handler_helpers import Calls, eventually, running, same_partition_users

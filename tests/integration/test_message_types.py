@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from dawning_streams import MessageBase, Settings, create_app, decode, records
+from dawning_streams import MessageBase, Settings, create_app, decode
+from dawning_streams.core import records
 from dawning_streams.core.names import dead_letter_topic
 from dawning_streams.core.retry import Reject
 
