@@ -15,10 +15,10 @@ import pytest
 from dawning_streams import AuditLogMessage, Settings, create_app
 from dawning_streams.agents import audit_log
 from dawning_streams.core.settings import AuditSettings
-from dawning_streams.services.audit_store import AuditQuery, AuditStoreError
+from dawning_streams.services.audit_store import AuditQuery
 
 from ..conftest import TEST_ENV
-from ..handler_helpers import eventually, running
+from ..handler_helpers import running
 from ..kafka_helpers import caught_up
 
 pytestmark = pytest.mark.kafka
@@ -137,51 +137,3 @@ async def test_get_audit_filters_and_answers_newest_first(settings: Settings) ->
         ]:
             status, body = await get(query)
             assert (status, body["error"].split(";")[0]) == (400, message)
-
-
-async def test_a_lost_database_connection_is_logged_once_each_way_and_nothing_is_lost(
-    settings: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
-    name = f"audit_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(f"{POSTGRES}/postgres")
-    await admin.execute(f"CREATE DATABASE {name}")
-    settings = dataclasses.replace(
-        settings, audit=AuditSettings(store_url=f"{POSTGRES}/{name}", batch_within_ms=50)
-    )
-    app = create_app(settings, web_enabled=False)
-    audit_log.install(app)
-    first, second = entries(20), entries(20, start=an_hour_ago() + timedelta(minutes=1))
-    try:
-        async with running(app):
-            assert app.audit_store.reachability in app.dependencies
-            await app.bus.publish_many(first)
-            await stored(app, 20)
-            # The server drops every connection of the store's pool.
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
-            )
-            with caplog.at_level("WARNING", logger="dawning_streams.kafka.outages"):
-                await app.bus.publish_many(second)
-                rows = await eventually(lambda: stored_despite_errors(app, 40), 60, "40 rows")
-        lines = [r.getMessage() for r in caplog.records if r.name.endswith("outages")]
-        address = f"127.0.0.1:{TEST_ENV['POSTGRES_PORT']}/{name}"
-        assert [line.split(":")[0] for line in lines if "PostgreSQL" in line] == [
-            "PostgreSQL is unreachable at 127.0.0.1",
-            "PostgreSQL is reachable again at 127.0.0.1",
-        ], lines
-        assert address in lines[0]
-        assert sorted(r["message_id"] for r in rows) == sorted(
-            str(m.message_id) for m in [*first, *second]
-        )
-    finally:
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-        await admin.close()
-
-
-async def stored_despite_errors(app, count: int) -> list[dict] | None:  # type: ignore[no-untyped-def]
-    """Every row once there are ``count``; None meanwhile, or while the store cannot answer."""
-    try:
-        rows = await app.audit_store.query(AuditQuery(limit=1000))
-    except AuditStoreError:
-        return None
-    return rows if len(rows) >= count else None

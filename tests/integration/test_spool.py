@@ -188,7 +188,7 @@ async def test_a_record_the_broker_refuses_for_good_is_set_aside_and_the_rest_fl
 SPOOLER = """
 import asyncio, os, sys
 from dawning_streams import Settings, UserEventMessage, create_app
-from tests.test_spool import events
+from tests.integration.test_spool import events
 
 async def main(first: int, count: int) -> None:
     bus = create_app(Settings.load()).bus
