@@ -45,6 +45,7 @@ from dawning_streams.kafka.security import faust_credentials
 from dawning_streams.observability.telemetry import Telemetry
 from dawning_streams.ops import views
 from dawning_streams.ops.cli import register_commands
+from dawning_streams.ops.sampler import ClusterSampler
 from dawning_streams.services.cache import DistributedCache
 from dawning_streams.services.lock import DistributedLock
 from dawning_streams.services.mail import Mailer
@@ -148,6 +149,8 @@ class App(faust.App):
         #: Handler source topics whose records skip Faust's streams (see lanes.py).
         self.lanes: dict[str, Lane | LaneGroup] = {}
         self._declared: list[TopicT] = list(self.message_topics.values())
+        #: What the dashboard shows of the cluster, read every few seconds.
+        self.sampler = ClusterSampler(self)
         register_commands(self)
         views.install(self)
 
@@ -261,6 +264,7 @@ class App(faust.App):
             self.kafka_watch,
             *self.lanes.values(),
             *(handler.timers for handler in self.handlers.values()),
+            *([self.sampler] if self.conf.web_enabled else []),
         ]
 
     async def on_start(self) -> None:

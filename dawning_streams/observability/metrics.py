@@ -68,7 +68,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from dawning_streams.core.settings import TelemetrySettings
 from dawning_streams.kafka.faust_compat import ReceiveMetricsHook
 
-__all__ = ["CONTENT_TYPE", "Durations", "Metrics", "RecentCounts", "otlp_headers"]
+__all__ = ["CONTENT_TYPE", "Durations", "Metrics", "RecentCounts", "otlp_headers", "quantile"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -178,6 +178,10 @@ class Durations:
         if seconds > series[2]:
             series[2] = seconds
 
+    def counts(self) -> dict[tuple[str, str], list[int]]:
+        """Each series' bucket counts, copied (the dashboard's windows are differences of these)."""
+        return {key: series[3:] for key, series in list(self._series.items())}
+
     def metric(self, now_ns: int | None = None) -> Metric | None:
         """The histogram as the SDK would collect it, or None before the first record."""
         now_ns = now_ns if now_ns is not None else time.time_ns()
@@ -209,6 +213,27 @@ class Durations:
                 aggregation_temporality=AggregationTemporality.CUMULATIVE,
             ),
         )
+
+
+def quantile(counts: Sequence[int], bounds: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile (0 < q <= 1) of a histogram with explicit ``bounds``, or None if empty.
+
+    Interpolated linearly inside the bucket it falls in, as Prometheus's
+    ``histogram_quantile`` does; in the overflow bucket it is the last bound.
+    """
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for index, count in enumerate(counts):
+        if count and seen + count >= rank:
+            if index == len(bounds):
+                return float(bounds[-1])
+            low = float(bounds[index - 1]) if index else 0.0
+            return low + (float(bounds[index]) - low) * (rank - seen) / count
+        seen += count
+    return float(bounds[-1])
 
 
 def _with_metric(

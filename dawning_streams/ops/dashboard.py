@@ -1,47 +1,51 @@
-"""The operator's dashboard: what the cluster, the group, the handlers and the tables are doing.
+"""The operator's dashboard: what each handler, the group, the cluster and the tables are doing.
 
-Everything shown is read when the page is asked for: topic offsets and the
-group's members and committed offsets from the brokers (as Kafka UI and
-Karafka's Web UI show them), throughput from this worker's metrics, dead-letter
-counts from the dead-letter topics' offsets, and each table's local summary.
-Settings are shown with every secret masked. This module gathers the data;
+The pages are handler-first, as Flower's are task-first: one row per handler
+with its rate, failures, retries, timers, dead letters, durations and lag, and
+its topics folded under it. Cluster facts (offsets, the group's members and
+commits, leaders and in-sync replicas) come from the :class:`ClusterSampler`'s
+latest snapshot, a few seconds old at most, so no page waits for Kafka.
+Throughput and durations are this worker's own, kept in memory. Settings are
+shown with every secret masked. This module gathers the data;
 :mod:`dawning_streams.ops.dashboard_html` renders it.
 """
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-from aiokafka.errors import KafkaError
-
 from dawning_streams.core.errors import DawningError
 from dawning_streams.core.settings import shown
-from dawning_streams.kafka import faust_compat
-from dawning_streams.kafka.security import client_options
 from dawning_streams.observability import health
+from dawning_streams.observability.metrics import quantile
 from dawning_streams.ops import dlq
+from dawning_streams.ops.sampler import Partition, Snapshot
 
 if TYPE_CHECKING:
     from dawning_streams.application import App
+    from dawning_streams.handlers.handler import Handler
 
 __all__ = [
+    "CHART_BUCKETS",
+    "CHART_BUCKET_S",
     "BadReplay",
     "browse",
+    "cluster",
     "dead_letter_topics",
+    "handler_detail",
     "overview",
     "replay",
+    "topics",
 ]
 
 #: How many dead letters the browse page lists (newest first).
 BROWSE_LIMIT = 200
-#: The page shows what it has, and says the cluster did not answer, after this long.
-CLUSTER_TIMEOUT_S = 10.0
+#: The charts: 90 buckets of 10 seconds, the last 15 minutes.
+CHART_BUCKET_S = 10
+CHART_BUCKETS = 90
 _OUTCOMES = ("handled", "failed", "retried", "dead_lettered", "expired")
 
 
@@ -59,130 +63,149 @@ def _dlq_names(app: App) -> set[str]:
     return {name for name in names if name.endswith(".dlq")}
 
 
-async def _cluster(app: App) -> dict[str, Any]:
-    """Offsets of the app's topics, and the group's members and committed offsets."""
-    kafka = app.dawning_settings.kafka
-    topics = sorted(
-        {t.get_topic_name() for t in app.declared_topics}
-        | {table.changelog_topic.get_topic_name() for table in app.tables.values()}
-    )
-    consumer = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False, group_id=None)
-    admin = AIOKafkaAdminClient(**client_options(kafka))
-    await consumer.start()
-    try:
-        await admin.start()
-        cluster = await faust_compat.cluster_metadata(consumer)
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(cluster.partitions_for_topic(topic) or ())
-        ]
-        begin, end = await asyncio.gather(
-            consumer.beginning_offsets(partitions), consumer.end_offsets(partitions)
-        )
-        [description] = await admin.describe_consumer_groups([kafka.consumer_group_id])
-        committed = await admin.list_consumer_group_offsets(kafka.consumer_group_id)
-    finally:
-        await admin.close()
-        await consumer.stop()
-    group = description.to_object()["groups"][0]
-    owners: dict[TopicPartition, str] = {}
-    members = []
-    for number, member in enumerate(group["members"], start=1):
-        label = f"#{number}"
-        assigned = 0
-        if member["member_assignment"]:
-            decoded = ConsumerProtocolMemberAssignment.decode(member["member_assignment"])
-            for topic, numbers in decoded.assignment:
-                owners.update({TopicPartition(topic, n): label for n in numbers})
-                assigned += len(numbers)
-        members.append(
-            {
-                "member": label,
-                "member_id": member["member_id"],
-                "host": member["client_host"].lstrip("/"),
-                "partitions": assigned,
-            }
-        )
-    rows = []
-    for tp in partitions:
-        done = committed.get(tp)
-        rows.append(
-            {
-                "topic": tp.topic,
-                "partition": tp.partition,
-                "begin": begin[tp],
-                "end": end[tp],
-                "committed": done.offset if done is not None else None,
-                "lag": end[tp] - done.offset if done is not None else None,
-                "owner": owners.get(tp),
-            }
-        )
-    return {
-        "group": kafka.consumer_group_id,
-        "state": group["state"],
-        "members": members,
-        "partitions": rows,
-    }
+def _kind(app: App, topic: str) -> str:
+    if topic in _dlq_names(app):
+        return "dead letters"
+    if topic.endswith(".timers") or topic.endswith("-timers-changelog"):
+        return "timers"
+    if topic.endswith("-changelog"):
+        return "changelog"
+    return "messages"
 
 
-def _topics(rows: list[dict[str, Any]], app: App) -> list[dict[str, Any]]:
+def _topic_rows(app: App, partitions: list[Partition]) -> list[dict[str, Any]]:
+    """One row per topic: partitions, messages held, and the group's lag."""
     by_topic: dict[str, dict[str, Any]] = {}
-    for row in rows:
+    for p in partitions:
         entry = by_topic.setdefault(
-            row["topic"], {"topic": row["topic"], "partitions": 0, "messages": 0, "lag": None}
+            p.topic,
+            {
+                "topic": p.topic,
+                "kind": _kind(app, p.topic),
+                "partitions": 0,
+                "messages": 0,
+                "lag": None,
+            },
         )
         entry["partitions"] += 1
-        entry["messages"] += row["end"] - row["begin"]
-        if row["lag"] is not None:
-            entry["lag"] = (entry["lag"] or 0) + row["lag"]
-    dead = _dlq_names(app)
-    for entry in by_topic.values():
-        name = entry["topic"]
-        entry["kind"] = (
-            "dead letters"
-            if name in dead
-            else "timers"
-            if name.endswith(".timers") or name.endswith("-timers-changelog")
-            else "changelog"
-            if name.endswith("-changelog")
-            else "messages"
-        )
+        entry["messages"] += p.end - p.begin
+        if p.lag is not None:
+            entry["lag"] = (entry["lag"] or 0) + p.lag
     return sorted(by_topic.values(), key=lambda e: e["topic"])
 
 
-def _throughput(app: App) -> list[dict[str, Any]]:
-    recent = app.telemetry.metrics.recent
-    now = time.time()
-    names = sorted(set(recent.names()) | set(app.handlers))
-    return [
-        {
-            "handler": name,
-            **{f"{o}_1m": recent.total(name, o, 60, now) for o in _OUTCOMES},
-            **{f"{o}_15m": recent.total(name, o, 900, now) for o in _OUTCOMES},
-            "per_minute": recent.series(name, "handled", bucket_s=60, buckets=15, now=now),
-            **_timers(app, name),
-        }
-        for name in names
-    ]
-
-
-def _timers(app: App, name: str) -> dict[str, Any]:
-    """What ``name``'s timers hold on this worker: pending, next due, held and stuck keys."""
-    handler = app.handlers.get(name)
-    if handler is None:
-        return {"timers_pending": None, "next_due": None, "held_keys": None, "stuck_keys": []}
-    stats = handler.timers.stats()
-    next_due = (
-        datetime.fromtimestamp(stats.next_due_ms / 1000, UTC).isoformat(timespec="seconds")
-        if stats.next_due_ms is not None
-        else None
-    )
+def _partition_row(p: Partition) -> dict[str, Any]:
     return {
+        "topic": p.topic,
+        "partition": p.partition,
+        "begin": p.begin,
+        "end": p.end,
+        "committed": p.committed,
+        "lag": p.lag,
+        "owner": p.owner,
+        "leader": p.leader,
+        "replicas": list(p.replicas),
+        "isr": list(p.isr),
+        "under_replicated": p.under_replicated,
+    }
+
+
+def _handler_topics(handler: Handler[Any]) -> list[str]:
+    """The topics that belong to ``handler``: its source, timers, dead letters, timer changelog."""
+    names = [handler.topic, handler.timers_topic]
+    if handler.options.dead_letter:
+        names.append(handler.dead_letter_topic)
+    names.append(handler.timers.table.changelog_topic.get_topic_name())
+    return names
+
+
+def _lag(partitions: list[Partition]) -> int | None:
+    lags = [p.lag for p in partitions if p.lag is not None]
+    return sum(lags) if lags else None
+
+
+def _series(app: App, name: str, outcome: str, now: float) -> list[int | None]:
+    """``outcome`` counts per chart bucket; None before this worker started."""
+    counts: list[int | None] = list(
+        app.telemetry.metrics.recent.series(
+            name, outcome, bucket_s=CHART_BUCKET_S, buckets=CHART_BUCKETS, now=now
+        )
+    )
+    started = app.sampler.started_at
+    for index in range(CHART_BUCKETS):
+        bucket_end = now - (CHART_BUCKETS - 1 - index) * CHART_BUCKET_S
+        if bucket_end < started:
+            counts[index] = None
+    return counts
+
+
+def _kind_of_handler(handler: Handler[Any]) -> str:
+    options = handler.options
+    if options.ordered:
+        return "ordered"
+    if options.batch_size > 1:
+        return f"batches of {options.batch_size}"
+    if options.concurrency > 1:
+        return f"concurrency {options.concurrency}"
+    return "one at a time"
+
+
+def _handler_row(app: App, handler: Handler[Any], snapshot: Snapshot, now: float) -> dict[str, Any]:
+    recent = app.telemetry.metrics.recent
+    name = handler.name
+    window = app.sampler.durations_since(60)
+    bounds = app.telemetry.metrics.duration.bounds
+    attempts = [
+        sum(counts)
+        for counts in zip(
+            *(
+                window.get((name, outcome), [0] * (len(bounds) + 1))
+                for outcome in ("handled", "failed")
+            ),
+            strict=True,
+        )
+    ]
+    stats = handler.timers.stats()
+    dead = snapshot.of_topic(handler.dead_letter_topic) if handler.options.dead_letter else []
+    return {
+        "handler": name,
+        "topic": handler.topic,
+        "kind": _kind_of_handler(handler),
+        **{f"{o}_1m": recent.total(name, o, 60, now) for o in _OUTCOMES},
+        **{f"{o}_15m": recent.total(name, o, 900, now) for o in _OUTCOMES},
+        "p50_ms": _ms(quantile(attempts, bounds, 0.5)),
+        "p99_ms": _ms(quantile(attempts, bounds, 0.99)),
+        "lag": _lag(snapshot.of_topic(handler.topic)),
+        "timers_lag": _lag(snapshot.of_topic(handler.timers_topic)),
+        "dead_letters": sum(p.end - p.begin for p in dead) if dead else None,
+        "dead_letter_topic": handler.dead_letter_topic if handler.options.dead_letter else None,
         "timers_pending": stats.pending,
-        "next_due": next_due,
+        "next_due": _iso_ms(stats.next_due_ms),
         "held_keys": stats.held_keys,
         "stuck_keys": list(stats.stuck_keys),
+        "handled_series": _series(app, name, "handled", now),
+        "failed_series": _series(app, name, "failed", now),
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 1) if seconds is not None else None
+
+
+def _iso_ms(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+def _cluster_state(app: App, snapshot: Snapshot) -> dict[str, Any]:
+    return {
+        "group": app.dawning_settings.kafka.consumer_group_id,
+        "state": snapshot.group_state,
+        "members": snapshot.members,
+        "brokers": len(snapshot.brokers),
+        "under_replicated": sum(p.under_replicated for p in snapshot.partitions),
+        "sampled_at": _iso_ms(int(snapshot.at * 1000)) if snapshot.at else None,
     }
 
 
@@ -190,14 +213,13 @@ def _tables(app: App) -> list[dict[str, Any]]:
     rows = []
     for table in app.tables.values():
         data: Any = table
-        keys = list(data.keys())
         rows.append(
             {
                 "table": table.name,
                 "changelog": table.changelog_topic.get_topic_name(),
                 "partitions": table.partitions,
-                "local_keys": len(keys),
-                "sample_keys": [_text(k) for k in keys[:3]],
+                "local_keys": len(data),
+                "sample_keys": [_text(k) for k in itertools.islice(data.keys(), 3)],
             }
         )
     return sorted(rows, key=lambda r: r["table"])
@@ -209,40 +231,96 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-async def overview(app: App) -> dict[str, Any]:
-    """Everything the dashboard shows, as plain data."""
-    try:
-        async with asyncio.timeout(CLUSTER_TIMEOUT_S):
-            cluster: dict[str, Any] = await _cluster(app)
-        error = None
-    except (KafkaError, OSError, TimeoutError) as exc:
-        cluster = {
-            "group": app.dawning_settings.kafka.consumer_group_id,
-            "members": [],
-            "partitions": [],
-        }
-        error = f"could not read the cluster: {exc!r}"
-    topics = _topics(cluster["partitions"], app)
+def _header(app: App, snapshot: Snapshot) -> dict[str, Any]:
+    """What every page shows on top."""
     return {
         "instance": app.dawning_settings.instance_name,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "readiness": health.readiness(app),
-        "cluster_error": error,
-        "topics": topics,
-        "group": {k: v for k, v in cluster.items() if k != "partitions"},
-        # Partitions that hold messages or a committed offset: the empty retry
-        # tiers would only bury the ones that matter.
-        "partitions": [
-            r for r in cluster["partitions"] if r["committed"] is not None or r["end"] > r["begin"]
-        ],
+        "cluster_error": snapshot.error,
+    }
+
+
+async def overview(app: App) -> dict[str, Any]:
+    """The overview page as plain data: one row per handler, and the rest in brief."""
+    snapshot = await app.sampler.current()
+    now = time.time()
+    handlers = [_handler_row(app, h, snapshot, now) for h in app.handlers.values()]
+    return {
+        **_header(app, snapshot),
+        "group": _cluster_state(app, snapshot),
+        "handlers": sorted(handlers, key=lambda r: r["handler"]),
         "dead_letters": [
             {"topic": t["topic"], "count": t["messages"]}
-            for t in topics
+            for t in _topic_rows(app, snapshot.partitions)
             if t["kind"] == "dead letters"
         ],
-        "throughput": _throughput(app),
+        "chart": {"bucket_s": CHART_BUCKET_S, "buckets": CHART_BUCKETS},
         "tables": _tables(app),
         "settings": shown(app.dawning_settings),
+    }
+
+
+async def handler_detail(app: App, name: str) -> dict[str, Any] | None:
+    """One handler: its row, its topics and partitions, and its lag per partition over time."""
+    handler = app.handlers.get(name)
+    if handler is None:
+        return None
+    snapshot = await app.sampler.current()
+    now = time.time()
+    owned = set(_handler_topics(handler))
+    partitions = [p for p in snapshot.partitions if p.topic in owned]
+    source = snapshot.of_topic(handler.topic)
+    lag = app.sampler.lag_series(
+        [(p.topic, p.partition) for p in source], bucket_s=CHART_BUCKET_S, buckets=CHART_BUCKETS
+    )
+    return {
+        **_header(app, snapshot),
+        "row": _handler_row(app, handler, snapshot, now),
+        "topics": _topic_rows(app, partitions),
+        "partitions": [_partition_row(p) for p in partitions if p.topic == handler.topic],
+        "lag_series": {f"{p.topic}/{p.partition}": s for p, s in zip(source, lag, strict=True)},
+        "chart": {"bucket_s": CHART_BUCKET_S, "buckets": CHART_BUCKETS},
+    }
+
+
+async def topics(app: App) -> dict[str, Any]:
+    """Every topic of the app and each table's changelog, and their partitions."""
+    snapshot = await app.sampler.current()
+    return {
+        **_header(app, snapshot),
+        "group": _cluster_state(app, snapshot),
+        "topics": _topic_rows(app, snapshot.partitions),
+        # Partitions that hold messages or a committed offset: the empty timer
+        # topics would only bury the ones that matter.
+        "partitions": [
+            _partition_row(p)
+            for p in snapshot.partitions
+            if p.committed is not None or p.end > p.begin
+        ],
+    }
+
+
+async def cluster(app: App) -> dict[str, Any]:
+    """The brokers, each partition's leader and in-sync replicas, and the group's members."""
+    snapshot = await app.sampler.current()
+    led: dict[int, int] = {}
+    for p in snapshot.partitions:
+        led[p.leader] = led.get(p.leader, 0) + 1
+    return {
+        **_header(app, snapshot),
+        "group": _cluster_state(app, snapshot),
+        "brokers": [
+            {
+                "node_id": b["node_id"],
+                "address": f"{b['host']}:{b['port']}",
+                "rack": b.get("rack"),
+                "controller": b["node_id"] == snapshot.controller,
+                "leads": led.get(b["node_id"], 0),
+            }
+            for b in snapshot.brokers
+        ],
+        "partitions": [_partition_row(p) for p in snapshot.partitions],
     }
 
 

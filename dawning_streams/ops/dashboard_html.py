@@ -1,4 +1,9 @@
-"""The dashboard's HTML: escaped, no template engine, no script but the replay button's."""
+"""The dashboard's HTML: escaped, no template engine, no script but the replay button's.
+
+Pages: the handler-first overview (``/``), one handler (``/handlers/{name}``),
+raw topics (``/topics``), the cluster (``/cluster``), "where is my message?"
+(``/messages``) and each dead-letter topic (``/dead-letters/{topic}``).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,18 @@ from collections.abc import Collection
 from html import escape
 from typing import Any
 
+from dawning_streams.ops.charts import line_chart
 from dawning_streams.ops.dlq import DeadLetter
+from dawning_streams.ops.search import Search
 
-__all__ = ["render_dead_letters", "render_overview"]
+__all__ = [
+    "render_cluster",
+    "render_dead_letters",
+    "render_handler",
+    "render_overview",
+    "render_search",
+    "render_topics",
+]
 
 
 _STYLE = """
@@ -27,6 +41,15 @@ th{font-weight:600;color:#556}td.n,th.n{text-align:right}
 .bar{display:inline-block;width:6px;margin-right:1px;background:#3b82f6;vertical-align:bottom}
 button{font:inherit;padding:2px 10px}input{font:inherit;padding:2px 6px}
 pre{white-space:pre-wrap;max-height:8em;overflow:auto;background:#f4f6f9;padding:4px;margin:0}
+nav{display:flex;gap:16px;align-items:baseline;flex-wrap:wrap}
+nav form{display:inline}
+.cards{display:grid;gap:16px;grid-column:1/-1;
+  grid-template-columns:repeat(auto-fill,minmax(500px,1fr))}
+.card h2 a{color:inherit}.figures{display:flex;flex-wrap:wrap;gap:4px 16px;margin:4px 0}
+figure.chart{margin:6px 0}figure.chart figcaption{font-size:12px;color:#445}
+svg.chart{max-width:100%;height:auto;display:block}.legend{font-size:12px}.key{margin:0 2px 0 8px}
+.wide{grid-column:1/-1}tr.bad td{background:#fdecea}
+.state{font-size:18px;font-weight:600}
 """
 
 _REPLAY_SCRIPT = """
@@ -89,17 +112,8 @@ def _cell(value: Any) -> str:
     return escape(str(value))
 
 
-def _bars(counts: list[int]) -> _Html:
-    top = max(counts) or 1
-    bars = "".join(
-        f'<span class="bar" title="{n}" style="height:{max(1, round(18 * n / top))}px"></span>'
-        for n in counts
-    )
-    return _Html(f'<span title="handled per minute, last 15 minutes">{bars}</span>')
-
-
-def render_overview(data: dict[str, Any]) -> str:
-    """The dashboard page."""
+def _header(data: dict[str, Any]) -> str:
+    """The bar on top of every page: instance, readiness, navigation, message search."""
     ready = data["readiness"]
     checks = ", ".join(
         f"{name} {'ok' if check['ok'] else 'NOT ok'}" for name, check in ready["checks"].items()
@@ -112,75 +126,84 @@ def render_overview(data: dict[str, Any]) -> str:
         + ("; recovery is stuck" if recovery.get("stuck") else "")
         + ")</span>"
     )
+    return (
+        f"<header><h1>dawning-streams</h1><span>{escape(data['instance'])}</span>"
+        f"<span>{state}</span><span class='muted'>{escape(data['generated_at'])}</span>"
+        '<nav><a href="/">handlers</a><a href="/topics">topics</a>'
+        '<a href="/cluster">cluster</a><a href="/metrics">metrics</a>'
+        '<form action="/messages" method="get"><input name="id" size="36" '
+        'placeholder="MessageId" aria-label="MessageId"> <button>find</button></form>'
+        "</nav></header>"
+    )
+
+
+def _error(data: dict[str, Any]) -> str:
+    error = data.get("cluster_error")
+    return f'<section class="bad wide">{escape(error)}</section>' if error else ""
+
+
+def _figures(row: dict[str, Any]) -> str:
+    def figure(label: str, value: Any, bad: bool = False) -> str:
+        shown = "-" if value is None else escape(str(value))
+        cls = ' class="bad"' if bad else ""
+        return f"<span>{escape(label)} <b{cls}>{shown}</b></span>"
+
+    return (
+        '<div class="figures">'
+        + figure("handled/min", row["handled_1m"])
+        + figure("failed/min", row["failed_1m"], bool(row["failed_1m"]))
+        + figure("retried/min", row["retried_1m"])
+        + figure("p50 ms", row["p50_ms"])
+        + figure("p99 ms", row["p99_ms"])
+        + figure("lag", row["lag"])
+        + figure("timers", row["timers_pending"])
+        + figure("held keys", row["held_keys"])
+        + figure("stuck", len(row["stuck_keys"]), bool(row["stuck_keys"]))
+        + figure("dead letters", row["dead_letters"], bool(row["dead_letters"]))
+        + "</div>"
+    )
+
+
+def _throughput_chart(row: dict[str, Any], chart: dict[str, Any]) -> str:
+    return line_chart(
+        [("handled", row["handled_series"]), ("failed", row["failed_series"])],
+        bucket_s=chart["bucket_s"],
+        title=f"{row['handler']}: handled and failed, this worker",
+        unit="messages",
+    )
+
+
+def render_overview(data: dict[str, Any]) -> str:
+    """The overview: a card per handler, then dead letters, group, tables and settings."""
     group = data["group"]
+    cards = []
+    for row in data["handlers"]:
+        name = escape(row["handler"])
+        cards.append(
+            f'<section class="card"><h2><a href="/handlers/{name}">{name}</a> '
+            f'<span class="muted">{escape(row["topic"])}, {escape(row["kind"])}</span></h2>'
+            + _figures(row)
+            + _throughput_chart(row, data["chart"])
+            + "</section>"
+        )
+    handlers = (
+        f'<div class="cards">{"".join(cards)}</div>'
+        if cards
+        else '<section class="wide"><h2>Handlers</h2><p class="muted">none declared</p></section>'
+    )
     sections = [
         _section(
-            "Topics",
-            _table(
-                ["topic", "kind", "partitions", "messages", "group lag"],
-                [
-                    [t["topic"], t["kind"], t["partitions"], t["messages"], t["lag"]]
-                    for t in data["topics"]
-                ],
-                {2, 3, 4},
-            ),
-        ),
-        _section(
-            f"Consumer group {group['group']} ({escape(str(group.get('state', '?')))})",
-            _table(
-                ["member", "member id", "host", "partitions"],
-                [
-                    [m["member"], m["member_id"], m["host"], m["partitions"]]
-                    for m in group["members"]
-                ],
-                {3},
+            f"Consumer group {group['group']}",
+            f"<p>state <b>{escape(str(group['state']))}</b>, {len(group['members'])} member(s), "
+            f"{group['brokers']} broker(s), "
+            + (
+                f'<span class="bad">{group["under_replicated"]} under-replicated '
+                "partition(s)</span>"
+                if group["under_replicated"]
+                else "every partition fully replicated"
             )
-            + "<h2 style='margin-top:12px'>Lag per partition</h2>"
-            + _table(
-                ["topic", "partition", "committed", "end", "lag", "member"],
-                [
-                    [r["topic"], r["partition"], r["committed"], r["end"], r["lag"], r["owner"]]
-                    for r in data["partitions"]
-                ],
-                {1, 2, 3, 4},
-            ),
-        ),
-        _section(
-            "Throughput (this worker)",
-            _table(
-                [
-                    "handler",
-                    "last 15 min",
-                    "handled 1m",
-                    "failed 1m",
-                    "retried 1m",
-                    "dead 1m",
-                    "handled 15m",
-                    "dead 15m",
-                    "timers",
-                    "next due",
-                    "held keys",
-                    "stuck",
-                ],
-                [
-                    [
-                        r["handler"],
-                        _bars(r["per_minute"]),
-                        r["handled_1m"],
-                        r["failed_1m"],
-                        r["retried_1m"],
-                        r["dead_lettered_1m"],
-                        r["handled_15m"],
-                        r["dead_lettered_15m"],
-                        r["timers_pending"],
-                        r["next_due"] or "",
-                        r["held_keys"],
-                        len(r["stuck_keys"]),
-                    ]
-                    for r in data["throughput"]
-                ],
-                {2, 3, 4, 5, 6, 7, 8, 10, 11},
-            ),
+            + f' <span class="muted">(sampled {escape(str(group["sampled_at"]))})</span>'
+            ' <a href="/cluster">cluster</a> <a href="/topics">topics</a></p>',
         ),
         _section(
             "Dead letters",
@@ -223,21 +246,205 @@ def render_overview(data: dict[str, Any]) -> str:
             + "</details>",
         ),
     ]
-    error = (
-        f'<section class="bad">{escape(data["cluster_error"])}</section>'
-        if data["cluster_error"]
-        else ""
-    )
-    header = (
-        f"<header><h1>dawning-streams</h1><span>{escape(data['instance'])}</span>"
-        f"<span>{state}</span><span class='muted'>{escape(data['generated_at'])}</span>"
-        '<a href="/metrics">metrics</a><a href="/ready">ready</a></header>'
-    )
     return _page(
         "dawning-streams dashboard",
-        header + f"<main>{error}{''.join(sections)}</main>",
+        _header(data) + f"<main>{_error(data)}{handlers}{''.join(sections)}</main>",
         refresh_s=15,
     )
+
+
+def render_handler(data: dict[str, Any]) -> str:
+    """One handler: its figures, charts, topics, partitions and timers."""
+    row = data["row"]
+    lag_chart = line_chart(
+        list(data["lag_series"].items()),
+        bucket_s=data["chart"]["bucket_s"],
+        title=f"{row['topic']}: the group's lag per partition",
+        unit="messages",
+    )
+    timers = _table(
+        ["pending", "next due", "held keys", "stuck keys"],
+        [
+            [
+                row["timers_pending"],
+                row["next_due"],
+                row["held_keys"],
+                ", ".join(row["stuck_keys"]) or None,
+            ]
+        ],
+        {0, 2},
+    )
+    body = (
+        f"<section class='wide'><h2>{escape(row['handler'])} "
+        f"<span class='muted'>{escape(row['topic'])}, {escape(row['kind'])}</span></h2>"
+        + _figures(row)
+        + _throughput_chart(row, data["chart"])
+        + lag_chart
+        + "</section>"
+        + _section(
+            "Topics",
+            _table(
+                ["topic", "kind", "partitions", "messages", "group lag"],
+                [
+                    [t["topic"], t["kind"], t["partitions"], t["messages"], t["lag"]]
+                    for t in data["topics"]
+                ],
+                {2, 3, 4},
+            ),
+        )
+        + _section("Partitions of the source topic", _partitions(data["partitions"]))
+        + _section("Timers (this worker)", timers)
+    )
+    return _page(
+        f"handler {row['handler']}",
+        _header(data) + f"<main>{_error(data)}{body}</main>",
+        refresh_s=15,
+    )
+
+
+def _partitions(rows: list[dict[str, Any]]) -> str:
+    return _table(
+        ["topic", "partition", "committed", "end", "lag", "member", "leader"],
+        [
+            [
+                r["topic"],
+                r["partition"],
+                r["committed"],
+                r["end"],
+                r["lag"],
+                r["owner"],
+                r["leader"],
+            ]
+            for r in rows
+        ],
+        {1, 2, 3, 4, 6},
+    )
+
+
+def render_topics(data: dict[str, Any]) -> str:
+    """Every topic, by kind, and the group's lag per partition."""
+    body = _section(
+        "Topics",
+        _table(
+            ["topic", "kind", "partitions", "messages", "group lag"],
+            [
+                [t["topic"], t["kind"], t["partitions"], t["messages"], t["lag"]]
+                for t in data["topics"]
+            ],
+            {2, 3, 4},
+        ),
+    ) + _section("Lag per partition", _partitions(data["partitions"]))
+    return _page("topics", _header(data) + f"<main>{_error(data)}{body}</main>", refresh_s=15)
+
+
+def render_cluster(data: dict[str, Any]) -> str:
+    """Brokers, partitions with leaders and in-sync replicas, and the group's members."""
+    group = data["group"]
+    partitions = data["partitions"]
+    rows = "".join(
+        ('<tr class="bad">' if p["under_replicated"] else "<tr>")
+        + "".join(
+            f"<td>{_cell(c)}</td>"
+            for c in (
+                p["topic"],
+                p["partition"],
+                p["leader"],
+                ",".join(map(str, p["replicas"])),
+                ",".join(map(str, p["isr"])),
+                "UNDER-REPLICATED" if p["under_replicated"] else "ok",
+            )
+        )
+        + "</tr>"
+        for p in partitions
+    )
+    layout = (
+        "<table><thead><tr><th>topic</th><th>partition</th><th>leader</th><th>replicas</th>"
+        f"<th>in sync</th><th>replication</th></tr></thead><tbody>{rows}</tbody></table>"
+        if partitions
+        else '<p class="muted">none</p>'
+    )
+    under = sum(p["under_replicated"] for p in partitions)
+    body = (
+        _section(
+            "Brokers",
+            _table(
+                ["node", "address", "rack", "controller", "partitions led"],
+                [
+                    [
+                        b["node_id"],
+                        b["address"],
+                        b["rack"],
+                        "controller" if b["controller"] else "",
+                        b["leads"],
+                    ]
+                    for b in data["brokers"]
+                ],
+                {0, 4},
+            ),
+        )
+        + _section(
+            f"Consumer group {group['group']} ({group['state']})",
+            _table(
+                ["member", "member id", "host", "partitions"],
+                [
+                    [m["member"], m["member_id"], m["host"], ", ".join(m["partitions"])]
+                    for m in group["members"]
+                ],
+            ),
+        )
+        + _section(
+            f"Partitions ({len(partitions)}, {under} under-replicated)",
+            layout,
+        )
+    )
+    return _page("cluster", _header(data) + f"<main>{_error(data)}{body}</main>", refresh_s=15)
+
+
+def render_search(data: dict[str, Any], search: Search | None, problem: str | None) -> str:
+    """The "where is my message?" form, and what it found."""
+    asked = search.message_id if search is not None else None
+    form = (
+        '<form action="/messages" method="get" class="figures">'
+        f'<label>MessageId <input name="id" size="36" value="{escape(str(asked or ""))}"></label>'
+        '<label>or key <input name="key" size="36"></label>'
+        '<label>since <input name="since" placeholder="ISO time, default 1 h ago"></label>'
+        '<label>until <input name="until" placeholder="ISO time, default now"></label>'
+        "<button>find</button></form>"
+    )
+    parts = [form]
+    if problem is not None:
+        parts.append(f'<p class="bad">{escape(problem)}</p>')
+    if search is not None:
+        parts.append(
+            f'<p class="muted">read {search.scanned} record(s) from '
+            f"{search.since.isoformat(timespec='seconds')} to "
+            f"{search.until.isoformat(timespec='seconds')} (dead letters: all of them)"
+            + (", and stopped at the limit: narrow the range" if search.truncated else "")
+            + "</p>"
+        )
+        for found in search.found:
+            parts.append(
+                f'<article class="found"><h2>{escape(found.message_id)}</h2>'
+                f'<p><span class="state" data-state="{escape(found.state)}">'
+                f"{escape(found.state)}</span> {escape(found.detail)}</p>"
+                + (f"<p>key {escape(found.key)}</p>" if found.key else "")
+                + _table(
+                    ["stage", "handler", "at", "where", "detail"],
+                    [
+                        [
+                            s.stage,
+                            s.handler,
+                            s.at.isoformat(timespec="seconds") if s.at else None,
+                            s.where,
+                            s.detail,
+                        ]
+                        for s in found.sightings
+                    ],
+                )
+                + "</article>"
+            )
+    body = _section("Where is my message?", "".join(parts))
+    return _page("find a message", _header(data) + f"<main>{body}</main>")
 
 
 def _section(title: str, content: str) -> str:

@@ -1,13 +1,18 @@
 """The worker's operational web endpoints, on the web port (``Web:Host``, 127.0.0.1 by default).
 
 ======================================  =====================================================
-``GET /``                                the dashboard (HTML)
+``GET /``                                the dashboard: one card per handler (HTML)
+``GET /handlers/{name}``                 one handler: charts, topics, partitions, timers
+``GET /topics``                          every topic and the group's lag per partition
+``GET /cluster``                         brokers, leaders, in-sync replicas, the group
+``GET /messages?id=|key=&since=&until=`` where is my message? (see ops/search.py)
 ``GET /dead-letters/{topic}``            one dead-letter topic's messages, with replay buttons
 ``POST /api/dead-letters/replay``        replay dead letters (bearer token required)
 ``GET /metrics``                         Prometheus text
 ``GET /health``                          200 while the process is alive
 ``GET /ready``                           200 when ready, else 503 with the failing checks
 ``GET /api/overview``                    what the dashboard shows, as JSON
+``GET /api/handlers/{name}``, ``/api/topics``, ``/api/cluster``, ``/api/messages``: the same
 ======================================  =====================================================
 
 Every request that changes state needs ``Authorization: Bearer <Web:AdminToken>``;
@@ -24,7 +29,8 @@ from faust.web.drivers.aiohttp import Web
 
 from dawning_streams.observability import health
 from dawning_streams.observability.metrics import CONTENT_TYPE
-from dawning_streams.ops import dashboard, dashboard_html
+from dawning_streams.ops import dashboard, dashboard_html, search
+from dawning_streams.ops.web import BadRequest, Query, error
 
 if TYPE_CHECKING:
     from dawning_streams.application import App
@@ -57,6 +63,31 @@ def _unauthorized(view: View, app: App) -> Response:
     response = view.json({"error": reason}, status=401)
     response.headers["WWW-Authenticate"] = 'Bearer realm="dawning-streams"'  # type: ignore[attr-defined]
     return response
+
+
+def _no_handler(view: View, app: App, name: str) -> Response:
+    known = ", ".join(sorted(app.handlers)) or "none"
+    return error(view, 404, f"no handler {name!r}; this app has: {known}")
+
+
+async def _search(app: App, request: Request) -> search.Search:
+    """Run the search a request asks for; :class:`BadRequest` names what is wrong with it."""
+    query = Query(request, {"id", "key", "since", "until"})
+    message_id, key = query.uuid("id"), query.text("key")
+    if (message_id is None) == (key is None):
+        raise BadRequest("give id=<MessageId> or key=<message key>, not both")
+    snapshot = await app.sampler.sample()  # the committed offsets as they are now
+    try:
+        return await search.find(
+            app,
+            snapshot,
+            message_id=message_id,
+            key=key,
+            since=query.time("since"),
+            until=query.time("until"),
+        )
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def install(app: App) -> None:
@@ -100,6 +131,80 @@ def install(app: App) -> None:
 
         async def get(self, request: Request) -> Response:
             return self.json(await dashboard.overview(app))
+
+    @app.page("/handlers/{name}")
+    class HandlerPage(View):
+        """One handler, its charts and its topics."""
+
+        async def get(self, request: Request, name: str) -> Response:
+            data = await dashboard.handler_detail(app, name)
+            if data is None:
+                return _no_handler(self, app, name)
+            return self.html(dashboard_html.render_handler(data))
+
+    @app.page("/api/handlers/{name}")
+    class HandlerData(View):
+        """One handler's data as JSON."""
+
+        async def get(self, request: Request, name: str) -> Response:
+            data = await dashboard.handler_detail(app, name)
+            if data is None:
+                return _no_handler(self, app, name)
+            return self.json(data)
+
+    @app.page("/topics")
+    class Topics(View):
+        """Every topic and the group's lag per partition."""
+
+        async def get(self, request: Request) -> Response:
+            return self.html(dashboard_html.render_topics(await dashboard.topics(app)))
+
+    @app.page("/api/topics")
+    class TopicsData(View):
+        """Every topic, as JSON."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json(await dashboard.topics(app))
+
+    @app.page("/cluster")
+    class Cluster(View):
+        """Brokers, partition leaders and in-sync replicas, and the group's members."""
+
+        async def get(self, request: Request) -> Response:
+            return self.html(dashboard_html.render_cluster(await dashboard.cluster(app)))
+
+    @app.page("/api/cluster")
+    class ClusterData(View):
+        """The cluster, as JSON."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json(await dashboard.cluster(app))
+
+    @app.page("/messages")
+    class Messages(View):
+        """Where is my message? By ``id`` (a MessageId) or ``key``, over ``since``-``until``."""
+
+        async def get(self, request: Request) -> Response:
+            header = await dashboard.topics(app)
+            if not request.query:  # type: ignore[attr-defined]
+                return self.html(dashboard_html.render_search(header, None, None))
+            try:
+                found = await _search(app, request)
+            except BadRequest as exc:
+                page = dashboard_html.render_search(header, None, str(exc))
+                return self.html(page, status=400)
+            return self.html(dashboard_html.render_search(header, found, None))
+
+    @app.page("/api/messages")
+    class MessagesData(View):
+        """The search, as JSON."""
+
+        async def get(self, request: Request) -> Response:
+            try:
+                found = await _search(app, request)
+            except BadRequest as exc:
+                return error(self, 400, str(exc))
+            return self.json(search.as_json(found))
 
     @app.page("/dead-letters/{topic}")
     class DeadLetters(View):

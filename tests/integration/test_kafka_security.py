@@ -101,7 +101,8 @@ async def test_a_worker_runs_over_sasl_ssl(sasl_settings: Settings, mechanism: s
         await calls.wait_until(lambda items: sorted(items) == ["ok", "poison"])
         [letter] = await read_dead_letters(app)  # a consumer of its own
         assert letter.header("dawning-handler") == "audit"
-        overview = await dashboard.overview(app)  # an admin client and a consumer
+        await app.sampler.sample()  # the dashboard's admin client and consumer
+        overview = await dashboard.overview(app)
     assert overview["cluster_error"] is None
     assert len(overview["group"]["members"]) == 1
     assert {"topic": f"{kafka.topics.audit_log}.dlq", "count": 1} in overview["dead_letters"]

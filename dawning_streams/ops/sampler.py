@@ -1,0 +1,288 @@
+"""What the dashboard shows of the cluster, read every few seconds by one service.
+
+A page never talks to Kafka: it reads the latest :class:`Snapshot`, which
+:class:`ClusterSampler` refreshes every :data:`SAMPLE_INTERVAL_S` seconds with
+two long-lived clients (a consumer without a group, and an admin client). Each
+sample reads the brokers, every partition's leader and in-sync replicas, the
+app's topics' first and end offsets, and the consumer group's members and
+committed offsets. The sampler also keeps 15 minutes of history, in memory:
+the group's lag per partition, and this worker's handler durations (so a page
+can give p50/p99 over the last minute without a cost per message).
+
+When Kafka does not answer, the last snapshot stays, marked with the error and
+its age; the clients are made anew for the next sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.errors import KafkaError
+from mode import Service
+
+from dawning_streams.kafka.security import client_options
+
+if TYPE_CHECKING:
+    from dawning_streams.application import App
+
+__all__ = ["HISTORY_S", "SAMPLE_INTERVAL_S", "ClusterSampler", "Partition", "Snapshot"]
+
+logger = logging.getLogger(__name__)
+
+#: How often the cluster is read; a page is at most this old (plus one sample's time).
+SAMPLE_INTERVAL_S = 5.0
+#: How far back the charts and windowed figures reach.
+HISTORY_S = 900
+#: One sample's deadline: a broker that does not answer costs no more than this.
+SAMPLE_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One partition of one of the app's topics, as the last sample saw it."""
+
+    topic: str
+    partition: int
+    leader: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+    begin: int
+    end: int
+    #: The group's committed offset, or None when it has committed none.
+    committed: int | None
+    #: The group member (``#1``, ``#2``, ...) that holds it, or None.
+    owner: str | None
+
+    @property
+    def lag(self) -> int | None:
+        return self.end - self.committed if self.committed is not None else None
+
+    @property
+    def under_replicated(self) -> bool:
+        return len(self.isr) < len(self.replicas)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The cluster and the group as one sample read them."""
+
+    #: time.time() of the sample (0 before the first).
+    at: float = 0.0
+    brokers: list[dict[str, Any]] = field(default_factory=list)
+    controller: int | None = None
+    partitions: list[Partition] = field(default_factory=list)
+    group_state: str = "?"
+    members: list[dict[str, Any]] = field(default_factory=list)
+    #: Why the latest sample failed (the rest is from the last one that did not).
+    error: str | None = None
+
+    def of_topic(self, topic: str) -> list[Partition]:
+        return [p for p in self.partitions if p.topic == topic]
+
+
+class ClusterSampler(Service):
+    """Reads the cluster every few seconds and keeps the dashboard's history."""
+
+    def __init__(self, app: App, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.snapshot = Snapshot()
+        self.started_at = time.time()
+        #: (time, {(topic, partition): lag}), oldest first.
+        self.lag_history: deque[tuple[float, dict[tuple[str, int], int]]] = deque(
+            maxlen=int(HISTORY_S / SAMPLE_INTERVAL_S) + 1
+        )
+        #: (time, {(handler, outcome): bucket counts}) of this worker's durations.
+        self.duration_history: deque[tuple[float, dict[tuple[str, str], list[int]]]] = deque(
+            maxlen=int(HISTORY_S / SAMPLE_INTERVAL_S) + 1
+        )
+        #: How many samples were taken (failed ones included).
+        self.samples = 0
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+
+    async def on_stop(self) -> None:
+        await self._close()
+
+    @Service.task
+    async def _sampling(self) -> None:
+        while not self.should_stop:
+            await self.sample()
+            await self.sleep(SAMPLE_INTERVAL_S)
+
+    async def sample(self) -> Snapshot:
+        """Read the cluster now; on failure keep the last snapshot and say why."""
+        async with self._lock:
+            await self._sample()
+        return self.snapshot
+
+    async def current(self) -> Snapshot:
+        """The latest snapshot; read now only before the first sample."""
+        if self.samples == 0:
+            return await self.sample()
+        return self.snapshot
+
+    async def _sample(self) -> None:
+        self.samples += 1
+        now = time.time()
+        self.duration_history.append((now, self.app.telemetry.metrics.duration.counts()))
+        try:
+            async with asyncio.timeout(SAMPLE_TIMEOUT_S):
+                snapshot = await self._read()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self.snapshot.error = f"could not read the cluster: {exc!r}"
+            await self._close()
+        else:
+            self.snapshot = snapshot
+            self.lag_history.append(
+                (
+                    snapshot.at,
+                    {
+                        (p.topic, p.partition): p.lag
+                        for p in snapshot.partitions
+                        if p.lag is not None
+                    },
+                )
+            )
+
+    def topics(self) -> list[str]:
+        """The app's topics and its tables' changelogs."""
+        app = self.app
+        return sorted(
+            {t.get_topic_name() for t in app.declared_topics}
+            | {table.changelog_topic.get_topic_name() for table in app.tables.values()}
+        )
+
+    async def _clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:
+        if self._consumer is None or self._admin is None:
+            options = client_options(self.app.dawning_settings.kafka)
+            consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
+            admin = AIOKafkaAdminClient(**options)
+            self._consumer, self._admin = consumer, admin
+            await consumer.start()
+            await admin.start()
+        return self._consumer, self._admin
+
+    async def _close(self) -> None:
+        consumer, admin = self._consumer, self._admin
+        self._consumer = self._admin = None
+        for client in (admin, consumer):
+            if client is None:
+                continue
+            try:
+                async with asyncio.timeout(SAMPLE_TIMEOUT_S):
+                    await (client.close() if client is admin else client.stop())  # type: ignore[union-attr]
+            except (KafkaError, OSError, TimeoutError) as exc:
+                logger.debug("closing the dashboard's %s: %r", type(client).__name__, exc)
+
+    async def _read(self) -> Snapshot:
+        consumer, admin = await self._clients()
+        group_id = self.app.dawning_settings.kafka.consumer_group_id
+        cluster, described = await asyncio.gather(
+            admin.describe_cluster(), admin.describe_topics(self.topics())
+        )
+        layout = {
+            TopicPartition(topic["topic"], p["partition"]): p
+            for topic in described
+            if topic["error_code"] == 0
+            for p in topic["partitions"]
+        }
+        tps = sorted(layout)
+        if set(tps) != consumer.assignment():
+            # Assigned, so the client keeps their leaders and the offset requests
+            # do not wait for metadata; paused, so it fetches no records.
+            consumer.assign(tps)
+            consumer.pause(*tps)
+        begin, end, groups, committed = await asyncio.gather(
+            consumer.beginning_offsets(tps),
+            consumer.end_offsets(tps),
+            admin.describe_consumer_groups([group_id]),
+            admin.list_consumer_group_offsets(group_id),
+        )
+        group = groups[0].to_object()["groups"][0]
+        owners, members = _members(group["members"])
+        return Snapshot(
+            at=time.time(),
+            brokers=sorted(cluster["brokers"], key=lambda b: b["node_id"]),
+            controller=cluster.get("controller_id"),
+            partitions=[
+                Partition(
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    leader=layout[tp]["leader"],
+                    replicas=tuple(layout[tp]["replicas"]),
+                    isr=tuple(layout[tp]["isr"]),
+                    begin=begin[tp],
+                    end=end[tp],
+                    committed=committed[tp].offset if tp in committed else None,
+                    owner=owners.get(tp),
+                )
+                for tp in tps
+            ],
+            group_state=group["state"],
+            members=members,
+        )
+
+    def lag_series(
+        self, tps: Iterable[tuple[str, int]], *, bucket_s: int, buckets: int
+    ) -> list[list[int | None]]:
+        """Per partition, its lag at the end of each ``bucket_s`` bucket (None: no sample)."""
+        wanted = list(tps)
+        end = time.time()
+        series: list[list[int | None]] = [[None] * buckets for _ in wanted]
+        for at, lags in self.lag_history:
+            index = buckets - 1 - int((end - at) // bucket_s)
+            if 0 <= index < buckets:
+                for row, tp in zip(series, wanted, strict=True):
+                    if tp in lags:
+                        row[index] = lags[tp]
+        return series
+
+    def durations_since(self, seconds: float) -> dict[tuple[str, str], list[int]]:
+        """This worker's duration bucket counts recorded in the last ``seconds``."""
+        now_counts = self.app.telemetry.metrics.duration.counts()
+        since = time.time() - seconds
+        before: dict[tuple[str, str], list[int]] = {}
+        for at, counts in self.duration_history:
+            if at > since:
+                break
+            before = counts
+        return {
+            key: [n - b for n, b in zip(counts, before.get(key, [0] * len(counts)), strict=True)]
+            for key, counts in now_counts.items()
+        }
+
+
+def _members(
+    described: list[dict[str, Any]],
+) -> tuple[dict[TopicPartition, str], list[dict[str, Any]]]:
+    """Who holds which partition, each member numbered in the order Kafka lists them."""
+    owners: dict[TopicPartition, str] = {}
+    members = []
+    for number, member in enumerate(described, start=1):
+        label = f"#{number}"
+        held: list[str] = []
+        if member["member_assignment"]:
+            decoded = ConsumerProtocolMemberAssignment.decode(member["member_assignment"])
+            for topic, numbers in decoded.assignment:
+                owners.update({TopicPartition(topic, n): label for n in numbers})
+                held.extend(f"{topic}/{n}" for n in sorted(numbers))
+        members.append(
+            {
+                "member": label,
+                "member_id": member["member_id"],
+                "host": member["client_host"].lstrip("/"),
+                "partitions": sorted(held),
+            }
+        )
+    return owners, members
