@@ -19,6 +19,14 @@ with that key are parked in the timer table instead of being handled. When the
 retried message succeeds or is dead-lettered, the parked messages are handled
 in arrival order, and only then is the key released. Other keys on the
 partition keep flowing.
+
+The parts: :mod:`~dawning_streams.handlers.calling` (``delay``, ``apply_async``,
+``revoke``), :mod:`~dawning_streams.handlers.routing` (retry or dead letter),
+:mod:`~dawning_streams.handlers.timers` (durable timers, holds and parking) and
+:mod:`~dawning_streams.handlers.delivery` (a record on its way). This module
+keeps the declaration and the one path from a record to the function: first
+attempts, batches, due timers and an ordered key's release. They share the
+handler's state and read best as one sequence, so it runs past 400 lines.
 """
 
 from __future__ import annotations
@@ -26,17 +34,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import math
 import time
-import traceback
 import typing
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from aiokafka.structs import RecordMetadata
 from faust.types import StreamT
 
 from dawning_streams.core.codec import decode, encode
@@ -44,14 +47,15 @@ from dawning_streams.core.errors import DawningError, MessageDecodeError
 from dawning_streams.core.names import (
     Header,
     dead_letter_topic,
-    revoke_reply_key,
     timers_topic,
     valid_name,
 )
 from dawning_streams.core.records import MessageBase
-from dawning_streams.core.retry import Expired, Reject, Retry, RetryLater
+from dawning_streams.core.retry import Reject, Retry
+from dawning_streams.handlers.calling import Calling
 from dawning_streams.handlers.delivery import Delivery, delivered, delivering
-from dawning_streams.handlers.timers import Timer, Timers, due_ms_in, now_ms
+from dawning_streams.handlers.routing import Routing
+from dawning_streams.handlers.timers import Timer, Timers, now_ms
 from dawning_streams.kafka.lanes import Lane
 from dawning_streams.observability.tracing import carried, carry, uncarry
 
@@ -66,11 +70,6 @@ M = TypeVar("M")
 HandlerFn = Callable[[M], Awaitable[None] | None]
 
 _perf_counter = time.perf_counter
-
-_EXCEPTION_MESSAGE_LIMIT = 2_000
-_TRACEBACK_LIMIT = 8_000
-#: ``dawning-*`` headers a retry keeps: the message's expiry and its timer id.
-_CARRIED_HEADERS = frozenset({Header.EXPIRES_MS, Header.TIMER_ID})
 
 
 class HandlerError(DawningError, TypeError):
@@ -103,11 +102,7 @@ class HandlerOptions:
         return None
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-class Handler(Generic[M]):
+class Handler(Calling[M]):
     """A declared handler: call it directly, or send it work with ``delay``/``apply_async``."""
 
     def __init__(
@@ -153,174 +148,6 @@ class Handler(Generic[M]):
 
     async def _call(self, message: Any) -> None:
         await self._function([message] if self.options.batch_size > 1 else message)
-
-    # -- sending -------------------------------------------------------------
-
-    async def delay(self, message: M) -> RecordMetadata | None:
-        """Publish ``message`` to this handler's topic (Celery's ``delay``).
-
-        Works in any running event loop. Returns the broker's receipt, or
-        ``None`` if Kafka was unreachable and the message went to the spool.
-        """
-        return await self.apply_async(message)
-
-    async def apply_async(
-        self,
-        message: M,
-        *,
-        countdown_s: float | None = None,
-        eta: datetime | None = None,
-        expires: float | datetime | None = None,
-        key: str | None = None,
-    ) -> RecordMetadata | None:
-        """Publish ``message``, as Celery's ``apply_async``.
-
-        ``countdown_s`` (seconds from now) or ``eta`` (an aware ``datetime``):
-        handled no earlier than that. ``expires`` (seconds from now, or an aware
-        ``datetime``): not run after that time, but dead-lettered as expired.
-        Any of them sends the message through the handler's durable timers.
-        A bad value raises ``ValueError`` naming it, and nothing is published.
-        """
-        target, headers = self._addressed(message, countdown_s, eta, expires)
-        bus = self.app.bus
-        if isinstance(message, MessageBase):
-            return await bus.publish(message, topic=target, key=key, headers=headers)
-        raw = bytes(message)  # type: ignore[call-overload]
-        return await bus.forward(target, key.encode() if key else None, raw, headers=headers)
-
-    def delay_blocking(self, message: M) -> RecordMetadata | None:
-        """:meth:`delay` for code without an event loop (a Flask view, a script)."""
-        return self.apply_async_blocking(message)
-
-    def apply_async_blocking(
-        self,
-        message: M,
-        *,
-        countdown_s: float | None = None,
-        eta: datetime | None = None,
-        expires: float | datetime | None = None,
-        key: str | None = None,
-    ) -> RecordMetadata | None:
-        """:meth:`apply_async` for code without an event loop; safe from any thread."""
-        target, headers = self._addressed(message, countdown_s, eta, expires)
-        bus = self.app.bus
-        if isinstance(message, MessageBase):
-            return bus.publish_blocking(message, topic=target, key=key, headers=headers)
-        raw = bytes(message)  # type: ignore[call-overload]
-        return bus.forward_blocking(target, key.encode() if key else None, raw, headers=headers)
-
-    def _addressed(
-        self,
-        message: M,
-        countdown_s: float | None,
-        eta: datetime | None,
-        expires: float | datetime | None,
-    ) -> tuple[str, list[tuple[str, bytes]] | None]:
-        """The topic and headers ``message`` is published with: the source topic,
-        or the timers topic when it has a countdown, an eta or an expiry."""
-        if not isinstance(message, self.message_type):
-            raise TypeError(
-                f"{self.name} takes {self.message_type.__name__}, got {type(message).__name__}"
-            )
-        timing = self._timing(countdown_s, eta, expires)
-        if timing is None:
-            return self.topic, None
-        due_ms, expires_ms = timing
-        if isinstance(message, MessageBase):
-            if message.message_id is None:
-                message.message_id = uuid.uuid4()
-            timer_id = str(message.message_id)
-        else:
-            timer_id = str(uuid.uuid4())
-        headers = [
-            (Header.TIMER_ID, timer_id.encode()),
-            (Header.ATTEMPT, b"0"),
-            (Header.DUE_MS, str(due_ms).encode()),
-        ]
-        if expires_ms is not None:
-            headers.append((Header.EXPIRES_MS, str(expires_ms).encode()))
-        return self.timers_topic, headers
-
-    def _timing(
-        self, countdown_s: float | None, eta: datetime | None, expires: float | datetime | None
-    ) -> tuple[int, int | None] | None:
-        """(due, expiry) in epoch ms for ``apply_async``, or None to publish at once."""
-        if countdown_s is None and eta is None and expires is None:
-            return None
-        max_days = self.app.dawning_settings.timers.max_delay_days
-        limit = timedelta(days=max_days)
-        now = datetime.now(UTC)
-        if countdown_s is not None and eta is not None:
-            raise ValueError(f"give countdown_s or eta, not both (got {countdown_s!r} and {eta!r})")
-        if countdown_s is not None:
-            seconds = _seconds("countdown_s", countdown_s)
-            if seconds < 0:
-                raise ValueError(f"countdown_s must not be negative, got {countdown_s!r}")
-            if seconds > limit.total_seconds():
-                raise ValueError(
-                    f"countdown_s={countdown_s!r} is more than Timers:MaxDelayDays "
-                    f"({max_days}) ahead"
-                )
-            due_ms = due_ms_in(seconds)
-        elif eta is not None:
-            eta = _aware("eta", eta)
-            if eta - now > limit:
-                raise ValueError(
-                    f"eta={eta.isoformat()} is more than Timers:MaxDelayDays ({max_days}) ahead"
-                )
-            due_ms = max(now_ms(), _epoch_ms(eta))
-        else:
-            due_ms = now_ms()
-        expires_ms = None
-        if expires is not None:
-            if isinstance(expires, datetime):
-                expires_ms = _epoch_ms(_aware("expires", expires))
-            else:
-                seconds = _seconds("expires", expires)
-                if seconds <= 0:
-                    raise ValueError(f"expires must be positive seconds, got {expires!r}")
-                expires_ms = due_ms_in(seconds)
-        return due_ms, expires_ms
-
-    async def revoke(self, message_id: object, *, timeout_s: float = 10.0) -> bool:
-        """Cancel the pending delayed run of ``message_id``: a countdown, an eta or
-        a retry. Durable: the revocation goes through Kafka to the owner of each
-        timer partition, so a worker that restarts does not run it.
-
-        Returns True when a worker cancelled it, False when none held it pending
-        (an unknown id, or one that has run or is running). Raises
-        ``TimeoutError`` when not every partition's owner answered within
-        ``timeout_s`` (through Redis); the revocation still applies when they
-        read it.
-        """
-        timer_id = str(message_id).lower()
-        nonce = uuid.uuid4().hex
-        partitions = self.app.dawning_settings.kafka.partitions
-        headers = [(Header.REVOKE, timer_id.encode()), (Header.REPLY_TO, nonce.encode())]
-        for partition in range(partitions):
-            await self.app.bus.forward(
-                self.timers_topic, timer_id.encode(), None, partition=partition, headers=headers
-            )
-        client = self.app.redis.client
-        reply_key = revoke_reply_key(nonce)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        answered = 0
-        while answered < partitions:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"revoke of {timer_id} in {self.name}: {answered} of {partitions} timer "
-                    f"partitions answered within {timeout_s} s; the revocation is on "
-                    f"{self.timers_topic} and applies when their owners read it"
-                )
-            reply = await client.blpop([reply_key], timeout=max(0.1, remaining))
-            if reply is None:
-                continue
-            if reply[1] == b"1":
-                return True
-            answered += 1
-        return False
 
     # -- wiring --------------------------------------------------------------
 
@@ -375,6 +202,16 @@ class Handler(Generic[M]):
             release=self._release,
             dead_letter=self._dead_letter_timer,
         )
+        self.routing = Routing(
+            handler=self.name,
+            retry=self.retry,
+            dead_letter_topic=self.dead_letter_topic if options.dead_letter else None,
+            timers_topic=self.timers_topic,
+            timers=self.timers,
+            telemetry=app.telemetry,
+            forward=self._forward,
+            retry_value=self._retry_value,
+        )
         if self.options.dead_letter:
             # Kept forever: dead letters leave only by an operator's replay.
             raw_topic(
@@ -427,7 +264,7 @@ class Handler(Generic[M]):
     async def _route_first_failure(self, record: Any, exc: Exception) -> None:
         delivery = Delivery.of_record(record)
         try:
-            await self._fail(delivery, 0, exc)
+            await self.routing.fail(delivery, 0, exc)
         except Exception:
             self._log_unroutable(delivery, 0)
 
@@ -476,7 +313,7 @@ class Handler(Generic[M]):
         """Route one failed message of a batch; one the broker refuses must not
         take the rest of the batch down with it."""
         try:
-            await self._fail(delivery, 0, exc)
+            await self.routing.fail(delivery, 0, exc)
         except Exception:
             self._log_unroutable(delivery, 0)
 
@@ -539,7 +376,7 @@ class Handler(Generic[M]):
         """
         expires_ms = delivery.header_int(Header.EXPIRES_MS)
         if expires_ms is not None and now_ms() >= expires_ms:
-            await self._expire(delivery, attempt)
+            await self.routing.expire(delivery, attempt)
             return False
         token = delivering(self.name, delivery, attempt)
         try:
@@ -551,7 +388,7 @@ class Handler(Generic[M]):
                     await self._call(message)
                 except Exception as exc:
                     run.failed(exc)
-                    return await self._fail(delivery, attempt, exc, hold=hold, timer=timer)
+                    return await self.routing.fail(delivery, attempt, exc, hold=hold, timer=timer)
                 return False
         finally:
             delivered(token)
@@ -602,92 +439,16 @@ class Handler(Generic[M]):
                 timers.finish(fired)
             timers.unhold(key)
 
-    async def _expire(self, delivery: Delivery, attempt: int) -> None:
-        self.app.telemetry.metrics.expired(self.name)
-        expired_at = delivery.header_int(Header.EXPIRES_MS)
-        await self._dead_letter(delivery, attempt, Expired(f"expired at {_iso_ms(expired_at)}"))
-
     async def _dead_letter_timer(self, timer: Timer, reason: str) -> None:
-        await self._dead_letter(timer.delivery, timer.attempt, Reject(reason))
+        await self.routing.dead_letter(timer.delivery, timer.attempt, Reject(reason))
+
+    def _forward(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return self.app.bus.forward(*args, **kwargs)
 
     def _decode(self, delivery: Delivery) -> Any:
         if self.message_type is bytes:
             return delivery.value
         return decode(delivery.value, self.message_type, topic=delivery.origin[0])  # type: ignore[type-var]
-
-    async def _fail(
-        self,
-        delivery: Delivery,
-        attempt: int,
-        exc: Exception,
-        *,
-        hold: str | None = None,
-        timer: Timer | None = None,
-    ) -> bool:
-        retry_number = attempt + 1
-        if isinstance(exc, RetryLater):
-            delay_s = exc.delay_s
-        elif self.retry.is_retryable(exc):
-            delay_s = self.retry.delay_s(retry_number)
-        else:
-            delay_s = None
-        if delay_s is not None and retry_number <= self.retry.max_retries:
-            logger.warning(
-                "%s: attempt %d of %s failed (%s: %s); retry %d in %.1f s",
-                self.name,
-                attempt + 1,
-                delivery.origin_id,
-                type(exc).__name__,
-                exc,
-                retry_number,
-                delay_s,
-            )
-            retry = self._retry_timer(delivery, retry_number, delay_s, exc, timer)
-            await self.timers.schedule(retry, hold=hold)
-            self.app.telemetry.routed(self.name, dead_letter=False)
-            return True
-        await self._dead_letter(delivery, attempt, exc)
-        return False
-
-    def _retry_timer(
-        self,
-        delivery: Delivery,
-        retry_number: int,
-        delay_s: float,
-        exc: Exception,
-        fired: Timer | None,
-    ) -> Timer:
-        """The timer of a failed message's next attempt: same bytes, same partition."""
-        kept = [
-            (k, v)
-            for k, v in delivery.headers
-            if not k.startswith(Header.PREFIX) or k in _CARRIED_HEADERS
-        ]
-        first = delivery.header(Header.FIRST_FAILED_AT) or _now_iso()
-        kept.append((Header.FIRST_FAILED_AT, first.encode()))
-        # Stamped inside the failed attempt's span: the retry continues its trace.
-        headers = self.app.telemetry.tracing.stamp(self.timers_topic, kept)
-        retried = Delivery(
-            delivery.topic,
-            delivery.partition,
-            delivery.offset,
-            delivery.key,
-            self._retry_value(delivery, retry_number),
-            tuple(headers),
-        )
-        if fired is not None:
-            timer_id = fired.id
-        else:
-            timer_id = delivery.header(Header.TIMER_ID) or delivery.message_id or delivery.origin_id
-        return Timer(
-            timer_id,
-            delivery.partition,
-            due_ms_in(delay_s),
-            retry_number,
-            retried,
-            delivery.header_int(Header.EXPIRES_MS),
-            f"{type(exc).__name__}: {exc}"[:_EXCEPTION_MESSAGE_LIMIT],
-        )
 
     def _retry_value(self, delivery: Delivery, retry_number: int) -> bytes | None:
         if not self._counts_retries:
@@ -695,59 +456,6 @@ class Handler(Generic[M]):
         message = self._decode(delivery)
         message.retry_count = retry_number
         return encode(message)
-
-    async def _dead_letter(self, delivery: Delivery, attempt: int, exc: Exception) -> None:
-        if not self.options.dead_letter:
-            logger.error(
-                "%s: dropping %s after %d attempts (%s: %s); dead letters are off",
-                self.name,
-                delivery.origin_id,
-                attempt + 1,
-                type(exc).__name__,
-                exc,
-            )
-            return
-        logger.error(
-            "%s: dead-lettering %s after %d attempts (%s: %s)",
-            self.name,
-            delivery.origin_id,
-            attempt + 1,
-            type(exc).__name__,
-            exc,
-        )
-        await self.app.bus.forward(
-            self.dead_letter_topic,
-            delivery.key,
-            delivery.value,
-            partition=delivery.origin[1],
-            headers=self._failure_headers(delivery, exc, attempt + 1),
-        )
-        self.app.telemetry.routed(self.name, dead_letter=True)
-
-    def _failure_headers(
-        self, delivery: Delivery, exc: BaseException, attempt: int
-    ) -> list[tuple[str, bytes]]:
-        topic, partition, offset = delivery.origin
-        now = _now_iso()
-        reason = exc.reason if isinstance(exc, MessageDecodeError) else str(exc)
-        trace = "".join(traceback.format_exception(exc))
-        fields = {
-            Header.ATTEMPT: str(attempt),
-            Header.HANDLER: self.name,
-            Header.ORIGINAL_TOPIC: topic,
-            Header.ORIGINAL_PARTITION: str(partition),
-            Header.ORIGINAL_OFFSET: str(offset),
-            Header.EXCEPTION_TYPE: f"{type(exc).__module__}.{type(exc).__qualname__}",
-            Header.EXCEPTION_MESSAGE: reason[:_EXCEPTION_MESSAGE_LIMIT],
-            Header.TRACEBACK: trace[-_TRACEBACK_LIMIT:],
-            Header.FIRST_FAILED_AT: delivery.header(Header.FIRST_FAILED_AT) or now,
-            Header.LAST_FAILED_AT: now,
-        }
-        kept = [(k, v) for k, v in delivery.headers if not k.startswith(Header.PREFIX)]
-        headers = kept + [(k, v.encode()) for k, v in fields.items()]
-        if delivery.key is not None:
-            headers.append((Header.ORIGINAL_KEY, delivery.key))
-        return headers
 
 
 def handler_for(
@@ -804,30 +512,3 @@ def _annotated_type(fn: Callable[..., Any]) -> type | None:
     if typing.get_origin(annotation) is list:  # a batch handler: list[AuditLogMessage]
         (annotation,) = typing.get_args(annotation) or (None,)
     return annotation if isinstance(annotation, type) else None
-
-
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
-    return float(value)
-
-
-def _aware(name: str, value: object) -> datetime:
-    if not isinstance(value, datetime):
-        raise ValueError(f"{name} must be an aware datetime, got {value!r}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(
-            f"{name} must be an aware datetime (with a time zone), "
-            f"got the naive {value.isoformat()}"
-        )
-    return value
-
-
-def _epoch_ms(moment: datetime) -> int:
-    return math.ceil(moment.timestamp() * 1000)
-
-
-def _iso_ms(epoch_ms: int | None) -> str:
-    if epoch_ms is None:
-        return "?"
-    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,225 @@
+"""A handler's calling API, as Celery's: ``delay``, ``apply_async``, their blocking
+forms for code without an event loop, and ``revoke``.
+
+Any process can call it: a web app, a script, another handler. A message with
+a countdown, an eta or an expiry goes through the handler's timers topic, into
+its durable timer table; any other goes straight to the handler's topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from aiokafka.structs import RecordMetadata
+
+from dawning_streams.core.names import Header, revoke_reply_key
+from dawning_streams.core.records import MessageBase
+from dawning_streams.handlers.timers import due_ms_in, now_ms
+
+if TYPE_CHECKING:
+    from dawning_streams.application import App
+
+__all__ = ["Calling"]
+
+M = TypeVar("M")
+
+
+class Calling(Generic[M]):
+    """Sending work to a handler; :class:`~dawning_streams.handlers.handler.Handler` has it."""
+
+    app: App
+    name: str
+    topic: str
+    timers_topic: str
+    message_type: type[M]
+
+    async def delay(self, message: M) -> RecordMetadata | None:
+        """Publish ``message`` to this handler's topic (Celery's ``delay``).
+
+        Works in any running event loop. Returns the broker's receipt, or
+        ``None`` if Kafka was unreachable and the message went to the spool.
+        """
+        return await self.apply_async(message)
+
+    async def apply_async(
+        self,
+        message: M,
+        *,
+        countdown_s: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        key: str | None = None,
+    ) -> RecordMetadata | None:
+        """Publish ``message``, as Celery's ``apply_async``.
+
+        ``countdown_s`` (seconds from now) or ``eta`` (an aware ``datetime``):
+        handled no earlier than that. ``expires`` (seconds from now, or an aware
+        ``datetime``): not run after that time, but dead-lettered as expired.
+        Any of them sends the message through the handler's durable timers.
+        A bad value raises ``ValueError`` naming it, and nothing is published.
+        """
+        target, headers = self._addressed(message, countdown_s, eta, expires)
+        bus = self.app.bus
+        if isinstance(message, MessageBase):
+            return await bus.publish(message, topic=target, key=key, headers=headers)
+        raw = bytes(message)  # type: ignore[call-overload]
+        return await bus.forward(target, key.encode() if key else None, raw, headers=headers)
+
+    def delay_blocking(self, message: M) -> RecordMetadata | None:
+        """:meth:`delay` for code without an event loop (a Flask view, a script)."""
+        return self.apply_async_blocking(message)
+
+    def apply_async_blocking(
+        self,
+        message: M,
+        *,
+        countdown_s: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        key: str | None = None,
+    ) -> RecordMetadata | None:
+        """:meth:`apply_async` for code without an event loop; safe from any thread."""
+        target, headers = self._addressed(message, countdown_s, eta, expires)
+        bus = self.app.bus
+        if isinstance(message, MessageBase):
+            return bus.publish_blocking(message, topic=target, key=key, headers=headers)
+        raw = bytes(message)  # type: ignore[call-overload]
+        return bus.forward_blocking(target, key.encode() if key else None, raw, headers=headers)
+
+    def _addressed(
+        self,
+        message: M,
+        countdown_s: float | None,
+        eta: datetime | None,
+        expires: float | datetime | None,
+    ) -> tuple[str, list[tuple[str, bytes]] | None]:
+        """The topic and headers ``message`` is published with: the source topic,
+        or the timers topic when it has a countdown, an eta or an expiry."""
+        if not isinstance(message, self.message_type):
+            raise TypeError(
+                f"{self.name} takes {self.message_type.__name__}, got {type(message).__name__}"
+            )
+        timing = self._timing(countdown_s, eta, expires)
+        if timing is None:
+            return self.topic, None
+        due_ms, expires_ms = timing
+        if isinstance(message, MessageBase):
+            if message.message_id is None:
+                message.message_id = uuid.uuid4()
+            timer_id = str(message.message_id)
+        else:
+            timer_id = str(uuid.uuid4())
+        headers = [
+            (Header.TIMER_ID, timer_id.encode()),
+            (Header.ATTEMPT, b"0"),
+            (Header.DUE_MS, str(due_ms).encode()),
+        ]
+        if expires_ms is not None:
+            headers.append((Header.EXPIRES_MS, str(expires_ms).encode()))
+        return self.timers_topic, headers
+
+    def _timing(
+        self, countdown_s: float | None, eta: datetime | None, expires: float | datetime | None
+    ) -> tuple[int, int | None] | None:
+        """(due, expiry) in epoch ms for ``apply_async``, or None to publish at once."""
+        if countdown_s is None and eta is None and expires is None:
+            return None
+        max_days = self.app.dawning_settings.timers.max_delay_days
+        limit = timedelta(days=max_days)
+        now = datetime.now(UTC)
+        if countdown_s is not None and eta is not None:
+            raise ValueError(f"give countdown_s or eta, not both (got {countdown_s!r} and {eta!r})")
+        if countdown_s is not None:
+            seconds = _seconds("countdown_s", countdown_s)
+            if seconds < 0:
+                raise ValueError(f"countdown_s must not be negative, got {countdown_s!r}")
+            if seconds > limit.total_seconds():
+                raise ValueError(
+                    f"countdown_s={countdown_s!r} is more than Timers:MaxDelayDays "
+                    f"({max_days}) ahead"
+                )
+            due_ms = due_ms_in(seconds)
+        elif eta is not None:
+            eta = _aware("eta", eta)
+            if eta - now > limit:
+                raise ValueError(
+                    f"eta={eta.isoformat()} is more than Timers:MaxDelayDays ({max_days}) ahead"
+                )
+            due_ms = max(now_ms(), _epoch_ms(eta))
+        else:
+            due_ms = now_ms()
+        expires_ms = None
+        if expires is not None:
+            if isinstance(expires, datetime):
+                expires_ms = _epoch_ms(_aware("expires", expires))
+            else:
+                seconds = _seconds("expires", expires)
+                if seconds <= 0:
+                    raise ValueError(f"expires must be positive seconds, got {expires!r}")
+                expires_ms = due_ms_in(seconds)
+        return due_ms, expires_ms
+
+    async def revoke(self, message_id: object, *, timeout_s: float = 10.0) -> bool:
+        """Cancel the pending delayed run of ``message_id``: a countdown, an eta or
+        a retry. Durable: the revocation goes through Kafka to the owner of each
+        timer partition, so a worker that restarts does not run it.
+
+        Returns True when a worker cancelled it, False when none held it pending
+        (an unknown id, or one that has run or is running). Raises
+        ``TimeoutError`` when not every partition's owner answered within
+        ``timeout_s`` (through Redis); the revocation still applies when they
+        read it.
+        """
+        timer_id = str(message_id).lower()
+        nonce = uuid.uuid4().hex
+        partitions = self.app.dawning_settings.kafka.partitions
+        headers = [(Header.REVOKE, timer_id.encode()), (Header.REPLY_TO, nonce.encode())]
+        for partition in range(partitions):
+            await self.app.bus.forward(
+                self.timers_topic, timer_id.encode(), None, partition=partition, headers=headers
+            )
+        client = self.app.redis.client
+        reply_key = revoke_reply_key(nonce)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        answered = 0
+        while answered < partitions:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"revoke of {timer_id} in {self.name}: {answered} of {partitions} timer "
+                    f"partitions answered within {timeout_s} s; the revocation is on "
+                    f"{self.timers_topic} and applies when their owners read it"
+                )
+            reply = await client.blpop([reply_key], timeout=max(0.1, remaining))
+            if reply is None:
+                continue
+            if reply[1] == b"1":
+                return True
+            answered += 1
+        return False
+
+
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    return float(value)
+
+
+def _aware(name: str, value: object) -> datetime:
+    if not isinstance(value, datetime):
+        raise ValueError(f"{name} must be an aware datetime, got {value!r}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{name} must be an aware datetime (with a time zone), "
+            f"got the naive {value.isoformat()}"
+        )
+    return value
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return math.ceil(moment.timestamp() * 1000)

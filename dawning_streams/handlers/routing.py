@@ -1,0 +1,203 @@
+"""Where a failed attempt goes: a retry timer, or the dead-letter topic.
+
+:class:`Routing` decides it for one handler, from the exception and the retry
+policy, and writes it: a retry is a durable timer (same bytes, same partition,
+due after the backoff), a dead letter keeps the message's bytes and key and
+adds headers that say where it came from, what failed and when. It is given
+its collaborators (the timers, the telemetry, a send function), not the app.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from dawning_streams.core.errors import MessageDecodeError
+from dawning_streams.core.names import Header
+from dawning_streams.core.retry import Expired, Retry, RetryLater
+from dawning_streams.handlers.delivery import Delivery
+from dawning_streams.handlers.timers import Timer, Timers, due_ms_in
+from dawning_streams.observability.telemetry import Telemetry
+
+__all__ = ["Routing"]
+
+logger = logging.getLogger(__name__)
+
+_EXCEPTION_MESSAGE_LIMIT = 2_000
+_TRACEBACK_LIMIT = 8_000
+#: ``dawning-*`` headers a retry keeps: the message's expiry and its timer id.
+_CARRIED_HEADERS = frozenset({Header.EXPIRES_MS, Header.TIMER_ID})
+
+#: Sends raw bytes to a topic: (topic, key, value, partition=, headers=).
+Forward = Callable[..., Awaitable[Any]]
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _iso_ms(epoch_ms: int | None) -> str:
+    if epoch_ms is None:
+        return "?"
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+class Routing:
+    """The retry-or-dead-letter decision of one handler, and its writes."""
+
+    def __init__(
+        self,
+        *,
+        handler: str,
+        retry: Retry,
+        dead_letter_topic: str | None,
+        timers_topic: str,
+        timers: Timers,
+        telemetry: Telemetry,
+        forward: Forward,
+        retry_value: Callable[[Delivery, int], bytes | None],
+    ) -> None:
+        self.name = handler
+        self.retry = retry
+        #: None when the handler drops what fails for good (``dead_letter=False``).
+        self.dead_letter_topic = dead_letter_topic
+        self.timers_topic = timers_topic
+        self.timers = timers
+        self.telemetry = telemetry
+        self._forward = forward
+        self._retry_value = retry_value
+
+    async def expire(self, delivery: Delivery, attempt: int) -> None:
+        self.telemetry.metrics.expired(self.name)
+        expired_at = delivery.header_int(Header.EXPIRES_MS)
+        await self.dead_letter(delivery, attempt, Expired(f"expired at {_iso_ms(expired_at)}"))
+
+    async def fail(
+        self,
+        delivery: Delivery,
+        attempt: int,
+        exc: Exception,
+        *,
+        hold: str | None = None,
+        timer: Timer | None = None,
+    ) -> bool:
+        retry_number = attempt + 1
+        if isinstance(exc, RetryLater):
+            delay_s = exc.delay_s
+        elif self.retry.is_retryable(exc):
+            delay_s = self.retry.delay_s(retry_number)
+        else:
+            delay_s = None
+        if delay_s is not None and retry_number <= self.retry.max_retries:
+            logger.warning(
+                "%s: attempt %d of %s failed (%s: %s); retry %d in %.1f s",
+                self.name,
+                attempt + 1,
+                delivery.origin_id,
+                type(exc).__name__,
+                exc,
+                retry_number,
+                delay_s,
+            )
+            retry = self.retry_timer(delivery, retry_number, delay_s, exc, timer)
+            await self.timers.schedule(retry, hold=hold)
+            self.telemetry.routed(self.name, dead_letter=False)
+            return True
+        await self.dead_letter(delivery, attempt, exc)
+        return False
+
+    def retry_timer(
+        self,
+        delivery: Delivery,
+        retry_number: int,
+        delay_s: float,
+        exc: Exception,
+        fired: Timer | None,
+    ) -> Timer:
+        """The timer of a failed message's next attempt: same bytes, same partition."""
+        kept = [
+            (k, v)
+            for k, v in delivery.headers
+            if not k.startswith(Header.PREFIX) or k in _CARRIED_HEADERS
+        ]
+        first = delivery.header(Header.FIRST_FAILED_AT) or _now_iso()
+        kept.append((Header.FIRST_FAILED_AT, first.encode()))
+        # Stamped inside the failed attempt's span: the retry continues its trace.
+        headers = self.telemetry.tracing.stamp(self.timers_topic, kept)
+        retried = Delivery(
+            delivery.topic,
+            delivery.partition,
+            delivery.offset,
+            delivery.key,
+            self._retry_value(delivery, retry_number),
+            tuple(headers),
+        )
+        if fired is not None:
+            timer_id = fired.id
+        else:
+            timer_id = delivery.header(Header.TIMER_ID) or delivery.message_id or delivery.origin_id
+        return Timer(
+            timer_id,
+            delivery.partition,
+            due_ms_in(delay_s),
+            retry_number,
+            retried,
+            delivery.header_int(Header.EXPIRES_MS),
+            f"{type(exc).__name__}: {exc}"[:_EXCEPTION_MESSAGE_LIMIT],
+        )
+
+    async def dead_letter(self, delivery: Delivery, attempt: int, exc: BaseException) -> None:
+        if self.dead_letter_topic is None:
+            logger.error(
+                "%s: dropping %s after %d attempts (%s: %s); dead letters are off",
+                self.name,
+                delivery.origin_id,
+                attempt + 1,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        logger.error(
+            "%s: dead-lettering %s after %d attempts (%s: %s)",
+            self.name,
+            delivery.origin_id,
+            attempt + 1,
+            type(exc).__name__,
+            exc,
+        )
+        await self._forward(
+            self.dead_letter_topic,
+            delivery.key,
+            delivery.value,
+            partition=delivery.origin[1],
+            headers=self.failure_headers(delivery, exc, attempt + 1),
+        )
+        self.telemetry.routed(self.name, dead_letter=True)
+
+    def failure_headers(
+        self, delivery: Delivery, exc: BaseException, attempt: int
+    ) -> list[tuple[str, bytes]]:
+        topic, partition, offset = delivery.origin
+        now = _now_iso()
+        reason = exc.reason if isinstance(exc, MessageDecodeError) else str(exc)
+        trace = "".join(traceback.format_exception(exc))
+        fields = {
+            Header.ATTEMPT: str(attempt),
+            Header.HANDLER: self.name,
+            Header.ORIGINAL_TOPIC: topic,
+            Header.ORIGINAL_PARTITION: str(partition),
+            Header.ORIGINAL_OFFSET: str(offset),
+            Header.EXCEPTION_TYPE: f"{type(exc).__module__}.{type(exc).__qualname__}",
+            Header.EXCEPTION_MESSAGE: reason[:_EXCEPTION_MESSAGE_LIMIT],
+            Header.TRACEBACK: trace[-_TRACEBACK_LIMIT:],
+            Header.FIRST_FAILED_AT: delivery.header(Header.FIRST_FAILED_AT) or now,
+            Header.LAST_FAILED_AT: now,
+        }
+        kept = [(k, v) for k, v in delivery.headers if not k.startswith(Header.PREFIX)]
+        headers = kept + [(k, v.encode()) for k, v in fields.items()]
+        if delivery.key is not None:
+            headers.append((Header.ORIGINAL_KEY, delivery.key))
+        return headers
