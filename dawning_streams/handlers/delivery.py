@@ -19,7 +19,23 @@ from faust.streams import current_event
 
 from dawning_streams.core.names import Header, header_text
 
-__all__ = ["CurrentDelivery", "Delivery", "current_delivery"]
+__all__ = ["CurrentDelivery", "Delivery", "current_delivery", "message_id_of"]
+
+
+def message_id_of(value: bytes | None) -> str | None:
+    """The ``MessageId`` of a JSON message (any case of the name), lower case, or None."""
+    if value is None or not value.startswith(b"{"):
+        return None
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    for name, field_value in data.items():
+        if name.lower() == "messageid" and isinstance(field_value, str):
+            return field_value.lower()
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,18 +91,7 @@ class Delivery:
     @property
     def message_id(self) -> str | None:
         """The message's ``MessageId`` (any case), or None for bytes that carry none."""
-        if self.value is None or not self.value.startswith(b"{"):
-            return None
-        try:
-            data = orjson.loads(self.value)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(data, dict):
-            return None
-        for name, value in data.items():
-            if name.lower() == "messageid" and isinstance(value, str):
-                return value.lower()
-        return None
+        return message_id_of(self.value)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe form, for the timer table."""

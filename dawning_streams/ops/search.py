@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from dawning_streams.core.names import Header, header_text
+from dawning_streams.handlers.delivery import message_id_of
 from dawning_streams.handlers.timers import pending_timers
 from dawning_streams.kafka.reading import scan
 
@@ -137,7 +136,9 @@ async def find(
     committed = {(p.topic, p.partition): p.committed for p in snapshot.partitions}
     by_id: dict[str, Found] = {}
     for record in result.records:
-        found_id = _message_id(record.value) or f"{record.topic}/{record.partition}/{record.offset}"
+        found_id = (
+            message_id_of(record.value) or f"{record.topic}/{record.partition}/{record.offset}"
+        )
         if message_id is not None and found_id != str(message_id):
             continue
         entry = by_id.setdefault(found_id, Found(found_id, _text(record.key)))
@@ -277,22 +278,6 @@ def _state(sightings: list[Sighting]) -> tuple[str, str]:
     if last.stage == "scheduled" and last.detail.endswith("taken into the timer table"):
         return "handled", "its timer has fired and is gone"
     return last.stage, last.detail
-
-
-def _message_id(value: bytes | None) -> str | None:
-    """The ``MessageId`` of a JSON message (any case of the name), lower case."""
-    if not value:
-        return None
-    try:
-        data = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    for name, field_value in data.items():
-        if name.lower() == "messageid" and isinstance(field_value, str):
-            return field_value.lower()
-    return None
 
 
 def _time(ms: int) -> str:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from dawning_streams.handlers.delivery import message_id_of
 from dawning_streams.observability.metrics import Durations, quantile
 from dawning_streams.ops import search
 from dawning_streams.ops.charts import line_chart
@@ -73,10 +74,10 @@ def test_a_chart_breaks_its_line_at_a_missing_sample() -> None:
 
 def test_the_message_id_is_read_in_any_case_of_its_name() -> None:
     guid = "6F9619FF-8B86-D011-B42D-00C04FC964FF"
-    assert search._message_id(orjson.dumps({"messageId": guid})) == guid.lower()
-    assert search._message_id(orjson.dumps({"MessageId": guid.lower()})) == guid.lower()
-    assert search._message_id(b"not json") is None
-    assert search._message_id(b"[1, 2]") is None
+    assert message_id_of(orjson.dumps({"messageId": guid})) == guid.lower()
+    assert message_id_of(orjson.dumps({"MessageId": guid.lower()})) == guid.lower()
+    assert message_id_of(b"not json") is None
+    assert message_id_of(b"[1, 2]") is None
 
 
 def _seen(stage: str, minutes: int, detail: str = "") -> Sighting:
