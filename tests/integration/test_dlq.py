@@ -20,7 +20,7 @@ from dawning_streams.core.retry import Reject, Retry
 from dawning_streams.ops.dlq import read_dead_letters, replay, select
 
 from ..handler_helpers import Calls, running
-from ..kafka_helpers import read_topic
+from ..kafka_helpers import read_to_end, read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -115,40 +115,72 @@ async def test_dead_letter_topics_are_kept_forever(settings: Settings) -> None:
     assert configs["retention.bytes"] == "-1"
 
 
-async def test_the_dlq_commands_list_and_refuse_an_unfiltered_replay(
+async def test_the_dlq_commands_filter_by_every_option_and_replay_only_what_they_select(
     settings: Settings,
     tmp_path: Path,
 ) -> None:
     app = create_app(settings, web_enabled=False)
     calls = Calls()
+    user = uuid.uuid4()
 
     @app.handler(retry=Retry(max_retries=0))
     async def audit_log(message: AuditLogMessage) -> None:
         calls.add(message.action)
+        if message.action.startswith("replayed-ok"):
+            return
+        if message.action == "missing":
+            raise KeyError(message.action)
         raise Reject("bad entry")
 
     async with running(app):
         await audit_log.delay(audit("one"))
-        await calls.wait_until(lambda items: items == ["one"])
+        await audit_log.delay(audit("missing", user))
+        await calls.wait_until(lambda items: sorted(items) == ["missing", "one"])
+        letters: list = []
+        while len(letters) < 2:
+            letters = await read_dead_letters(app, [settings.kafka.topics.audit_log])
+        between = max(x.dead_lettered_at for x in letters) + timedelta(milliseconds=1)
     env = {
         **os.environ,
         "DAWNING_KAFKA__BOOTSTRAPSERVERS": settings.kafka.bootstrap_servers[0],
         "DAWNING_KAFKA__TOPICS__AUDITLOG": settings.kafka.topics.audit_log,
     }
     faust = [str(Path(sys.executable).with_name("faust")), "-A", "dawning_streams.app"]
-    listed = subprocess.run(
-        [*faust, "dlq-list", "--json", "--topic", settings.kafka.topics.audit_log],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*faust, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+
+    def listed(*filters: str) -> list[str]:
+        done = run("dlq-list", "--json", "--topic", settings.kafka.topics.audit_log, *filters)
+        assert done.returncode == 0, done.stderr
+        return sorted(json.loads(line)["exception"] for line in done.stdout.splitlines())
+
+    reject = "dawning_streams.core.retry.Reject: bad entry"
+    missing = "builtins.KeyError: 'missing'"
+    assert listed() == [missing, reject]
+    assert listed("--key", str(user)) == [missing]
+    assert listed("--exception", "Reject") == [reject]
+    assert listed("--exception", "builtins.KeyError") == [missing]
+    assert listed("--since", between.isoformat()) == []
+    assert listed("--until", between.isoformat()) == [missing, reject]
+    assert listed("--key", str(user), "--exception", "Reject") == []
+
+    bad = run("dlq-list", "--since", "yesterday")
+    assert bad.returncode == 2
+    assert "--since" in bad.stderr and "'yesterday' is not an ISO-8601 time" in bad.stderr
+
+    refused = run("dlq-replay")
+    assert refused.returncode == 2 and "--all" in refused.stderr
+
+    replayed = run(
+        "dlq-replay", "--topic", settings.kafka.topics.audit_log, "--exception", "KeyError"
     )
-    assert listed.returncode == 0, listed.stderr
-    [line] = listed.stdout.splitlines()
-    assert json.loads(line)["exception"] == "dawning_streams.core.retry.Reject: bad entry"
-    refused = subprocess.run(
-        [*faust, "dlq-replay"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1 dead letter(s)" in replayed.stderr
+    # On the source topic: the two originals, and the one replay (of the KeyError).
+    records = await read_to_end(
+        settings.kafka.bootstrap_servers[0], settings.kafka.topics.audit_log
     )
-    assert refused.returncode == 2
-    assert "--all" in refused.stderr
+    assert sorted(json.loads(r.value)["Action"] for r in records) == ["missing", "missing", "one"]
