@@ -1,14 +1,17 @@
-"""``make bench``: dawning-streams against the raw aiokafka client, side by side.
+"""``make bench``: dawning-streams against the raw clients, aiokafka and librdkafka, side by side.
 
 Every pair runs in the same process, against the same broker, with the same
 producer settings (acks=all, idempotence, linger 5 ms, batch 16 KB, snappy)
 and the same ~300-byte AuditLogMessage:
 
-- publish: a raw AIOKafkaProducer against ``bus.publish_many`` and concurrent
+- publish: a raw AIOKafkaProducer, and librdkafka's (confluent-kafka) Producer
+  encoding with our codec, against ``bus.publish_many`` and concurrent
   ``bus.publish`` callers (the bus path includes the record, the orjson codec
-  and the routing);
-- consume: a raw consumer loop (getmany, decode, commit after processing)
-  against a do-nothing ``@app.handler``;
+  and the routing); librdkafka's callers await delivery reports bridged to
+  the event loop from a polling thread;
+- consume: a raw aiokafka consumer loop (getmany, decode, commit after
+  processing), and librdkafka's (consume 1,000 at a time, decode, commit
+  asynchronously after processing), against a do-nothing ``@app.handler``;
 - end to end: p50/p99 from publish to handled at 20% of the measured maximum;
 - audit store: rows per second the audit agent persists (SQLite, PostgreSQL);
 - email: mails per second the email agent delivers to the SMTP sink;
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import confluent_kafka
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -302,6 +306,7 @@ class Bench:
         await self.create_topics(raw_topic)
         raw = self.raw_producer()
         await raw.start()
+        rdk = self.librdkafka_producer()
         app = create_app(self.settings("publish"), web_enabled=False)
         try:
             bus = app.bus
@@ -319,14 +324,109 @@ class Bench:
                 # Warm both producers up (connections, metadata, producer id).
                 await bus.publish_many(self.audit_messages(100))
                 await asyncio.gather(*[await raw.send(raw_topic, b"{}") for _ in range(100)])
+                await self._librdkafka_pipelined(rdk, raw_topic, self.audit_messages(100), None)
 
                 for _ in range(self.size.rounds):
                     await self._raw_pipelined(raw, raw_topic, n)
+                    await self._librdkafka_pipelined(rdk, raw_topic, self.audit_messages(n))
                     await self._bus_pipelined(bus, n)
                     await self._raw_callers(raw, raw_topic, n, callers)
+                    await self._librdkafka_callers(rdk, raw_topic, n, callers)
                     await self._bus_callers(bus, n, callers)
         finally:
             await raw.stop()
+            await asyncio.to_thread(rdk.flush, 30)
+
+    def librdkafka_producer(self) -> confluent_kafka.Producer:
+        """librdkafka with the settings the project's producer uses."""
+        kafka = Settings().kafka
+        producer = kafka.producer
+        return confluent_kafka.Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "acks": "all",
+                "enable.idempotence": producer.enable_idempotence,
+                "linger.ms": producer.linger_ms,
+                "batch.size": producer.batch_size,
+                "compression.type": producer.compression_type,
+                "partitioner": kafka.partitioner,
+            }
+        )
+
+    async def _librdkafka_pipelined(
+        self,
+        producer: confluent_kafka.Producer,
+        topic: str,
+        messages: list[AuditLogMessage],
+        name: str | None = "publish.librdkafka",
+    ) -> None:
+        """Encode and produce every message, then wait for every delivery report."""
+        failed: list[Any] = []
+        delivered = 0
+
+        def report(err: Any, _msg: Any) -> None:
+            nonlocal delivered
+            if err is not None:
+                failed.append(err)
+            else:
+                delivered += 1
+
+        produce, poll = producer.produce, producer.poll
+        clock = Clock()
+        for m in messages:
+            while True:
+                try:
+                    produce(topic, encode(m), str(m.user_id).encode(), on_delivery=report)
+                    break
+                except BufferError:  # the local queue is full: serve delivery reports
+                    poll(0.005)
+            poll(0)
+        await asyncio.to_thread(producer.flush, 60)
+        assert not failed and delivered == len(messages), (failed[:3], delivered)
+        if name is not None:
+            self.record(clock.row(name, delivered))
+
+    async def _librdkafka_callers(
+        self, producer: confluent_kafka.Producer, topic: str, n: int, callers: int
+    ) -> None:
+        """``callers`` coroutines, each awaiting its message's delivery report."""
+        messages = self.audit_messages(n)
+        loop = asyncio.get_running_loop()
+        polling = True
+
+        def poll_reports() -> None:
+            while polling:
+                producer.poll(0.05)
+
+        def settle(future: asyncio.Future[None], err: Any) -> None:
+            if not future.done():
+                if err is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(RuntimeError(str(err)))
+
+        async def caller(part: list[AuditLogMessage]) -> int:
+            for m in part:
+                future: asyncio.Future[None] = loop.create_future()
+                producer.produce(
+                    topic,
+                    encode(m),
+                    str(m.user_id).encode(),
+                    on_delivery=lambda err, _msg, f=future: loop.call_soon_threadsafe(
+                        settle, f, err
+                    ),
+                )
+                await future
+            return len(part)
+
+        poller = asyncio.create_task(asyncio.to_thread(poll_reports))
+        try:
+            clock = Clock()
+            done = await asyncio.gather(*[caller(messages[i::callers]) for i in range(callers)])
+            self.record(clock.row(f"publish.librdkafka_x{callers}", sum(done)))
+        finally:
+            polling = False
+            await poller
 
     async def _raw_pipelined(self, raw: AIOKafkaProducer, topic: str, n: int) -> None:
         data = [(str(m.user_id).encode(), m.to_representation()) for m in self.audit_messages(n)]
@@ -376,6 +476,7 @@ class Bench:
         await self.prefill(topic, self.audit_messages(n))
         for attempt in range(self.size.rounds):
             await self._raw_consume(topic, n, typed=True, attempt=attempt)
+            await self._librdkafka_consume(topic, n, attempt=attempt)
             await self._handler_consume(topic, n, attempt=attempt)
         await self._raw_consume(topic, n, typed=False, attempt=0)
 
@@ -410,6 +511,40 @@ class Bench:
             )
         finally:
             await consumer.stop()
+        row.extra["committed"] = await self.committed(group, topic)
+        self.record(row)
+
+    async def _librdkafka_consume(self, topic: str, n: int, *, attempt: int) -> None:
+        """librdkafka: consume up to 1,000 at a time, decode each, then commit."""
+        group = f"{self.run}-librdkafka-{attempt}"
+        consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        consumer.subscribe([topic])
+        seen, clock = 0, None
+        try:
+            while seen < n:
+                # Blocking, as a librdkafka consumer loop is; nothing else runs meanwhile.
+                batch = consumer.consume(1000, timeout=1.0)
+                if batch and clock is None:
+                    clock = Clock()
+                for record in batch:
+                    if record.error() is not None:
+                        raise RuntimeError(record.error())
+                    decode(record.value(), AuditLogMessage)
+                seen += len(batch)
+                if batch:
+                    consumer.commit(asynchronous=True)
+            assert clock is not None
+            row = clock.row("consume.librdkafka", seen)
+            consumer.commit(asynchronous=False)
+        finally:
+            consumer.close()
         row.extra["committed"] = await self.committed(group, topic)
         self.record(row)
 
@@ -868,7 +1003,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def ratios(rows: list[Row]) -> dict[str, Any]:
-    """Ours against raw aiokafka: best wall-clock rate of each, and least CPU per message."""
+    """Ours against the raw clients: best wall-clock rate of each, and least CPU per message."""
     best: dict[str, float] = {}
     least_cpu: dict[str, float] = {}
     for row in rows:
@@ -894,6 +1029,11 @@ def ratios(rows: list[Row]) -> dict[str, Any]:
             f"publish.bus_publish_x{callers}", f"publish.raw_send_and_wait_x{callers}", 0.8
         ),
         "handler_consume": pair("consume.handler", "consume.raw_aiokafka", 0.6),
+        "publish_many_vs_librdkafka": pair("publish.bus_publish_many", "publish.librdkafka", 1.0),
+        "publish_vs_librdkafka": pair(
+            f"publish.bus_publish_x{callers}", f"publish.librdkafka_x{callers}", 1.0
+        ),
+        "handler_consume_vs_librdkafka": pair("consume.handler", "consume.librdkafka", 0.95),
         "e2e_p99_ms": {"value": e2e.extra["p99_ms"], "target_below": 50.0},
         "timer_lateness_p99_ms": {
             "value": next(r for r in rows if r.name == "timers.lateness").extra["p99_ms"],
@@ -924,19 +1064,19 @@ def ratios(rows: list[Row]) -> dict[str, Any]:
 
 def print_summary(summary: dict[str, Any]) -> None:
     print(
-        f"\n  {'pair (ours / raw aiokafka)':<28} {'rate ratio':>10} {'cpu ratio':>10} {'target':>8}"
+        f"\n  {'pair (ours / raw client)':<30} {'rate ratio':>10} {'cpu ratio':>10} {'target':>8}"
     )
     for name, figures in summary.items():
         if "ratio" in figures:
             print(
-                f"  {name:<28} {figures['ratio']:>9.2f}x {figures['cpu_ratio']:>9.2f}x"
+                f"  {name:<30} {figures['ratio']:>9.2f}x {figures['cpu_ratio']:>9.2f}x"
                 f" {'>= ' + str(figures['target']):>8}"
             )
         else:
             unit = figures.get("unit", "ms")
             below = f"< {figures['target_below']:.0f} {unit}"
             raw = f"raw {figures['raw']:.1f}" if "raw" in figures else ""
-            print(f"  {name:<28} {figures['value']:>9.1f} {unit} {raw:>9} {below:>8}")
+            print(f"  {name:<30} {figures['value']:>9.1f} {unit} {raw:>9} {below:>8}")
 
 
 async def main(argv: list[str]) -> int:

@@ -43,11 +43,14 @@ def test_the_smoke_benchmark_measures_every_pair_and_writes_its_result(
         assert row["seconds"] > 0 and row["per_second"] > 0, row
     assert set(rows) == {
         "publish.raw_aiokafka",
+        "publish.librdkafka",
+        "publish.librdkafka_x64",
         "publish.bus_publish_many",
         "publish.raw_send_and_wait_x64",
         "publish.bus_publish_x64",
         "consume.raw_aiokafka",
         "consume.raw_aiokafka_json_only",
+        "consume.librdkafka",
         "consume.handler",
         "e2e.publish_to_handled",
         "audit.sqlite",
@@ -90,12 +93,22 @@ def test_the_smoke_benchmark_measures_every_pair_and_writes_its_result(
         "publish_many",
         "publish",
         "handler_consume",
+        "publish_many_vs_librdkafka",
+        "publish_vs_librdkafka",
+        "handler_consume_vs_librdkafka",
         "e2e_p99_ms",
         "timer_lateness_p99_ms",
         "sender_first_receipt_ms",
         "sender_rss_mb",
     }
-    for pair in ("publish_many", "publish", "handler_consume"):
+    for pair in (
+        "publish_many",
+        "publish",
+        "handler_consume",
+        "publish_many_vs_librdkafka",
+        "publish_vs_librdkafka",
+        "handler_consume_vs_librdkafka",
+    ):
         figures = result["ratios"][pair]
         assert figures["ratio"] > 0 and figures["cpu_ratio"] > 0, figures
     assert "handler_consume" in run.stdout and "rate ratio" in run.stdout
