@@ -22,11 +22,13 @@ services: install
 	scripts/services.sh start dev
 
 ## Start the test services (own ports and data) and run the whole suite,
-## the fault scenarios included (they start and stop services of their own).
+## the fault scenarios included (they start and stop services of their own),
+## in TEST_PROCESSES processes: the tests mostly wait on brokers and timers.
+TEST_PROCESSES ?= 2
 test: install lint browser
 	scripts/services.sh start test
 	scripts/services.sh start sasl
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadgroup --durations=25
 
 ## Debian's chromium, which the dashboard's browser test drives.
 browser:

@@ -177,10 +177,33 @@ def _with_deadline(
     return bounded
 
 
+FAULTS = ROOT / "tests" / "faults"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from . import fault_report
+
+    fault_report.start(session.config)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    from . import fault_report
+
+    fault_report.summarize(terminalreporter, config)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Give every async test a deadline inside its own event loop:
-    ``TEST_DEADLINE_S``, or what its ``@pytest.mark.deadline(seconds)`` says."""
+    ``TEST_DEADLINE_S``, or what its ``@pytest.mark.deadline(seconds)`` says.
+
+    The fault scenarios share one set of services that they stop and kill:
+    under xdist (``make test``) they run one after another, in one worker.
+    """
     for item in items:
+        if item.path.is_relative_to(FAULTS):
+            item.add_marker(pytest.mark.xdist_group("faults"))
         if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
             marker = item.get_closest_marker("deadline")
             deadline_s = float(marker.args[0]) if marker else TEST_DEADLINE_S

@@ -11,81 +11,33 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import mailbox
 import subprocess
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 
 import pytest
 
 from dawning_streams import Settings
 
 from ..conftest import ROOT, _profile
+from ..fault_report import HEADER, Row, add_row
 
 FAULTS_ENV = _profile("faults")
 DATA_DIR = ROOT / FAULTS_ENV["DATA_DIR"]
 MAILDIR = DATA_DIR / "smtp" / "maildir"
-REPORT = DATA_DIR / "report.json"
 SERVICES = ROOT / "scripts" / "services.sh"
 
 pytestmark = pytest.mark.faults
 
 
-@dataclass
-class Row:
-    """One scenario's figures."""
-
-    scenario: str
-    sent: int
-    handled: int
-    lost: int
-    duplicated: int
-    recover_s: float | None
-    notes: dict[str, object] = field(default_factory=dict)
-
-    def line(self) -> str:
-        recover = f"{self.recover_s:.1f}" if self.recover_s is not None else "-"
-        notes = ", ".join(f"{k}={v}" for k, v in self.notes.items())
-        return (
-            f"{self.scenario:<28} {self.sent:>7} {self.handled:>8} {self.lost:>5} "
-            f"{self.duplicated:>6} {recover:>10}  {notes}"
-        )
-
-
-HEADER = (
-    f"{'scenario':<28} {'sent':>7} {'handled':>8} {'lost':>5} {'dup':>6} {'recover_s':>10}  notes"
-)
-_rows = pytest.StashKey[list[Row]]()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.stash[_rows] = []
-
-
 @pytest.fixture
-def report(request: pytest.FixtureRequest) -> Iterator[list[Row]]:
+def report() -> Iterator[list[Row]]:
     """Rows a scenario adds here are printed at the end and written to the JSON report."""
     rows: list[Row] = []
     yield rows
     for row in rows:
         print(HEADER, row.line(), sep="\n")
-        request.config.stash[_rows].append(row)
-
-
-def pytest_terminal_summary(
-    terminalreporter: pytest.TerminalReporter, config: pytest.Config
-) -> None:
-    rows = config.stash.get(_rows, [])
-    if not rows:
-        return
-    terminalreporter.section("fault scenarios")
-    terminalreporter.write_line(HEADER)
-    for row in rows:
-        terminalreporter.write_line(row.line())
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(json.dumps([asdict(row) for row in rows], indent=2) + "\n")
-    terminalreporter.write_line(f"written to {REPORT.relative_to(ROOT)}")
+        add_row(row)
 
 
 def _services(action: str) -> None:
