@@ -157,10 +157,14 @@ start() {
     format_storage
     : >"$data_dir/logs/server.log"
     # setsid keeps the broker out of the caller's process group, so an
-    # interrupted `make run` does not take it down mid-write.
-    setsid java "${java_opts[@]}" kafka.Kafka "$data_dir/server.properties" \
+    # interrupted `make run` does not take it down mid-write. setsid forks when
+    # it starts as a process group leader (it does under some callers), so
+    # `$!` may not be the broker: the process that becomes java writes its pid.
+    rm -f "$pid_file"
+    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$pid_file" \
+        java "${java_opts[@]}" kafka.Kafka "$data_dir/server.properties" \
         >"$data_dir/stdout.log" 2>&1 </dev/null &
-    echo $! >"$pid_file"
+    for _ in $(seq 1 200); do [[ -s $pid_file ]] && break; sleep 0.05; done
     local deadline=$((SECONDS + 90))
     until grep -q "Kafka Server started" "$data_dir/logs/server.log" 2>/dev/null; do
         if ! running; then

@@ -123,10 +123,12 @@ start_smtp() {
     local pid_file="$data_dir/smtp/smtp.pid"
     if alive "$pid_file"; then return; fi
     port_free "$SMTP_PORT" "the SMTP sink"
-    setsid "$python" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" \
+    # The process that becomes the sink writes its pid: setsid may fork (see kafka.sh).
+    rm -f "$pid_file"
+    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$pid_file" \
+        "$python" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" \
         -c aiosmtpd.handlers.Mailbox "$data_dir/smtp/maildir" \
         >"$data_dir/smtp/smtp.log" 2>&1 </dev/null &
-    echo $! >"$pid_file"
     wait_port "$SMTP_PORT" "SMTP sink"
     log "SMTP sink ready on 127.0.0.1:$SMTP_PORT, mail in $data_dir/smtp/maildir"
 }
