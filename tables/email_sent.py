@@ -23,5 +23,5 @@ def create(app: App, *, ttl_s: float = SENT_TTL_S) -> MarkerTable:
     accepted the mail}``; markers older than ``ttl_s`` are purged hourly.
     """
     return MarkerTable.declare(
-        app, "email-sent", ttl_s=ttl_s, help="MessageId of each mail sent, for a week."
+        app, "email-sent", ttl_s=ttl_s, help="MessageId of each mail the SMTP server accepted."
     )

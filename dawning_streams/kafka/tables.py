@@ -91,8 +91,8 @@ class MarkerTable(faust.Table):  # type: ignore[misc]
             beacon=app.tables.beacon,  # type: ignore[attr-defined]
             help=help,
             # Compaction only reaches closed segments: rolled daily, a purged
-            # marker's tombstone takes its place within a day or two, not the
-            # broker's default week.
+            # marker leaves the changelog a day or two after its tombstone,
+            # not after the broker's default week.
             extra_topic_configs={"segment.ms": str(24 * 3600 * 1000)},
             **kwargs,
         )
