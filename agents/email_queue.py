@@ -16,10 +16,10 @@ skips an id it finds there. The table, not Redis, because:
   from memory and writes it to the changelog.
 * **At most one repeat per crash.** The handler awaits the changelog write
   after SMTP accepted the mail and before it returns, so at any moment at
-  most one mail per running attempt (``concurrency``, 1 by default) is
-  accepted but not yet marked, and only that one can be sent twice by a
-  crash. Its offset is committed only after the handler returned, and a
-  commit waits for every table write sent before it.
+  most one mail per running attempt (``concurrency``, 1 by default, and a
+  retry that fires meanwhile) is accepted but not yet marked, and only that
+  one can be sent twice by a crash. Its offset is committed only after the
+  handler returned, and a commit waits for every table write sent before it.
 * **Redeliveries meet their marker.** The marker is written to the changelog
   partition of the record's partition, and a redelivery comes on that same
   partition: whichever worker owns it after a restart or a rebalance has
