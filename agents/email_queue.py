@@ -2,38 +2,71 @@
 
 Failures are retried by the handler's timers (2, 4 and 8 s, as the seed's
 ``Math.Pow(2, RetryCount)``), with ``RetryCount`` raised on each retry, then to
-``dawning.email-queue.dlq``. A sent message's id is recorded in Redis for a
-week, so a redelivery after a crash between sending and committing is skipped
-rather than sent twice.
+``dawning.email-queue.dlq``.
+
+A redelivery (after a crash between sending and committing, a spooled
+message whose ack was lost, an upstream repeat) must not send a mail again.
+The ``MessageId`` of each mail the SMTP server accepted is kept in the
+``email-sent`` table (``tables/email_sent.py``) for a week, and the handler
+skips an id it finds there. The table, not Redis, because:
+
+* **Redis is no dependency of mail.** With the marker in Redis, an outage
+  longer than the retries (2 + 4 + 8 s) dead-lettered every mail. The table is
+  in Kafka, which the handler cannot run without anyway; it reads the marker
+  from memory and writes it to the changelog.
+* **At most one repeat per crash.** The handler awaits the changelog write
+  after SMTP accepted the mail and before it returns, so at any moment at
+  most one mail per running attempt (``concurrency``, 1 by default, and a
+  retry that fires meanwhile) is accepted but not yet marked, and only that
+  one can be sent twice by a crash. Its offset is committed only after the
+  handler returned, and a commit waits for every table write sent before it.
+* **Redeliveries meet their marker.** The marker is written to the changelog
+  partition of the record's partition, and a redelivery comes on that same
+  partition: whichever worker owns it after a restart or a rebalance has
+  recovered the partition's markers from the changelog before it is given the
+  records.
+
+A Faust windowed table was the other way to expire markers; its windows
+expire only in the memory of one worker (no tombstone, so a restart recovers
+them again), and a lookup would ask every window of the week. The markers
+are purged hourly instead, with tombstones (see
+:class:`~dawning_streams.kafka.tables.MarkerTable`).
 """
 
 from __future__ import annotations
 
 import logging
 
-from dawning_streams import App, EmailMessage, Handler, Retry
-from dawning_streams.core.names import email_sent_key
+from dawning_streams import App, EmailMessage, Handler, Retry, current_delivery
+from dawning_streams.kafka.tables import MarkerTable
+from dawning_streams.tables import email_sent
 
-__all__ = ["EMAIL_RETRY", "SENT_MARKER_TTL_S", "install"]
+__all__ = ["EMAIL_RETRY", "install"]
 
 logger = logging.getLogger(__name__)
 
 EMAIL_RETRY = Retry(max_retries=3, backoff_s=2)
-SENT_MARKER_TTL_S = 7 * 24 * 3600
 
 
-def install(app: App, *, retry: Retry = EMAIL_RETRY, concurrency: int = 1) -> Handler[EmailMessage]:
-    """Declare the email handler on ``app``; ``concurrency`` mails are sent at a time."""
+def install(
+    app: App,
+    *,
+    retry: Retry = EMAIL_RETRY,
+    concurrency: int = 1,
+    sent_ttl_s: float = email_sent.SENT_TTL_S,
+) -> Handler[EmailMessage]:
+    """Declare the email handler on ``app``; ``concurrency`` mails are sent at a time,
+    and each sent mail's id is kept ``sent_ttl_s`` seconds."""
+    sent: MarkerTable = email_sent.create(app, ttl_s=sent_ttl_s)
 
     @app.handler(EmailMessage, retry=retry, name="send_email", concurrency=concurrency)
     async def send_email(message: EmailMessage) -> None:
         """Send ``message`` unless a previous delivery already did."""
-        redis = app.redis.client
-        marker = email_sent_key(message.message_id)
-        if await redis.exists(marker):
-            logger.info("email %s was sent before; skipping the redelivery", message.message_id)
+        message_id = str(message.message_id)
+        if sent.marked(message_id):
+            logger.info("email %s was sent before; skipping the redelivery", message_id)
             return
         await app.mailer.send(message)
-        await redis.set(marker, message.to, ex=SENT_MARKER_TTL_S)
+        await sent.mark(message_id, current_delivery().partition)
 
     return send_email

@@ -8,7 +8,6 @@ from collections.abc import Iterable
 __all__ = [
     "Header",
     "dead_letter_topic",
-    "email_sent_key",
     "evictions_topic",
     "header_text",
     "invalidation_key",
@@ -61,11 +60,6 @@ def header_text(headers: Iterable[tuple[str, bytes]], name: str) -> str | None:
         if key == name:
             return value.decode("utf-8", "replace")
     return None
-
-
-def email_sent_key(message_id: object) -> str:
-    """Redis key marking an email as sent, so a redelivery does not send it again."""
-    return f"dawning:email:sent:{message_id}"
 
 
 def invalidation_key(message_id: object) -> str:

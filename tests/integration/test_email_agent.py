@@ -1,4 +1,9 @@
-"""The email agent: mail delivered to a real SMTP server, once, with retries."""
+"""The email agent: mail delivered to a real SMTP server, once, with retries.
+
+"Not sent again" is proven by the mailbox: a second mail on the same key (so
+the same partition, handled after the repeat) is waited for, and then the
+repeat's copies are counted.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,26 @@ import dataclasses
 import mailbox
 import ssl
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
-import redis.asyncio as redis
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Mailbox
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from dawning_streams import EmailMessage, Retry, Settings, create_app, decode
 from dawning_streams.agents import email_queue
-from dawning_streams.core.names import Header, dead_letter_topic, email_sent_key
-from dawning_streams.core.settings import Secret, SmtpSettings
+from dawning_streams.core.names import Header, dead_letter_topic
+from dawning_streams.core.settings import RedisSettings, Secret, SmtpSettings
+from dawning_streams.kafka.tables import MarkerTable
 
 from ..conftest import free_port
 from ..handler_helpers import running
-from ..kafka_helpers import read_topic
+from ..kafka_helpers import read_to_end, read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -78,28 +85,110 @@ async def test_an_email_is_delivered_with_cc_html_priority_and_a_hidden_bcc(
     assert got["Message-ID"] == f"<{message.message_id}@{domain}>"
 
 
+def sent_table(app: object) -> MarkerTable:
+    """The email agent's ``email-sent`` table on ``app``."""
+    table = app.tables["email-sent"]  # type: ignore[attr-defined]
+    assert isinstance(table, MarkerTable)
+    return table
+
+
+async def changelog(settings: Settings, app: object) -> dict[bytes, list[tuple[int, bytes | None]]]:
+    """Every record of the ``email-sent`` changelog: (partition, value) per key, in order."""
+    topic = sent_table(app).changelog_topic.get_topic_name()
+    records = await read_to_end(settings.kafka.bootstrap_servers[0], topic)
+    written: dict[bytes, list[tuple[int, bytes | None]]] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        written.setdefault(record.key, []).append((record.partition, record.value))
+    return written
+
+
+async def send_and_wait(app: object, maildir: mailbox.Maildir, *messages: EmailMessage) -> None:
+    """Publish ``messages``, then a marker mail on the key of the last one, and wait
+    for the marker: everything before it on that partition has been handled."""
+    for message in messages:
+        await app.bus.publish(message)  # type: ignore[attr-defined]
+    marker = mail(subject=f"marker {uuid.uuid4()}", to=messages[-1].to)
+    await app.bus.publish(marker)  # type: ignore[attr-defined]
+    await wait_for_mail(maildir, marker.subject)
+
+
 async def test_a_redelivered_email_is_not_sent_twice(
     settings: Settings,
     maildir: mailbox.Maildir,
-    redis_url: str,
 ) -> None:
     app = create_app(settings, web_enabled=False)
     email_queue.install(app)
     message = mail()
     async with running(app):
-        await app.bus.publish(message)
+        receipt = await app.bus.publish(message)
         await wait_for_mail(maildir, message.subject)
-        await app.bus.publish(message)  # the same MessageId, as after a crash
-        marker = mail(subject=f"marker {uuid.uuid4()}", to=message.to)
-        await app.bus.publish(marker)  # same key and partition, so handled after the repeat
-        await wait_for_mail(maildir, marker.subject)
+        # The same MessageId again, as after a crash, and a marker on the same key.
+        await send_and_wait(app, maildir, message)
+        table = sent_table(app)
+        assert table.marked(str(message.message_id))
     assert len(delivered(maildir, message.subject)) == 1
-    client = redis.from_url(redis_url)
-    try:
-        ttl = await client.ttl(email_sent_key(message.message_id))
-    finally:
-        await client.aclose()
-    assert 0 < ttl <= email_queue.SENT_MARKER_TTL_S
+    # The marker is in the changelog partition of the mail's record.
+    [(partition, value)] = (await changelog(settings, app))[str(message.message_id).encode()]
+    assert receipt is not None
+    assert partition == receipt.partition
+    assert value is not None
+    assert orjson.loads(value)["p"] == receipt.partition
+
+
+async def test_an_email_redelivered_after_a_restart_is_not_sent_again(
+    settings: Settings,
+    maildir: mailbox.Maildir,
+) -> None:
+    """The next worker's table is recovered from the changelog, before its records."""
+    message = mail()
+    first = create_app(settings, web_enabled=False)
+    email_queue.install(first)
+    async with running(first):
+        await send_and_wait(first, maildir, message)
+    second = create_app(settings, web_enabled=False)
+    email_queue.install(second)
+    async with running(second):
+        await send_and_wait(second, maildir, message)
+        recovered = sent_table(second).marked(str(message.message_id))
+    assert len(delivered(maildir, message.subject)) == 1
+    assert recovered
+
+
+async def test_email_needs_no_redis(settings: Settings, maildir: mailbox.Maildir) -> None:
+    """With Redis unreachable the mail goes at the first attempt, and a repeat is skipped."""
+    nowhere = RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0")
+    app = create_app(dataclasses.replace(settings, redis=nowhere), web_enabled=False)
+    email_queue.install(app, retry=Retry(max_retries=0))
+    message = mail()
+    async with running(app):
+        await send_and_wait(app, maildir, message, message)
+    assert len(delivered(maildir, message.subject)) == 1
+    dlq = dead_letter_topic(settings.kafka.topics.email_queue)
+    assert await read_to_end(settings.kafka.bootstrap_servers[0], dlq) == []
+
+
+async def test_markers_older_than_their_ttl_are_purged_and_then_the_mail_goes_again(
+    settings: Settings,
+    maildir: mailbox.Maildir,
+) -> None:
+    app = create_app(settings, web_enabled=False)
+    email_queue.install(app, sent_ttl_s=3600)
+    message = mail()
+    key = str(message.message_id)
+    async with running(app):
+        await send_and_wait(app, maildir, message)
+        table = sent_table(app)
+        # Purged as an hourly round would purge them an hour and a minute from now.
+        assert await table.purge(now_s=time.time() + 60) == 0
+        assert table.marked(key)
+        purged = await table.purge(now_s=time.time() + 3660)
+        assert not table.marked(key)
+        await send_and_wait(app, maildir, message)
+    assert purged == 2  # the mail's marker and the first marker mail's
+    assert len(delivered(maildir, message.subject)) == 2
+    # A tombstone follows the purged marker on the changelog, and then the new marker.
+    values = [value for _, value in (await changelog(settings, app))[key.encode()]]
+    assert [value is None for value in values] == [False, True, False]
 
 
 async def test_with_smtp_down_the_email_is_retried_counting_then_dead_lettered(
