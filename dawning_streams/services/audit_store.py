@@ -9,11 +9,12 @@ at-least-once delivery allows, never stores an entry twice.
 ``Audit:StoreUrl`` picks the store: ``sqlite:///dawning-audit.db`` (relative
 path) or ``sqlite:////var/lib/dawning/audit.db`` (absolute),
 ``postgresql://user:password@host:5432/db``, or
-``mysql://user:password@host:3306/db`` (MySQL 5.7+ or MariaDB 10.3+).
+``mysql://user:password@host:3306/db`` (MySQL or MariaDB; the tests run
+MariaDB 10.11).
 
 MySQL is reached through asyncmy rather than aiomysql: asyncmy ships compiled
-wheels for CPython 3.10 to 3.14 and has released steadily (0.2.13 to 0.2.18
-in 2026), and it stands alone, while aiomysql 0.3 is a layer over PyMySQL's
+wheels for CPython 3.10 to 3.14, has recent releases (0.2.13 to 0.2.18 in
+2026) and stands alone, while aiomysql 0.3 is a layer over PyMySQL's
 internals that already broke with PyMySQL 1.2 (escaping bytes raises).
 """
 
