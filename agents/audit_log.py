@@ -4,9 +4,9 @@ Entries are written up to ``Audit:BatchSize`` at a time, or whatever arrived
 within ``Audit:BatchWithinMs``; the message id is the primary key, so a
 redelivered entry is ignored. ``GET /audit?user_id=&action=&since=&until=&limit=``
 reads them back, newest first. Once an hour entries older than
-``Audit:RetentionDays`` are deleted: on one instance for PostgreSQL (a
-scheduled task), on every worker for SQLite, where each has its own file (run
-several workers against PostgreSQL).
+``Audit:RetentionDays`` are deleted: on one instance for PostgreSQL and MySQL
+(a scheduled task), on every worker for SQLite, where each has its own file
+(run several workers against PostgreSQL or MySQL).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ and the same ~300-byte AuditLogMessage:
   processing), and librdkafka's (consume 1,000 at a time, decode, commit
   asynchronously after processing), against a do-nothing ``@app.handler``;
 - end to end: p50/p99 from publish to handled at 20% of the measured maximum;
-- audit store: rows per second the audit agent persists (SQLite, PostgreSQL);
+- audit store: rows per second the audit agent persists (SQLite, PostgreSQL,
+  MariaDB);
 - email: mails per second the email agent delivers to the SMTP sink;
 - timers: lateness (fired minus due) of countdowns spread over two minutes
   while the handler's source topic carries steady traffic; the memory and the
@@ -43,7 +44,9 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncmy
 import asyncpg
 import confluent_kafka
 import orjson
@@ -168,6 +171,12 @@ class Bench:
         self.postgres = (
             f"postgresql://postgres@127.0.0.1:{env['POSTGRES_PORT']}"
             if env.get("POSTGRES_PORT")
+            else None
+        )
+        self.mariadb = (
+            f"mysql://{env['MARIADB_USER']}:{env['MARIADB_PASSWORD']}"
+            f"@127.0.0.1:{env['MARIADB_PORT']}"
+            if env.get("MARIADB_PORT")
             else None
         )
         self.rows: list[Row] = []
@@ -647,18 +656,25 @@ class Bench:
         n = self.size.audit
         print(f"audit store ({n} entries)")
         await self._audit(f"sqlite:///{workdir / 'audit.db'}", "audit.sqlite", n)
-        if self.postgres is None:
-            return
-        name = f"{self.run}_audit"
-        admin = await asyncpg.connect(f"{self.postgres}/postgres")
-        try:
-            await admin.execute(f"CREATE DATABASE {name}")
+        if self.postgres is not None:
+            name = f"{self.run}_audit"
+            admin = await asyncpg.connect(f"{self.postgres}/postgres")
             try:
-                await self._audit(f"{self.postgres}/{name}", "audit.postgresql", n)
+                await admin.execute(f"CREATE DATABASE {name}")
+                try:
+                    await self._audit(f"{self.postgres}/{name}", "audit.postgresql", n)
+                finally:
+                    await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
             finally:
-                await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-        finally:
-            await admin.close()
+                await admin.close()
+        if self.mariadb is not None:
+            # The profile's user may create databases named dawning*.
+            name = f"dawning_{self.run}_audit"
+            await mysql_execute(self.mariadb, f"CREATE DATABASE {name}")
+            try:
+                await self._audit(f"{self.mariadb}/{name}", "audit.mariadb", n)
+            finally:
+                await mysql_execute(self.mariadb, f"DROP DATABASE {name}")
 
     async def _audit(self, store_url: str, label: str, n: int) -> None:
         app = create_app(
@@ -938,12 +954,33 @@ def percentile(ordered: list[float], pct: float) -> float:
     return ordered[index]
 
 
+async def mysql_execute(url: str, sql: str) -> list[Any]:
+    """Run ``sql`` on the MySQL server of ``url`` (its database, if it names one)."""
+    parts = urlsplit(url)
+    db = await asyncmy.connect(
+        host=parts.hostname,
+        port=parts.port,
+        user=parts.username,
+        password=parts.password,
+        database=parts.path.strip("/") or None,
+    )
+    try:
+        async with db.cursor() as cursor:
+            await cursor.execute(sql)
+            return list(await cursor.fetchall())
+    finally:
+        await db.ensure_closed()
+
+
 async def count_rows(store_url: str) -> int:
     if store_url.startswith("sqlite:///"):
         import sqlite3
 
         with contextlib.closing(sqlite3.connect(store_url.removeprefix("sqlite:///"))) as db:
             return int(db.execute("SELECT count(*) FROM audit_log").fetchone()[0])
+    if store_url.startswith("mysql://"):
+        [(count,)] = await mysql_execute(store_url, "SELECT count(*) FROM audit_log")
+        return int(count)
     db = await asyncpg.connect(store_url)
     try:
         return int(await db.fetchval("SELECT count(*) FROM audit_log"))

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Starts or stops the real services on loopback: Apache Kafka (KRaft), Redis
-# and an SMTP capture server.
+# Starts or stops the real services on loopback: Apache Kafka (KRaft), Redis,
+# an SMTP capture server and, for the audit store's tests, PostgreSQL and MariaDB.
 #
 #   scripts/services.sh start|stop|status dev|test|sasl|faults|bench
 #   scripts/services.sh start-kafka|stop-kafka|start-redis|stop-redis|start-smtp|stop-smtp PROFILE
+#   scripts/services.sh start-mariadb|stop-mariadb PROFILE
 #
 # A profile runs only the services it gives ports for: `sasl` is a second
 # Kafka broker with a SASL_SSL listener, for the Kafka security tests.
@@ -117,6 +118,80 @@ stop_postgres() {
     as_postgres "$bin/pg_ctl" -D "$data_dir/postgres/data" -m fast stop >/dev/null 2>&1 || true
 }
 
+# MariaDB, like PostgreSQL, runs only for the tests and the bench. Its own
+# instance per profile: data, socket, pid file and log under the profile's
+# data directory, listening on 127.0.0.1 only. The profile names the user the
+# tests log in as (MARIADB_USER, MARIADB_PASSWORD).
+
+install_mariadb() {
+    [[ -x /usr/sbin/mariadbd ]] && command -v mariadb-install-db >/dev/null && return
+    log "installing Debian's mariadb-server"
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mariadb-server >/dev/null
+    # The package may start a system instance on 3306; ours run on their own.
+    $sudo systemctl disable --now mariadb >/dev/null 2>&1 || true
+    $sudo service mariadb stop >/dev/null 2>&1 || true
+}
+
+mariadb_sql() {
+    mariadb --no-defaults --socket="$data_dir/mariadb/mariadb.sock" -u root "$@"
+}
+
+start_mariadb() {
+    [[ -n ${MARIADB_PORT:-} ]] || return 0
+    install_mariadb
+    local dir="$data_dir/mariadb"
+    mkdir -p "$dir"
+    [[ $(id -u) -eq 0 ]] && chown mysql "$dir"
+    if alive "$dir/mariadb.pid"; then return; fi
+    port_free "$MARIADB_PORT" mariadb
+    # As root, both drop to the mysql user themselves (--user).
+    local user=()
+    [[ $(id -u) -eq 0 ]] && user=(--user=mysql)
+    if [[ ! -d "$dir/data/mysql" ]]; then
+        # root without a password (like PostgreSQL's trust), through the
+        # socket in $dir only: the tests log in as $MARIADB_USER over TCP.
+        mariadb-install-db --no-defaults "${user[@]}" --datadir="$dir/data" \
+            --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1 ||
+            { log "mariadb-install-db failed, see $dir/install.log"; exit 1; }
+    fi
+    # Durability is traded for speed, as with PostgreSQL's fsync=off: the data
+    # is the tests' and the bench's.
+    setsid /usr/sbin/mariadbd --no-defaults "${user[@]}" --datadir="$dir/data" \
+        --port="$MARIADB_PORT" --bind-address=127.0.0.1 --skip-name-resolve \
+        --socket="$dir/mariadb.sock" --pid-file="$dir/mariadb.pid" \
+        --log-error="$dir/mariadb.log" --innodb-flush-log-at-trx-commit=2 \
+        --innodb-doublewrite=0 --innodb-buffer-pool-size=128M \
+        >/dev/null 2>&1 </dev/null &
+    for _ in $(seq 1 300); do
+        mariadb-admin --no-defaults --socket="$dir/mariadb.sock" -u root ping \
+            >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    mariadb_sql -e "SELECT 1" >/dev/null 2>&1 ||
+        { log "mariadb did not start, see $dir/mariadb.log"; exit 1; }
+    # The tests create a database per test: the user may create any named dawning%.
+    mariadb_sql <<SQL
+DROP USER IF EXISTS 'root'@'127.0.0.1', 'root'@'::1';
+CREATE USER IF NOT EXISTS '$MARIADB_USER'@'127.0.0.1' IDENTIFIED BY '$MARIADB_PASSWORD';
+GRANT ALL PRIVILEGES ON \`dawning%\`.* TO '$MARIADB_USER'@'127.0.0.1';
+CREATE DATABASE IF NOT EXISTS dawning;
+SQL
+    log "mariadb ready on 127.0.0.1:$MARIADB_PORT (user $MARIADB_USER, database dawning)"
+}
+
+stop_mariadb() {
+    local pid_file="$data_dir/mariadb/mariadb.pid"
+    alive "$pid_file" || return 0
+    kill -TERM "$(cat "$pid_file")"
+    # InnoDB flushes its buffer pool on the way down: longer than stop_pid waits.
+    for _ in $(seq 1 300); do alive "$pid_file" || return 0; sleep 0.1; done
+    log "mariadb did not stop within 30 s"
+    exit 1
+}
+
 start_smtp() {
     [[ -n ${SMTP_PORT:-} ]] || return 0
     mkdir -p "$data_dir"/smtp/maildir/{cur,new,tmp}
@@ -150,8 +225,10 @@ case $action in
         start_redis
         start_smtp
         start_postgres
+        start_mariadb
         ;;
     stop)
+        stop_mariadb
         stop_postgres
         stop_pid "$data_dir/smtp/smtp.pid"
         stop_pid "$data_dir/redis/redis.pid"
@@ -163,13 +240,19 @@ case $action in
     stop-redis) stop_pid "$data_dir/redis/redis.pid" ;;
     start-smtp) start_smtp ;;
     stop-smtp) stop_pid "$data_dir/smtp/smtp.pid" ;;
+    start-mariadb) start_mariadb ;;
+    stop-mariadb) stop_mariadb ;;
     status)
         kafka status || true
         alive "$data_dir/redis/redis.pid" && log "redis running" || log "redis not running"
         alive "$data_dir/smtp/smtp.pid" && log "SMTP sink running" || log "SMTP sink not running"
+        if [[ -n ${MARIADB_PORT:-} ]]; then
+            alive "$data_dir/mariadb/mariadb.pid" && log "mariadb running" ||
+                log "mariadb not running"
+        fi
         ;;
     *)
-        echo "usage: $0 start|stop|status|{start,stop}-{kafka,redis,smtp} dev|test|sasl|faults" >&2
+        echo "usage: $0 start|stop|status|{start,stop}-{kafka,redis,smtp,mariadb} dev|test|sasl|faults|bench" >&2
         exit 2
         ;;
 esac

@@ -1,7 +1,8 @@
 """Fixtures: the real services `make test` starts, and per-test settings.
 
-The suite never skips for a missing service: if Kafka, Redis or the SMTP sink
-is not answering, every test that needs it fails with the command to run.
+The suite never skips for a missing service: if Kafka, Redis, the SMTP sink,
+PostgreSQL or MariaDB is not answering, every test that needs it fails with the
+command to run.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ TEARDOWN_DEADLINE_S = 30.0
 KAFKA_PORT = int(TEST_ENV["KAFKA_PORT"])
 REDIS_PORT = int(TEST_ENV["REDIS_PORT"])
 SMTP_PORT = int(TEST_ENV["SMTP_PORT"])
+POSTGRES_PORT = int(TEST_ENV["POSTGRES_PORT"])
+MARIADB_PORT = int(TEST_ENV["MARIADB_PORT"])
 # The sink writes under the data directory of the checkout that started it;
 # TEST_MAILDIR names it when the services run from another checkout.
 MAILDIR = Path(os.environ.get("TEST_MAILDIR") or ROOT / TEST_ENV["DATA_DIR"] / "smtp" / "maildir")
@@ -87,6 +90,24 @@ def smtp_port() -> int:
     """The SMTP capture server's port, after checking it answers."""
     _require(SMTP_PORT, "the SMTP sink")
     return SMTP_PORT
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The test PostgreSQL's URL without a database, after checking it answers."""
+    _require(POSTGRES_PORT, "PostgreSQL")
+    return f"postgresql://postgres@127.0.0.1:{POSTGRES_PORT}"
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> str:
+    """The test MariaDB's URL without a database, after checking it answers.
+
+    Its user may create and drop any database whose name starts with ``dawning``.
+    """
+    _require(MARIADB_PORT, "MariaDB")
+    user, password = TEST_ENV["MARIADB_USER"], TEST_ENV["MARIADB_PASSWORD"]
+    return f"mysql://{user}:{password}@127.0.0.1:{MARIADB_PORT}"
 
 
 @pytest.fixture

@@ -56,6 +56,7 @@ __all__ = [
     "TopicNames",
     "WebSettings",
     "WorkerSettings",
+    "mask_url",
     "shown",
 ]
 
@@ -207,7 +208,8 @@ def _redis_url(raw: Any) -> str:
     return url
 
 
-def _mask_url(url: str) -> str:
+def mask_url(url: str) -> str:
+    """``url`` with its password, if any, shown as asterisks."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -435,7 +437,7 @@ class RedisSettings:
     url: str = _setting("Url", _redis_url, "redis://127.0.0.1:6379/0", repr=False)
 
     def __repr__(self) -> str:
-        return f"RedisSettings(url={_mask_url(self.url)!r})"
+        return f"RedisSettings(url={mask_url(self.url)!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,8 +468,23 @@ class WebSettings:
 
 def _store_url(raw: Any) -> str:
     url = _text(raw)
-    if urlsplit(url).scheme not in {"sqlite", "postgresql", "postgres"}:
-        raise ValueError("must be a sqlite:///path or postgresql:// URL")
+    parts = urlsplit(url)
+    if parts.scheme not in {"sqlite", "postgresql", "postgres", "mysql"}:
+        raise ValueError("must be a sqlite:///path, postgresql:// or mysql:// URL")
+    if parts.scheme == "mysql":
+        # The driver takes no URL: check every part here, so none is silently dropped.
+        if not parts.hostname or not parts.username:
+            raise ValueError("must name a user and a host: mysql://user:password@host:3306/db")
+        try:
+            valid_port = parts.port != 0
+        except ValueError:  # not a number, or above 65535
+            valid_port = False
+        if not valid_port:
+            raise ValueError("has a port that is not a number from 1 to 65535")
+        if not parts.path.strip("/") or "/" in parts.path.strip("/"):
+            raise ValueError("must name one database: mysql://user:password@host:3306/db")
+        if parts.query or parts.fragment:
+            raise ValueError("takes no ?options or #fragment")
     return url
 
 
@@ -483,7 +500,7 @@ class AuditSettings:
 
     def __repr__(self) -> str:
         return (
-            f"AuditSettings(store_url={_mask_url(self.store_url)!r}, "
+            f"AuditSettings(store_url={mask_url(self.store_url)!r}, "
             f"batch_size={self.batch_size}, batch_within_ms={self.batch_within_ms}, "
             f"retention_days={self.retention_days})"
         )
@@ -727,7 +744,7 @@ def _shown_value(parse: Callable[[Any], Any], raw: Any) -> Any:
     if parse is _secret:
         return _MASK
     if isinstance(raw, str) and "://" in raw:
-        return _mask_url(raw)
+        return mask_url(raw)
     return raw
 
 

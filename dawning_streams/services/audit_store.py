@@ -1,12 +1,21 @@
-"""The SQL store behind the audit-log agent: SQLite by default, PostgreSQL by URL.
+"""The SQL store behind the audit-log agent: SQLite by default, PostgreSQL or
+MySQL/MariaDB by URL.
 
 Entries are written in batches and exactly once: the message id is the primary
-key and a repeat is ignored (``ON CONFLICT DO NOTHING``), so redelivery, which
+key and a repeat is ignored (``ON CONFLICT DO NOTHING``; on MySQL ``ON
+DUPLICATE KEY UPDATE`` with nothing changed), so redelivery, which
 at-least-once delivery allows, never stores an entry twice.
 
 ``Audit:StoreUrl`` picks the store: ``sqlite:///dawning-audit.db`` (relative
-path) or ``sqlite:////var/lib/dawning/audit.db`` (absolute), or
-``postgresql://user:password@host:5432/db``.
+path) or ``sqlite:////var/lib/dawning/audit.db`` (absolute),
+``postgresql://user:password@host:5432/db``, or
+``mysql://user:password@host:3306/db`` (MySQL or MariaDB; the tests run
+MariaDB 10.11).
+
+MySQL is reached through asyncmy rather than aiomysql: asyncmy ships compiled
+wheels for CPython 3.10 to 3.14, has recent releases (0.2.13 to 0.2.18 in
+2026) and stands alone, while aiomysql 0.3 is a layer over PyMySQL's
+internals that already broke with PyMySQL 1.2 (escaping bytes raises).
 """
 
 from __future__ import annotations
@@ -18,13 +27,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+import asyncmy
+import asyncmy.errors
 import asyncpg
 from mode import Service
 
 from dawning_streams.core.errors import DawningError
 from dawning_streams.core.records import AuditLogMessage
+from dawning_streams.core.settings import mask_url
 from dawning_streams.kafka.outages import Dependency
 
 __all__ = ["AuditQuery", "AuditStore", "AuditStoreError", "open_audit_store"]
@@ -218,7 +230,10 @@ class PostgresAuditStore(AuditStore):
             async with self._pool.acquire() as db:
                 await db.execute(_SCHEMA.format(uuid="UUID", time="TIMESTAMPTZ"))
         except (OSError, asyncpg.PostgresError) as exc:
-            raise AuditStoreError(f"PostgreSQL audit store: {exc}") from exc
+            raise AuditStoreError(
+                f"Audit:StoreUrl={mask_url(self.url)!r}: "
+                f"the PostgreSQL audit store cannot start: {exc}"
+            ) from exc
 
     async def on_stop(self) -> None:
         if self._pool is not None:
@@ -267,9 +282,182 @@ _UNREACHABLE = (
 )
 
 
-def _address(url: str) -> str:
+def _address(url: str, default_port: int = 5432) -> str:
     parts = urlsplit(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}/{parts.path.lstrip('/')}"
+    try:
+        port = parts.port or default_port
+    except ValueError:  # not a number: the store says so when it starts
+        port = default_port
+    return f"{parts.hostname or 'localhost'}:{port}/{parts.path.lstrip('/')}"
+
+
+# MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB has), so the indexes come
+# with the table. Text compares byte for byte (utf8mb4_bin), as PostgreSQL's
+# and SQLite's do: an action filter is case-sensitive on every store. A TEXT
+# column is indexed by a prefix, so no action is too long to store.
+_MYSQL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    message_id CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+    occurred_at DATETIME(6) NOT NULL,
+    user_id CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    user_name TEXT,
+    action TEXT NOT NULL,
+    entity_type TEXT NOT NULL,
+    entity_id TEXT,
+    description TEXT,
+    old_value TEXT,
+    new_value TEXT,
+    ip_address TEXT,
+    user_agent TEXT,
+    correlation_id TEXT,
+    source_instance TEXT,
+    tenant_id TEXT,
+    KEY audit_log_by_time (occurred_at),
+    KEY audit_log_by_user (user_id, occurred_at),
+    KEY audit_log_by_action (action(100), occurred_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+"""
+
+
+def _mysql_value(value: Any) -> Any:
+    # DATETIME holds no zone: every time is stored and compared in UTC.
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).replace(tzinfo=None)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+#: What a MySQL call raises when it fails: its errors, or the connection's
+#: (TimeoutError is an OSError; a read cut short is an EOFError).
+_MYSQL_FAILURES = (OSError, EOFError, asyncmy.errors.MySQLError)
+
+
+def _mysql_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server did not answer (a refused query does not)."""
+    if isinstance(exc, OSError | EOFError | asyncmy.errors.InterfaceError):
+        return True
+    # 2000-2999 are the client's own codes: cannot connect, server gone, connection lost.
+    code = exc.args[0] if exc.args else None
+    return (
+        isinstance(exc, asyncmy.errors.OperationalError)
+        and isinstance(code, int)
+        and (2000 <= code < 3000)
+    )
+
+
+def _mysql_options(url: str) -> dict[str, Any]:
+    """asyncmy's connection options from ``mysql://user:password@host:port/db``."""
+    parts = urlsplit(url)
+    database = unquote(parts.path.strip("/"))
+    if not parts.hostname or not parts.username or not database or "/" in database:
+        raise ValueError("must be mysql://user:password@host:3306/db")
+    if parts.query or parts.fragment:
+        raise ValueError("takes no ?options or #fragment")
+    return {
+        "host": parts.hostname,
+        "port": parts.port or 3306,  # raises ValueError on a port that is not a number
+        "user": unquote(parts.username),
+        "password": unquote(parts.password or ""),
+        "database": database,
+    }
+
+
+class MysqlAuditStore(AuditStore):
+    """MySQL or MariaDB through an asyncmy pool."""
+
+    def __init__(self, url: str, **kwargs: object) -> None:
+        self.url = url
+        self._pool: Any = None
+        #: Logged once when the database stops answering and once when it is back.
+        self.reachability = self._state = Dependency("MySQL", _address(url, 3306))
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+
+    async def on_start(self) -> None:
+        # Everything that can go wrong here is the URL's: its shape, the host,
+        # the login or the database. Say which setting to fix, password masked.
+        try:
+            options = _mysql_options(self.url)
+            self._pool = await asyncmy.create_pool(
+                minsize=1, maxsize=4, autocommit=True, charset="utf8mb4", **options
+            )
+            async with self._pool.acquire() as db, db.cursor() as cursor:
+                # "Table already exists" is a note, which the driver logs as a warning.
+                await cursor.execute("SET SESSION sql_notes = 0")
+                await cursor.execute(_MYSQL_SCHEMA)
+                await cursor.execute("SET SESSION sql_notes = 1")
+        except (ValueError, *_MYSQL_FAILURES) as exc:
+            await self.on_stop()
+            raise AuditStoreError(
+                f"Audit:StoreUrl={mask_url(self.url)!r}: the MySQL audit store cannot start: "
+                f"{_describe_mysql(exc)}"
+            ) from exc
+
+    async def on_stop(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.close()
+            await pool.wait_closed()
+
+    async def _call(self, sql: str, args: Sequence[Any] = (), *, many: bool = False) -> Any:
+        """Run ``sql`` on a pooled connection, noting the database's reachability;
+        returns the rows, or the affected row count when there are none."""
+        if self._pool is None:
+            raise AuditStoreError("the MySQL audit store is not started")
+        try:
+            async with self._pool.acquire() as db, db.cursor() as cursor:
+                if many:
+                    await cursor.executemany(sql, args)
+                else:
+                    await cursor.execute(sql, args)
+                result = await cursor.fetchall() if cursor.description else cursor.rowcount
+        except _MYSQL_FAILURES as exc:
+            if _mysql_unreachable(exc):
+                self._state.down(exc)
+            raise AuditStoreError(f"MySQL audit store: {_describe_mysql(exc)}") from exc
+        self._state.up()
+        return result
+
+    async def write(self, messages: Sequence[AuditLogMessage]) -> int:
+        if not messages:
+            return 0
+        # One multi-row INSERT per batch (the driver joins the rows). An id
+        # already stored "updates" to itself, which counts as no affected row.
+        sql = (
+            f"INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES "
+            f"({', '.join(['%s'] * len(COLUMNS))}) "
+            "ON DUPLICATE KEY UPDATE message_id = message_id"
+        )
+        rows = [tuple(_mysql_value(v) for v in _row(m)) for m in messages]
+        return int(await self._call(sql, rows, many=True))
+
+    async def query(self, query: AuditQuery) -> list[dict[str, Any]]:
+        where, args = _where(query, lambda n: "%s")
+        sql = (
+            f"SELECT {', '.join(COLUMNS)} FROM audit_log{where} "
+            f"ORDER BY occurred_at DESC, message_id LIMIT %s"
+        )
+        rows = await self._call(sql, [_mysql_value(a) for a in args] + [query.limit])
+        return [
+            {
+                column: _plain(value.replace(tzinfo=UTC) if column == "occurred_at" else value)
+                for column, value in zip(COLUMNS, row, strict=True)
+            }
+            for row in rows
+        ]
+
+    async def delete_older_than(self, cutoff: datetime) -> int:
+        sql = "DELETE FROM audit_log WHERE occurred_at < %s"
+        return int(await self._call(sql, [_mysql_value(cutoff)]))
+
+
+def _describe_mysql(exc: BaseException) -> str:
+    # asyncmy's errors are (code, message): the message first reads better.
+    if isinstance(exc, asyncmy.errors.MySQLError) and len(exc.args) == 2:
+        return f"{exc.args[1]} (error {exc.args[0]})"
+    if type(exc) is ValueError:  # the URL's shape
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def open_audit_store(url: str) -> AuditStore:
@@ -279,4 +467,6 @@ def open_audit_store(url: str) -> AuditStore:
         return SqliteAuditStore(url.removeprefix("sqlite:///"))
     if parts.scheme in {"postgresql", "postgres"}:
         return PostgresAuditStore(url)
+    if parts.scheme == "mysql":
+        return MysqlAuditStore(url)
     raise AuditStoreError(f"unsupported audit store URL scheme {parts.scheme!r}")

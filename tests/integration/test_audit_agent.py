@@ -1,4 +1,8 @@
-"""The audit-log agent: batched, exactly-once SQL storage, and GET /audit."""
+"""The audit-log agent: batched, exactly-once SQL storage, and GET /audit.
+
+The stores run against the real SQLite, PostgreSQL and MariaDB (the test
+profile's, started by ``scripts/services.sh start test``).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,20 @@ import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+import asyncmy
 import asyncpg
 import pytest
 
 from dawning_streams import AuditLogMessage, Settings, create_app
 from dawning_streams.agents import audit_log
 from dawning_streams.core.settings import AuditSettings
-from dawning_streams.services.audit_store import AuditQuery
+from dawning_streams.services.audit_store import AuditQuery, AuditStoreError, open_audit_store
 
 from ..conftest import TEST_ENV
 from ..handler_helpers import running
@@ -23,30 +31,44 @@ from ..kafka_helpers import caught_up
 
 pytestmark = pytest.mark.kafka
 
-POSTGRES = f"postgresql://postgres@127.0.0.1:{TEST_ENV['POSTGRES_PORT']}"
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 async def store_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """A SQLite file, or a fresh database on the test PostgreSQL server (dropped after)."""
+    """A SQLite file, or a fresh database on the test PostgreSQL or MariaDB
+    server (dropped after)."""
+    name = f"dawning_audit_{uuid.uuid4().hex[:10]}"
     if request.param == "sqlite":
         yield "sqlite:///audit.db"
-        return
-    name = f"audit_{uuid.uuid4().hex[:10]}"
+    elif request.param == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+        admin = await asyncpg.connect(f"{server}/postgres")
+        try:
+            await admin.execute(f"CREATE DATABASE {name}")
+            yield f"{server}/{name}"
+            await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+    else:
+        server = request.getfixturevalue("mariadb_server")
+        async with mysql_admin(server) as admin:
+            await admin.execute(f"CREATE DATABASE {name}")
+        yield f"{server}/{name}"
+        async with mysql_admin(server) as admin:
+            await admin.execute(f"DROP DATABASE {name}")
+
+
+@asynccontextmanager
+async def mysql_admin(server: str) -> AsyncIterator[Any]:
+    """A cursor on ``server`` (a ``mysql://`` URL without a database)."""
+    parts = urlsplit(server)
+    db = await asyncmy.connect(
+        host=parts.hostname, port=parts.port, user=parts.username, password=parts.password
+    )
     try:
-        admin = await asyncpg.connect(f"{POSTGRES}/postgres")
-    except OSError:
-        pytest.fail(
-            f"PostgreSQL is not answering at {POSTGRES}; start it with "
-            "`scripts/services.sh start test` (make test does)",
-            pytrace=False,
-        )
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-        yield f"{POSTGRES}/{name}"
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        async with db.cursor() as cursor:
+            yield cursor
     finally:
-        await admin.close()
+        await db.ensure_closed()
 
 
 def an_hour_ago() -> datetime:
@@ -137,3 +159,55 @@ async def test_get_audit_filters_and_answers_newest_first(settings: Settings) ->
         ]:
             status, body = await get(query)
             assert (status, body["error"].split(";")[0]) == (400, message)
+
+
+async def test_every_store_filters_and_purges_alike(store_url: str) -> None:
+    store = open_audit_store(store_url)
+    await store.start()
+    try:
+        alice, bob = uuid.uuid4(), uuid.uuid4()
+        start = an_hour_ago()
+        batch = entries(4, alice, start=start) + entries(2, bob, action="login", start=start)
+        old = entries(1, bob, action="Login", start=start - timedelta(days=40))
+        assert await store.write(batch + old) == 7
+        assert await store.write(batch[:3]) == 0  # a redelivered batch
+
+        async def descriptions(**filters: Any) -> list[str]:
+            return [row["description"] for row in await store.query(AuditQuery(**filters))]
+
+        assert await descriptions(user_id=alice, limit=3) == ["entry 3", "entry 2", "entry 1"]
+        assert await descriptions(action="login") == ["entry 1", "entry 0"]  # case counts
+        assert await descriptions(
+            user_id=alice, since=start + timedelta(seconds=1), until=start + timedelta(seconds=2)
+        ) == ["entry 2", "entry 1"]  # both ends included
+        assert len(await descriptions(user_id=bob)) == 3
+        # Entries of one moment come in id order, on every store.
+        same_time = [
+            r["message_id"] for r in await store.query(AuditQuery(since=start, until=start))
+        ]
+        assert len(same_time) == 2 and same_time == sorted(same_time)
+
+        assert await store.delete_older_than(start - timedelta(days=30)) == 1
+        assert await descriptions(user_id=bob) == ["entry 1", "entry 0"]
+        assert await store.delete_older_than(start - timedelta(days=30)) == 0
+    finally:
+        await store.stop()
+
+
+async def test_a_refused_mysql_login_fails_at_start_naming_the_setting(
+    settings: Settings, mariadb_server: str
+) -> None:
+    url = mariadb_server.replace(f":{TEST_ENV['MARIADB_PASSWORD']}@", ":not-the-password@")
+    url += "/dawning"
+    settings = dataclasses.replace(settings, audit=AuditSettings(store_url=url))
+    app = create_app(settings, web_enabled=False)
+    audit_log.install(app)
+    try:
+        with pytest.raises(AuditStoreError) as caught:
+            await app.start()
+    finally:
+        await app.stop()
+    message = str(caught.value)
+    masked = url.replace("not-the-password", "**********")
+    assert message.startswith(f"Audit:StoreUrl={masked!r}: the MySQL audit store cannot start")
+    assert "Access denied" in message and "not-the-password" not in message

@@ -18,7 +18,12 @@ SMALL = {"publish": 300, "consume": 300, "audit": 300, "email": 20}
 
 
 def test_the_smoke_benchmark_measures_every_pair_and_writes_its_result(
-    tmp_path: Path, kafka_bootstrap: str, redis_url: str, smtp_port: int
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    redis_url: str,
+    smtp_port: int,
+    postgres_server: str,
+    mariadb_server: str,
 ) -> None:
     out = tmp_path / "result.json"
     run = subprocess.run(
@@ -55,6 +60,7 @@ def test_the_smoke_benchmark_measures_every_pair_and_writes_its_result(
         "e2e.publish_to_handled",
         "audit.sqlite",
         "audit.postgresql",
+        "audit.mariadb",
         "email.smtp_concurrency_1",
         "email.smtp_concurrency_8",
         "timers.lateness",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dawning_streams.core.errors import SettingsError
-from dawning_streams.core.settings import Secret, Settings
+from dawning_streams.core.settings import Secret, Settings, shown
 
 SEED_APPSETTINGS = {
     "Logging": {"LogLevel": {"Default": "Information"}},
@@ -217,6 +217,36 @@ def test_settings_are_immutable(tmp_cwd: Path) -> None:
             "is not a dawning-streams setting",
         ),
         ({"DAWNING_REDIS__URL": "http://cache"}, "Redis:Url", "http://cache", "redis://"),
+        (
+            {"DAWNING_AUDIT__STOREURL": "mysql://audit:s3cret@db"},
+            "Audit:StoreUrl",
+            "mysql://audit:**********@db",
+            "must name one database",
+        ),
+        (
+            {"DAWNING_AUDIT__STOREURL": "mysql://audit:s3cret@db:port/audit"},
+            "Audit:StoreUrl",
+            "mysql://audit:**********@db:port/audit",
+            "port that is not a number",
+        ),
+        (
+            {"DAWNING_AUDIT__STOREURL": "mysql://db/audit"},
+            "Audit:StoreUrl",
+            "mysql://db/audit",
+            "must name a user and a host",
+        ),
+        (
+            {"DAWNING_AUDIT__STOREURL": "mysql://audit:s3cret@db/audit?ssl=1"},
+            "Audit:StoreUrl",
+            "mysql://audit:**********@db/audit?ssl=1",
+            "takes no ?options",
+        ),
+        (
+            {"DAWNING_AUDIT__STOREURL": "mssql://audit:s3cret@db/audit"},
+            "Audit:StoreUrl",
+            "mssql://audit:**********@db/audit",
+            "postgresql:// or mysql:// URL",
+        ),
     ],
 )
 def test_a_bad_value_fails_naming_the_key_and_value(
@@ -263,14 +293,16 @@ def test_passwords_never_show_in_a_repr_or_an_error(tmp_cwd: Path) -> None:
             "DAWNING_SMTP__USER": "mailer",
             "DAWNING_SMTP__PASSWORD": "hunter2",
             "DAWNING_REDIS__URL": "redis://:s3cret@cache:6379/0",
+            "DAWNING_AUDIT__STOREURL": "mysql://audit:t0psecret@db:3306/audit",
         }
     )
     assert isinstance(settings.smtp.password, Secret)
     assert settings.smtp.password.reveal() == "hunter2"
     assert settings.redis.url == "redis://:s3cret@cache:6379/0"
-    shown = repr(settings) + str(settings) + f"{settings.smtp}"
-    assert "hunter2" not in shown and "s3cret" not in shown
-    assert "**********" in shown
+    assert settings.audit.store_url == "mysql://audit:t0psecret@db:3306/audit"
+    visible = repr(settings) + str(settings) + f"{settings.smtp}" + str(shown(settings))
+    assert "hunter2" not in visible and "s3cret" not in visible and "t0psecret" not in visible
+    assert "mysql://audit:**********@db:3306/audit" in visible
 
 
 def test_settings_survive_the_trip_through_the_environment(tmp_cwd: Path) -> None:
