@@ -28,7 +28,7 @@ TEST_PROCESSES ?= 2
 test: install lint browser
 	scripts/services.sh start test
 	scripts/services.sh start sasl
-	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadgroup --durations=25
+	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --durations=25
 
 ## Debian's chromium, which the dashboard's browser test drives.
 browser:

@@ -198,7 +198,18 @@ def _with_deadline(
     return bounded
 
 
-FAULTS = ROOT / "tests" / "faults"
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Under xdist (``make test``), the fault scenarios run one after another in
+    one worker: they stop and kill the services they share. Every other test is
+    a unit of its own. (xdist's ``loadgroup`` would say the same with a mark,
+    but loses its groups under pytest 9.2: pytest-xdist issue #1386.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FaultsTogether(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/faults" if nodeid.startswith("tests/faults/") else nodeid
+
+    return FaultsTogether(config, log)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -217,14 +228,8 @@ def pytest_terminal_summary(
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Give every async test a deadline inside its own event loop:
-    ``TEST_DEADLINE_S``, or what its ``@pytest.mark.deadline(seconds)`` says.
-
-    The fault scenarios share one set of services that they stop and kill:
-    under xdist (``make test``) they run one after another, in one worker.
-    """
+    ``TEST_DEADLINE_S``, or what its ``@pytest.mark.deadline(seconds)`` says."""
     for item in items:
-        if item.path.is_relative_to(FAULTS):
-            item.add_marker(pytest.mark.xdist_group("faults"))
         if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
             marker = item.get_closest_marker("deadline")
             deadline_s = float(marker.args[0]) if marker else TEST_DEADLINE_S

@@ -27,8 +27,6 @@ DATA_DIR = ROOT / FAULTS_ENV["DATA_DIR"]
 MAILDIR = DATA_DIR / "smtp" / "maildir"
 SERVICES = ROOT / "scripts" / "services.sh"
 
-pytestmark = pytest.mark.faults
-
 
 @pytest.fixture
 def report() -> Iterator[list[Row]]:

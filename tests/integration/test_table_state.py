@@ -131,6 +131,20 @@ async def test_user_config_and_alert_state_survive_a_restart_and_a_rebalance(
                     worker, f"/alerts/{rule}", lambda b: b["alerts"] == 3, "alert 3"
                 )
                 assert rule_state["suppressed"] == 2, rule_state
+            # Every instance sees every instance: the two running, the first stopped.
+            for worker in (second, third):
+                listed = await served(
+                    worker,
+                    "/instances",
+                    lambda b: {"second", "third"} <= {i["instance"] for i in b["instances"]},
+                    "both running instances listed",
+                )
+                seen = {i["instance"]: i for i in listed["instances"]}
+                assert sorted(seen) == ["first", "second", "third"], seen
+                assert seen["first"].get("stopped_at") is not None, seen
+                for running in ("second", "third"):
+                    assert seen[running].get("started_at") is not None, seen
+                    assert seen[running].get("stopped_at") is None, seen
         finally:
             codes = [worker.stop() for worker in (second, third)]
         assert codes == [0, 0]
