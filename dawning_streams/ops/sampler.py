@@ -16,6 +16,7 @@ its age; the clients are made anew for the next sample.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -108,16 +109,30 @@ class ClusterSampler(Service):
         #: How many samples were taken (failed ones included).
         self.samples = 0
         self._lock = asyncio.Lock()
+        self._current: asyncio.Future[Snapshot] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
 
     async def on_stop(self) -> None:
+        # A sample under way (one waiting on an unreachable broker) is cancelled,
+        # so stopping never waits for it; then its clients are closed.
+        current = self._current
+        if current is not None and not current.done():
+            current.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await current
         await self._close()
 
     @Service.task
     async def _sampling(self) -> None:
         while not self.should_stop:
-            await self.sample()
+            self._current = asyncio.ensure_future(self.sample())
+            try:
+                await self._current
+            except asyncio.CancelledError:
+                if self.should_stop:
+                    return
+                raise
             await self.sleep(SAMPLE_INTERVAL_S)
 
     async def sample(self) -> Snapshot:
@@ -139,7 +154,7 @@ class ClusterSampler(Service):
         try:
             async with asyncio.timeout(SAMPLE_TIMEOUT_S):
                 snapshot = await self._read()
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # the dashboard's view must never stop the worker
             self.snapshot.error = f"could not read the cluster: {exc!r}"
             await self._close()
         else:
@@ -164,14 +179,16 @@ class ClusterSampler(Service):
         )
 
     async def _clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:
-        if self._consumer is None or self._admin is None:
+        consumer, admin = self._consumer, self._admin
+        if consumer is None or admin is None:
             options = client_options(self.app.dawning_settings.kafka)
             consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
             admin = AIOKafkaAdminClient(**options)
+            # Kept first, so a start that fails is closed by _close.
             self._consumer, self._admin = consumer, admin
             await consumer.start()
             await admin.start()
-        return self._consumer, self._admin
+        return consumer, admin
 
     async def _close(self) -> None:
         consumer, admin = self._consumer, self._admin

@@ -72,7 +72,11 @@ async def test_with_kafka_down_sigterm_ends_the_worker_in_time_and_nothing_is_lo
         )
         noticed_s = time.time() - down_at
         await asyncio.sleep(max(0.0, 60 - (time.time() - down_at)))
-        outage_lines = log_lines(worker)[before:]
+        # mode's notes that a timer woke late say the machine is busy (make test
+        # runs two processes), not that the outage is noisy.
+        outage_lines = [
+            line for line in log_lines(worker)[before:] if "woke up too late" not in line
+        ]
         health, _ = await worker.get_json("/health")
         stop_started = time.time()
         worker.process.terminate()

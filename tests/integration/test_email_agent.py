@@ -184,7 +184,9 @@ async def test_markers_older_than_their_ttl_are_purged_and_then_the_mail_goes_ag
         purged = await table.purge(now_s=time.time() + 3660)
         assert not table.marked(key)
         await send_and_wait(app, maildir, message)
-    assert purged == 2  # the mail's marker and the first marker mail's
+    # The mail's marker, and the first marker mail's if its write had landed:
+    # that mail reaches the sink just before its marker is written.
+    assert purged in (1, 2)
     assert len(delivered(maildir, message.subject)) == 2
     # A tombstone follows the purged marker on the changelog, and then the new marker.
     values = [value for _, value in (await changelog(settings, app))[key.encode()]]
