@@ -281,17 +281,7 @@ def render_handler(data: dict[str, Any]) -> str:
         + _throughput_chart(row, data["chart"])
         + lag_chart
         + "</section>"
-        + _section(
-            "Topics",
-            _table(
-                ["topic", "kind", "partitions", "messages", "group lag"],
-                [
-                    [t["topic"], t["kind"], t["partitions"], t["messages"], t["lag"]]
-                    for t in data["topics"]
-                ],
-                {2, 3, 4},
-            ),
-        )
+        + _section("Topics", _topics(data["topics"]))
         + _section("Partitions of the source topic", _partitions(data["partitions"]))
         + _section("Timers (this worker)", timers)
     )
@@ -299,6 +289,14 @@ def render_handler(data: dict[str, Any]) -> str:
         f"handler {row['handler']}",
         _header(data) + f"<main>{_error(data)}{body}</main>",
         refresh_s=15,
+    )
+
+
+def _topics(rows: list[dict[str, Any]]) -> str:
+    return _table(
+        ["topic", "kind", "partitions", "messages", "group lag"],
+        [[t["topic"], t["kind"], t["partitions"], t["messages"], t["lag"]] for t in rows],
+        {2, 3, 4},
     )
 
 
@@ -323,17 +321,9 @@ def _partitions(rows: list[dict[str, Any]]) -> str:
 
 def render_topics(data: dict[str, Any]) -> str:
     """Every topic, by kind, and the group's lag per partition."""
-    body = _section(
-        "Topics",
-        _table(
-            ["topic", "kind", "partitions", "messages", "group lag"],
-            [
-                [t["topic"], t["kind"], t["partitions"], t["messages"], t["lag"]]
-                for t in data["topics"]
-            ],
-            {2, 3, 4},
-        ),
-    ) + _section("Lag per partition", _partitions(data["partitions"]))
+    body = _section("Topics", _topics(data["topics"])) + _section(
+        "Lag per partition", _partitions(data["partitions"])
+    )
     return _page("topics", _header(data) + f"<main>{_error(data)}{body}</main>", refresh_s=15)
 
 
