@@ -20,6 +20,7 @@ from mode import ServiceT
 
 from dawning_streams.bus.message_bus import KafkaMessageBus, NullMessageBus
 from dawning_streams.core import codec
+from dawning_streams.core.errors import PublishError
 from dawning_streams.core.partitioners import partitioner_for
 from dawning_streams.core.records import MessageBase, message_types
 from dawning_streams.core.settings import Settings, shown
@@ -281,7 +282,14 @@ class App(faust.App):
         # Declare every topic with its partition count before any consumer
         # subscribes: a missing topic would be left out of the assignment, or
         # auto-created with the broker's default partition count.
-        await self.bus.declare_topics()
+        try:
+            await self.bus.declare_topics()
+        except PublishError:
+            if not self.should_stop:
+                raise
+            # Told to stop (SIGTERM) while declaring: the producer has stopped
+            # under the declaration, and the worker goes on stopping, exit code 0.
+            logger.info("stopping: topics not declared")
 
     async def _wait_for_kafka(self) -> None:
         """A worker started while Kafka is unreachable waits for it, serving

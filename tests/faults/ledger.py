@@ -51,6 +51,9 @@ class Ledger:
             enable_idempotence=True,
             linger_ms=5,
             max_request_size=4 * 1024 * 1024,
+            # A send waits this long for the broker: longer than any outage a
+            # scenario makes, however long the broker takes to stop and start.
+            request_timeout_ms=180_000,
         )
         await self._producer.start()
         return self

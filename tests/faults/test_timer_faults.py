@@ -398,6 +398,10 @@ async def test_seeded_chaos_keeps_an_ordered_handlers_keys_in_order_through_retr
                 "\n".join(f"{ledger.acked[m].partition} {ledger.acked[m].offset} {m}" for m in left)
             )
             end = Quiet((await pending_timers(app, [ordered.name]))[ordered.name], {}, None)
+            # What the live workers were doing, for a failure seen only in CI's output.
+            for worker in group:
+                if worker.process.poll() is None:
+                    print(f"--- {worker.name}, the end of its log:\n{worker.tail(60)}")
         else:
             end = await quiet(
                 settings, app, ordered.name, [topic, ordered.timers_topic], timeout_s=90

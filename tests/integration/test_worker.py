@@ -18,6 +18,7 @@ import pytest
 from dawning_streams import Settings
 
 from ..kafka_helpers import partition_count
+from ..workers import spawn
 
 pytestmark = pytest.mark.kafka
 
@@ -112,3 +113,28 @@ async def test_the_worker_starts_from_the_command_line(
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=60)
     assert code == 0, log.read_text()
+
+
+#: Points in a worker's start-up, by the log line that marks each.
+START_UP = [
+    "[^---ProducerBuffer]: Starting...",  # the producer starting, topics not yet declared
+    "Creating topic",
+    "[^--Consumer]: Starting...",
+    "Executing _on_partitions_assigned",
+    "[^Worker]: Ready",
+]
+
+
+@pytest.mark.parametrize("point", START_UP)
+async def test_sigterm_at_any_point_of_start_up_stops_the_worker_with_exit_code_0(
+    point: str, settings: Settings, tmp_path: Path
+) -> None:
+    worker = spawn(settings, f"{settings.instance_name}-0", tmp_path)
+    deadline = time.monotonic() + 60
+    while point.encode() not in worker.log.read_bytes():
+        assert worker.process.poll() is None, worker.tail()
+        assert time.monotonic() < deadline, worker.tail()
+        time.sleep(0.001)
+    code = worker.stop(timeout_s=60)
+    assert code == 0, worker.tail(60)
+    assert "Traceback" not in worker.log.read_text(), worker.tail(60)
