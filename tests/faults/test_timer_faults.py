@@ -378,13 +378,21 @@ async def test_seeded_chaos_keeps_an_ordered_handlers_keys_in_order_through_retr
         workers(settings, 3, tmp_path, app=APP, env=env) as group,
         Ledger(bootstrap) as ledger,
     ):
-        until = time.monotonic() + CHAOS_SECONDS
 
         async def publish() -> float:
             await ledger.publish(topic, messages, rate_per_s=rate)
             return time.time()
 
         publishing = asyncio.create_task(publish())
+        # The faults begin once the group is handling: a group that never starts
+        # fails here, with what each worker was doing.
+        try:
+            await eventually(
+                lambda: ordered_calls(w.folder for w in group), 60, "a first message handled"
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{last_lines(group)}") from None
+        until = time.monotonic() + CHAOS_SECONDS
         faults = await chaos(chaos_rng, group, until, start_again)
         published_at = await publishing
 
@@ -398,10 +406,7 @@ async def test_seeded_chaos_keeps_an_ordered_handlers_keys_in_order_through_retr
                 "\n".join(f"{ledger.acked[m].partition} {ledger.acked[m].offset} {m}" for m in left)
             )
             end = Quiet((await pending_timers(app, [ordered.name]))[ordered.name], {}, None)
-            # What the live workers were doing, for a failure seen only in CI's output.
-            for worker in group:
-                if worker.process.poll() is None:
-                    print(f"--- {worker.name}, the end of its log:\n{worker.tail(60)}")
+            print(last_lines(group))
         else:
             end = await quiet(
                 settings, app, ordered.name, [topic, ordered.timers_topic], timeout_s=90
@@ -474,6 +479,11 @@ async def test_seeded_chaos_keeps_an_ordered_handlers_keys_in_order_through_retr
         assert fault.exit_code == 0, fault
     codes = [w.process.returncode for w in live]
     assert codes == [0] * len(live), [w.log for w in live]
+
+
+def last_lines(group: list[Worker]) -> str:
+    """The end of each worker's log, and its exit code if it has gone."""
+    return "\n".join(f"--- {w.name} (exit code {w.process.poll()}):\n{w.tail(30)}" for w in group)
 
 
 async def drain(missing: Callable[[], list[str]], since: float) -> tuple[float | None, list[str]]:
