@@ -31,7 +31,9 @@ from typing import Any
 import aiokafka
 import faust
 import faust.streams
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.cluster import ClusterMetadata
+from aiokafka.protocol.metadata import MetadataRequest
 from faust.models.fields import FieldDescriptor
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -83,6 +85,7 @@ OVERRIDDEN: tuple[tuple[type, str, tuple[str, ...]], ...] = (
     (ProducerBuffer, "put", ("self", "fut")),
     (faust.App, "_new_producer", ("self",)),
     (aiokafka.AIOKafkaClient, "fetch_all_metadata", ("self",)),
+    (AIOKafkaAdminClient, "_send_request", ("self", "request", "node_id")),
     (MetricReader, "_receive_metrics", ("self", "metrics_data", "timeout_millis", "kwargs")),
 )
 
@@ -181,6 +184,14 @@ async def cluster_metadata(consumer: aiokafka.AIOKafkaConsumer) -> ClusterMetada
     """Fresh metadata of every topic, through a started aiokafka consumer's client
     (aiokafka's public ``topics()`` returns names only, not partitions)."""
     return await consumer._client.fetch_all_metadata()
+
+
+async def describe_topics(admin: AIOKafkaAdminClient, topics: list[str]) -> list[Any]:
+    """``admin.describe_topics(topics)`` without creating any of them: aiokafka
+    asks with auto-creation allowed, so a broker with ``auto.create.topics.enable``
+    would make a missing topic, with its default partitions and replicas."""
+    request = MetadataRequest(topics, allow_auto_topic_creation=False)
+    return (await admin._send_request(request)).to_object()["topics"]  # type: ignore[no-any-return]
 
 
 def recovery_progress(recovery: Recovery) -> tuple[float | None, list[float]]:

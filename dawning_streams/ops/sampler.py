@@ -30,6 +30,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 from mode import Service
 
+from dawning_streams.kafka import faust_compat
 from dawning_streams.kafka.security import client_options
 
 if TYPE_CHECKING:
@@ -206,7 +207,7 @@ class ClusterSampler(Service):
         consumer, admin = await self._clients()
         group_id = self.app.dawning_settings.kafka.consumer_group_id
         cluster, described = await asyncio.gather(
-            admin.describe_cluster(), admin.describe_topics(self.topics())
+            admin.describe_cluster(), faust_compat.describe_topics(admin, self.topics())
         )
         layout = {
             TopicPartition(topic["topic"], p["partition"]): p

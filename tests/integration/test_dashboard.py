@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from playwright.async_api import Browser, Page, async_playwright
 
 import dawning_streams.agents
@@ -303,3 +304,39 @@ async def test_the_overview_answers_from_the_sampler_without_asking_kafka(
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps({"overview_median_ms": round(median_ms, 1), "requests": 10}))
     print(f"GET / with the Dawning agents: median {median_ms:.1f} ms of 10 requests")
+
+
+async def test_the_sampler_never_creates_a_topic_it_does_not_find(settings: Settings) -> None:
+    # The test broker creates any topic a client names (auto.create.topics.enable),
+    # as many clusters do; a topic deleted under a running worker stays deleted.
+    app = create_app(settings)
+    deleted = settings.kafka.topics.audit_log
+    assert deleted in app.sampler.topics()
+    bootstrap = settings.kafka.bootstrap_servers[0]
+    async with running(app):
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([deleted])
+            await eventually(lambda: _missing(admin, deleted), what=f"{deleted} deleted")
+            started = time.time()
+            snapshot = await app.sampler.sample()
+            assert snapshot.at >= started, "the sample failed"
+            assert deleted not in {p.topic for p in snapshot.partitions}
+            # A control: aiokafka's own describe_topics, asked after the sample,
+            # does create the topic it names. Once it exists, a topic the sample
+            # had made would exist too.
+            control = f"{settings.kafka.topics.audit_log}.control"
+            await admin.describe_topics([control])
+            await eventually(lambda: _present(admin, control), what=f"{control} auto-created")
+            assert await _missing(admin, deleted)
+        finally:
+            await admin.close()
+
+
+async def _missing(admin: AIOKafkaAdminClient, topic: str) -> bool:
+    return topic not in await admin.list_topics()
+
+
+async def _present(admin: AIOKafkaAdminClient, topic: str) -> bool:
+    return topic in await admin.list_topics()
