@@ -252,8 +252,19 @@ launch() {
 
 # Waits until the launched node says it has started.
 await_started() {
-    local deadline=$((SECONDS + 90))
+    local deadline=$((SECONDS + 90)) tries=1
     until grep -q "Kafka Server started" "$data_dir/logs/server.log" 2>/dev/null; do
+        if ! running && ((tries < 3)) &&
+            grep -q "failed to bind to 127.0.0.1:$port: Address already in use" \
+                "$data_dir/logs/server.log" 2>/dev/null; then
+            # Ports above 32767 lie in Linux's range for client sockets: one of
+            # them (the other nodes' own, mid-start) may hold the port for a moment.
+            log "127.0.0.1:$port was in use by a client socket when node $node_id bound it; starting it again"
+            tries=$((tries + 1))
+            sleep 1
+            launch
+            continue
+        fi
         if ! running; then
             log "broker exited during start-up; see $data_dir/stdout.log and $data_dir/logs/server.log"
             tail -20 "$data_dir/stdout.log" >&2 || true

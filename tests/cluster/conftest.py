@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -54,15 +55,20 @@ def kill_node(node: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-async def leader_of(topic: str, partition: int = 0) -> int:
-    """The node id of the current leader of ``topic``'s ``partition``."""
+async def partitions_of(topic: str) -> dict[int, dict[str, Any]]:
+    """Each partition of ``topic`` as the brokers describe it: leader, replicas, isr."""
     admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     await admin.start()
     try:
         [described] = await admin.describe_topics([topic])
     finally:
         await admin.close()
-    return next(p["leader"] for p in described["partitions"] if p["partition"] == partition)
+    return {p["partition"]: p for p in described["partitions"]}
+
+
+async def leader_of(topic: str, partition: int = 0) -> int:
+    """The node id of the current leader of ``topic``'s ``partition``."""
+    return int((await partitions_of(topic))[partition]["leader"])
 
 
 @pytest.fixture
@@ -111,4 +117,4 @@ def settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, kafka=kafka)
 
 
-__all__ = ["BOOTSTRAP", "Row", "kill_node", "leader_of", "services"]
+__all__ = ["BOOTSTRAP", "Row", "kill_node", "leader_of", "partitions_of", "services"]
