@@ -66,6 +66,16 @@ async def partitions_of(topic: str) -> dict[int, dict[str, Any]]:
     return {p["partition"]: p for p in described["partitions"]}
 
 
+async def controller() -> int:
+    """The node id of the active controller."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        return int((await admin.describe_cluster())["controller_id"])
+    finally:
+        await admin.close()
+
+
 async def leader_of(topic: str, partition: int = 0) -> int:
     """The node id of the current leader of ``topic``'s ``partition``."""
     return int((await partitions_of(topic))[partition]["leader"])
@@ -117,4 +127,4 @@ def settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, kafka=kafka)
 
 
-__all__ = ["BOOTSTRAP", "Row", "kill_node", "leader_of", "partitions_of", "services"]
+__all__ = ["BOOTSTRAP", "Row", "controller", "kill_node", "leader_of", "partitions_of", "services"]

@@ -25,8 +25,8 @@ from ..faults.ledger import (
     write_duplicates,
 )
 from ..handler_helpers import eventually
-from ..workers import workers
-from .conftest import BOOTSTRAP, Row, kill_node, leader_of, partitions_of, services
+from ..workers import Worker, workers
+from .conftest import BOOTSTRAP, Row, controller, kill_node, leader_of, partitions_of, services
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cluster]
 
@@ -53,6 +53,21 @@ def keyed_messages(rng: random.Random) -> list[UserEventMessage]:
         )
         numbers[user] += 1
     return messages
+
+
+async def dashboard_shows(worker: Worker, topic: str, *, down: int | None) -> bool:
+    """Whether ``worker``'s dashboard (``/api/cluster``) shows node ``down`` gone from
+    the brokers and from every in-sync replica set of ``topic`` (None: all well)."""
+    _, body = await worker.get_json("/api/cluster")
+    brokers = {broker["node_id"] for broker in body["brokers"]}
+    mine = [p for p in body["partitions"] if p["topic"] == topic]
+    if down is None:
+        return len(brokers) == 3 and bool(mine) and not any(p["under_replicated"] for p in mine)
+    return (
+        down not in brokers
+        and bool(mine)
+        and all(p["under_replicated"] and down not in p["isr"] for p in mine)
+    )
 
 
 async def all_in_sync(topic: str) -> bool:
@@ -93,9 +108,15 @@ async def test_kill_9_of_a_busy_partitions_leader_loses_nothing_and_keeps_keys_i
             publishing = asyncio.create_task(ledger.publish(topic, messages, rate_per_s=RATE_PER_S))
             await eventually(lambda: len(ledger.acked) >= TOTAL * 0.3, what="30 % published")
             killed = await leader_of(topic, 0)
+            was_controller = killed == await controller()
             kill_node(killed)
             await publishing
             new_leader = await leader_of(topic, 0)
+            await eventually(
+                lambda: dashboard_shows(group[0], topic, down=killed),
+                timeout_s=30,
+                what="the dashboard showing the partitions under-replicated",
+            )
 
             def all_handled() -> bool:
                 calls = by_message(ordered_calls(w.folder for w in group))
@@ -119,6 +140,11 @@ async def test_kill_9_of_a_busy_partitions_leader_loses_nothing_and_keeps_keys_i
                 lambda: all_in_sync(topic), timeout_s=60, what="the node back in every ISR"
             )
             rejoined_s = time.monotonic() - restarted_at
+            await eventually(
+                lambda: dashboard_shows(group[0], topic, down=None),
+                timeout_s=30,
+                what="the dashboard showing every replica in sync again",
+            )
     finally:
         if killed is not None and not restarted:
             await services("start-kafka", str(killed))
@@ -148,6 +174,7 @@ async def test_kill_9_of_a_busy_partitions_leader_loses_nothing_and_keeps_keys_i
                 "order_violations": len(violations),
                 "publish_failed": len(ledger.failed),
                 "killed_node": killed,
+                "killed_the_controller": was_controller,
                 "new_leader": new_leader,
                 "workers_running": len(running),
                 "isr_rejoined_s": round(rejoined_s, 1),
