@@ -70,6 +70,11 @@ async def dashboard_shows(worker: Worker, topic: str, *, down: int | None) -> bo
     )
 
 
+def assigned(worker: Worker) -> int:
+    """How many partition assignments ``worker`` has been given so far."""
+    return worker.log.read_text(errors="replace").count("Executing _on_partitions_assigned")
+
+
 async def all_in_sync(topic: str) -> bool:
     """Whether every partition of ``topic`` has all three replicas in sync."""
     return all(len(p["isr"]) == 3 for p in (await partitions_of(topic)).values())
@@ -109,6 +114,7 @@ async def test_kill_9_of_a_busy_partitions_leader_loses_nothing_and_keeps_keys_i
             await eventually(lambda: len(ledger.acked) >= TOTAL * 0.3, what="30 % published")
             killed = await leader_of(topic, 0)
             was_controller = killed == await controller()
+            assignments = [assigned(w) for w in group]
             kill_node(killed)
             await publishing
             new_leader = await leader_of(topic, 0)
@@ -130,6 +136,7 @@ async def test_kill_9_of_a_busy_partitions_leader_loses_nothing_and_keeps_keys_i
             )
             journal = ordered_calls(w.folder for w in group)
             running = [w.name for w in group if w.process.poll() is None]
+            rebalances = sum(assigned(w) for w in group) - sum(assignments)
             # The dead broker left every partition's in-sync replicas; back, it
             # catches up and rejoins them.
             shrunk = await partitions_of(topic)
@@ -177,6 +184,7 @@ async def test_kill_9_of_a_busy_partitions_leader_loses_nothing_and_keeps_keys_i
                 "killed_the_controller": was_controller,
                 "new_leader": new_leader,
                 "workers_running": len(running),
+                "rebalances": rebalances,
                 "isr_rejoined_s": round(rejoined_s, 1),
             },
         )
@@ -187,5 +195,6 @@ async def test_kill_9_of_a_busy_partitions_leader_loses_nothing_and_keeps_keys_i
     assert len(ledger.acked) == TOTAL
     assert lost == 0
     assert not violations, violations[:10]
-    # The workers rode the failover out: none needs a restart.
+    # The workers rode the failover out: none needs a restart, nor did the group rebalance.
     assert len(running) == 2
+    assert rebalances == 0
