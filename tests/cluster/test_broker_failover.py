@@ -136,7 +136,7 @@ async def test_kill_9_of_a_busy_partitions_leader_loses_nothing_and_keeps_keys_i
             )
             journal = ordered_calls(w.folder for w in group)
             running = [w.name for w in group if w.process.poll() is None]
-            rebalances = sum(assigned(w) for w in group) - sum(assignments)
+            new_assignments = sum(assigned(w) for w in group) - sum(assignments)
             # The dead broker left every partition's in-sync replicas; back, it
             # catches up and rejoins them.
             shrunk = await partitions_of(topic)
@@ -184,7 +184,7 @@ async def test_kill_9_of_a_busy_partitions_leader_loses_nothing_and_keeps_keys_i
                 "killed_the_controller": was_controller,
                 "new_leader": new_leader,
                 "workers_running": len(running),
-                "rebalances": rebalances,
+                "new_assignments": new_assignments,
                 "isr_rejoined_s": round(rejoined_s, 1),
             },
         )
