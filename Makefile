@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export PYTHON
 
-.PHONY: install run worker services test test-faults test-unit lint bench stop clean browser fault-table
+.PHONY: install run cluster worker services test test-faults test-cluster test-unit lint bench stop clean browser fault-table
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,12 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	scripts/services.sh start dev
 	$(VENV)/bin/faust -A dawning_streams.app worker -l info
+
+## The same on the cluster profile: three Kafka nodes (KRaft), replicated topics
+## (Kafka:ReplicationFactor=3), and a Redis and an SMTP sink of their own.
+cluster: install
+	scripts/services.sh start cluster
+	env $$(scripts/services.sh worker-env cluster) $(VENV)/bin/faust -A dawning_streams.app worker -l info
 
 services: install
 	scripts/services.sh start dev
@@ -43,6 +49,11 @@ test-unit: install
 test-faults: install
 	$(VENV)/bin/pytest tests/faults --basetemp=.local/faults/runs
 
+## Only the cluster tier: it starts the cluster profile, takes brokers away
+## under load, and stops the cluster at the end.
+test-cluster: install
+	$(VENV)/bin/pytest tests/cluster
+
 ## The README's fault table, from the last fault run's .local/faults/report.json.
 fault-table:
 	$(PYTHON) scripts/fault_table.py
@@ -64,6 +75,7 @@ stop:
 	scripts/services.sh stop sasl
 	scripts/services.sh stop faults
 	scripts/services.sh stop bench
+	scripts/services.sh stop cluster
 
 clean: stop
 	rm -rf .local $(VENV) *.egg-info

@@ -42,6 +42,7 @@ from dawning_streams.kafka.outages import (
     quiet_client_logs,
     wait_for_kafka,
 )
+from dawning_streams.kafka.replication import ReplicationError, check_replication
 from dawning_streams.kafka.security import faust_credentials
 from dawning_streams.observability.telemetry import Telemetry
 from dawning_streams.ops import views
@@ -279,6 +280,7 @@ class App(faust.App):
         await super().on_start()
         if self.in_worker:
             await self._wait_for_kafka()
+            await self._check_replication()
         # Declare every topic with its partition count before any consumer
         # subscribes: a missing topic would be left out of the assignment, or
         # auto-created with the broker's default partition count.
@@ -306,6 +308,16 @@ class App(faust.App):
         try:
             await wait_for_kafka(self, self.kafka_state, timeout_s=timeout_s)
         except KafkaUnreachable as exc:
+            logger.error("%s", exc)
+            self._exit_now(1)
+
+    async def _check_replication(self) -> None:
+        """Refuse to start, in one line naming ``Kafka:ReplicationFactor``, on a
+        cluster with too few live brokers; warn of topics replicated otherwise
+        than the settings say (:mod:`dawning_streams.kafka.replication`)."""
+        try:
+            await check_replication(self)
+        except ReplicationError as exc:
             logger.error("%s", exc)
             self._exit_now(1)
 

@@ -1,13 +1,29 @@
 #!/usr/bin/env bash
-# A single-node Apache Kafka broker in KRaft mode, built from the official
-# artifacts on Maven Central.
+# One Apache Kafka node in KRaft mode (broker and controller in one process),
+# built from the official artifacts on Maven Central: a single-node cluster
+# by default, or one node of a quorum.
 #
 #   scripts/kafka.sh start|stop|status
+#   scripts/kafka.sh launch|await
 #
 # KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093) and KAFKA_DATA_DIR
 # (.local/dev/kafka) choose the instance, so a test broker never collides with
 # a development one; KAFKA_MESSAGE_MAX_BYTES raises the broker's record size
 # limit (default about 1 MB). The jars are resolved once into DAWNING_CACHE_DIR.
+# KAFKA_HEAP_OPTS sizes the JVM (default -Xms256m -Xmx1g).
+#
+# KAFKA_VERSION picks the release (default: scripts/kafka-pom.xml's). Storage
+# is formatted for one release: a data directory formatted by another major
+# release is refused, naming the directory (the release is recorded in
+# $KAFKA_DATA_DIR/data/dawning-kafka-release at format time).
+#
+# A node of a quorum: KAFKA_NODE_ID (1) and KAFKA_VOTERS, the quorum as
+# `id@host:controller_port,...` (default: this node alone). With three voters
+# or more, topics get 3 replicas and need 2 in sync. Every node of a cluster
+# is formatted with the cluster id in KAFKA_CLUSTER_ID_FILE (made by the first
+# node formatted; unset: an id of the node's own). `start` is `launch` then
+# `await`: a node of a quorum cannot finish starting until a majority of the
+# voters runs, so the nodes of a cluster are launched first, then awaited.
 #
 # With KAFKA_SASL_PORT set, the broker also listens there with SASL_SSL:
 # PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for KAFKA_SASL_USER/KAFKA_SASL_PASSWORD,
@@ -17,7 +33,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka-pom.xml")
+kafka_version=${KAFKA_VERSION:-$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka-pom.xml")}
+kafka_major=${kafka_version%%.*}
 cache_dir=${DAWNING_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dawning-streams}
 libs="$cache_dir/kafka-$kafka_version/libs"
 port=${KAFKA_PORT:-9092}
@@ -28,7 +45,14 @@ sasl_user=${KAFKA_SASL_USER:-dawning}
 sasl_password=${KAFKA_SASL_PASSWORD:-dawning-secret}
 tls_dir="$data_dir/tls"
 pid_file="$data_dir/kafka.pid"
-log_file="$data_dir/server.log"
+node_id=${KAFKA_NODE_ID:-1}
+voters=${KAFKA_VOTERS:-$node_id@127.0.0.1:$controller_port}
+cluster_id_file=${KAFKA_CLUSTER_ID_FILE:-}
+release_file="$data_dir/data/dawning-kafka-release"
+# Topics are replicated on up to three nodes, and need all but one of them in sync.
+voter_count=$(tr ',' '\n' <<<"$voters" | grep -c .)
+replication=$((voter_count < 3 ? voter_count : 3))
+min_insync=$((replication > 1 ? replication - 1 : 1))
 
 log() { printf 'kafka: %s\n' "$*" >&2; }
 
@@ -43,14 +67,24 @@ fetch() {
     command -v mvn >/dev/null || { log "Maven (mvn) is required to fetch Kafka"; exit 1; }
     local tmp="$libs.partial"
     rm -rf "$tmp"
+    # Kafka 4 logs through log4j2; 3.x through log4j 1 (reload4j).
+    local logging=log4j1
+    ((kafka_major >= 4)) && logging=log4j2
     mvn -q -B -Dstyle.color=never -f "$here/kafka-pom.xml" dependency:copy-dependencies \
+        -Dkafka.version="$kafka_version" -P"$logging" \
         -DincludeScope=runtime -DoutputDirectory="$tmp"
     mv "$tmp" "$libs"
 }
 
+read -ra heap_opts <<<"${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
+if ((kafka_major >= 4)); then
+    log_config=-Dlog4j2.configurationFile="$data_dir/log4j2.properties"
+else
+    log_config=-Dlog4j.configuration="file:$data_dir/log4j.properties"
+fi
 java_opts=(
-    -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
-    -Dlog4j.configuration="file:$data_dir/log4j.properties"
+    "${heap_opts[@]}" -XX:+UseG1GC -Djava.awt.headless=true
+    "$log_config"
     -Dkafka.logs.dir="$data_dir/logs"
     -cp "$libs/*"
 )
@@ -94,8 +128,8 @@ configure() {
     fi
     cat >"$data_dir/server.properties" <<PROPS
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$controller_port
+node.id=$node_id
+controller.quorum.voters=$voters
 listeners=$listeners,CONTROLLER://127.0.0.1:$controller_port
 advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
@@ -103,12 +137,12 @@ inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=$protocols,CONTROLLER:PLAINTEXT
 log.dirs=$data_dir/data
 num.partitions=3
-default.replication.factor=1
-min.insync.replicas=1
-offsets.topic.replication.factor=1
+default.replication.factor=$replication
+min.insync.replicas=$min_insync
+offsets.topic.replication.factor=$replication
 offsets.topic.num.partitions=3
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor=$replication
+transaction.state.log.min.isr=$min_insync
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 message.max.bytes=${KAFKA_MESSAGE_MAX_BYTES:-1048588}
@@ -125,13 +159,59 @@ log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
 log4j.logger.kafka=INFO
 log4j.logger.org.apache.kafka=INFO
 PROPS
+    cat >"$data_dir/log4j2.properties" <<'PROPS'
+status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.filePattern = ${sys:kafka.logs.dir}/server.log.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 20MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 2
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+PROPS
+}
+
+# Storage formatted by another major release is refused: Kafka would upgrade
+# or reject its metadata on its own terms, with a node of a cluster left behind.
+check_release() {
+    [[ -f "$data_dir/data/meta.properties" ]] || return 0
+    # Storage formatted before the release was recorded was formatted by 3.9.1.
+    local formatted
+    formatted=$(cat "$release_file" 2>/dev/null || echo 3.9.1)
+    if [[ ${formatted%%.*} != "$kafka_major" ]]; then
+        log "$data_dir/data was formatted by Apache Kafka $formatted, not $kafka_version:" \
+            "a different major release. Start it with KAFKA_VERSION=$formatted, or stop" \
+            "it and delete $data_dir to start afresh."
+        exit 1
+    fi
+}
+
+# The id every node of one cluster is formatted with.
+cluster_id() {
+    if [[ -n $cluster_id_file && -s $cluster_id_file ]]; then
+        cat "$cluster_id_file"
+        return
+    fi
+    local id
+    id=$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid)
+    if [[ -n $cluster_id_file ]]; then
+        mkdir -p "$(dirname "$cluster_id_file")"
+        printf '%s\n' "$id" >"$cluster_id_file"
+    fi
+    printf '%s\n' "$id"
 }
 
 format_storage() {
     [[ -f "$data_dir/data/meta.properties" ]] && return
     local cluster_id
-    cluster_id=$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid)
-    log "formatting storage in $data_dir/data (cluster $cluster_id)"
+    cluster_id=$(cluster_id)
+    log "formatting storage in $data_dir/data (cluster $cluster_id, Apache Kafka $kafka_version)"
     local scram=()
     if [[ -n $sasl_port ]]; then
         # SCRAM credentials live in the cluster metadata, written at format time.
@@ -141,9 +221,11 @@ format_storage() {
     fi
     java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
         -c "$data_dir/server.properties" "${scram[@]}" >/dev/null
+    printf '%s\n' "$kafka_version" >"$release_file"
 }
 
-start() {
+# Starts the JVM and returns once it has written its pid, without waiting.
+launch() {
     if running; then
         log "already running on 127.0.0.1:$port (pid $(cat "$pid_file"))"
         return
@@ -153,6 +235,7 @@ start() {
         exit 1
     fi
     fetch
+    check_release
     configure
     format_storage
     : >"$data_dir/logs/server.log"
@@ -165,8 +248,23 @@ start() {
         java "${java_opts[@]}" kafka.Kafka "$data_dir/server.properties" \
         >"$data_dir/stdout.log" 2>&1 </dev/null &
     for _ in $(seq 1 200); do [[ -s $pid_file ]] && break; sleep 0.05; done
-    local deadline=$((SECONDS + 90))
+}
+
+# Waits until the launched node says it has started.
+await_started() {
+    local deadline=$((SECONDS + 90)) tries=1
     until grep -q "Kafka Server started" "$data_dir/logs/server.log" 2>/dev/null; do
+        if ! running && ((tries < 3)) &&
+            grep -q "failed to bind to 127.0.0.1:$port: Address already in use" \
+                "$data_dir/logs/server.log" 2>/dev/null; then
+            # Ports above 32767 lie in Linux's range for client sockets: one of
+            # them (the other nodes' own, mid-start) may hold the port for a moment.
+            log "127.0.0.1:$port was in use by a client socket when node $node_id bound it; starting it again"
+            tries=$((tries + 1))
+            sleep 1
+            launch
+            continue
+        fi
         if ! running; then
             log "broker exited during start-up; see $data_dir/stdout.log and $data_dir/logs/server.log"
             tail -20 "$data_dir/stdout.log" >&2 || true
@@ -178,7 +276,14 @@ start() {
         fi
         sleep 0.2
     done
-    log "Apache Kafka $kafka_version ready on 127.0.0.1:$port${sasl_port:+ (SASL_SSL on $sasl_port)} (pid $(cat "$pid_file"))"
+    local node=""
+    ((voter_count == 1)) || node=" node $node_id"
+    log "Apache Kafka $kafka_version$node ready on 127.0.0.1:$port${sasl_port:+ (SASL_SSL on $sasl_port)} (pid $(cat "$pid_file"))"
+}
+
+start() {
+    launch
+    await_started
 }
 
 stop() {
@@ -212,7 +317,9 @@ status() {
 
 case ${1:-} in
     start) start ;;
+    launch) launch ;;
+    await) await_started ;;
     stop) stop ;;
     status) status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    *) echo "usage: $0 start|launch|await|stop|status" >&2; exit 2 ;;
 esac

@@ -2,12 +2,19 @@
 # Starts or stops the real services on loopback: Apache Kafka (KRaft), Redis,
 # an SMTP capture server and, for the audit store's tests, PostgreSQL and MariaDB.
 #
-#   scripts/services.sh start|stop|status dev|test|sasl|faults|bench
+#   scripts/services.sh start|stop|status dev|test|sasl|faults|bench|cluster
 #   scripts/services.sh start-kafka|stop-kafka|start-redis|stop-redis|start-smtp|stop-smtp PROFILE
+#   scripts/services.sh start-kafka|stop-kafka cluster N
 #   scripts/services.sh start-mariadb|stop-mariadb PROFILE
+#   scripts/services.sh worker-env PROFILE
 #
 # A profile runs only the services it gives ports for: `sasl` is a second
 # Kafka broker with a SASL_SSL listener, for the Kafka security tests.
+# `cluster` is three Kafka nodes in one KRaft quorum (KAFKA_PORTS and
+# KAFKA_CONTROLLER_PORTS list a port per node); `start-kafka cluster N` and
+# `stop-kafka cluster N` act on node N alone (without N, on every node).
+# `worker-env` prints the settings a worker needs for the profile's services,
+# one VAR=value a line (`make cluster` runs the worker with them).
 # The profile's ports and data directory come from scripts/<profile>.env, so the
 # test services never collide with the development ones. PYTHON is the
 # interpreter that has aiosmtpd (the project's virtualenv). The per-service
@@ -217,7 +224,81 @@ stop_pid() {
     rm -f "$pid_file"
 }
 
-kafka() { KAFKA_DATA_DIR="$data_dir/kafka" "$here/kafka.sh" "$@"; }
+kafka_one() { KAFKA_DATA_DIR="$data_dir/kafka" "$here/kafka.sh" "$@"; }
+
+# The cluster profile's nodes: node N has the N-th port of each list.
+IFS=, read -ra cluster_ports <<<"${KAFKA_PORTS:-}"
+IFS=, read -ra cluster_controllers <<<"${KAFKA_CONTROLLER_PORTS:-}"
+
+voters() {
+    local n voters=()
+    for n in "${!cluster_controllers[@]}"; do
+        voters+=("$((n + 1))@127.0.0.1:${cluster_controllers[$n]}")
+    done
+    local IFS=,
+    printf '%s' "${voters[*]}"
+}
+
+kafka_node() {
+    local node=$1
+    shift
+    [[ $node =~ ^[0-9]+$ && $node -ge 1 && $node -le ${#cluster_ports[@]} ]] ||
+        { log "no Kafka node $node in this profile (1 to ${#cluster_ports[@]})"; exit 2; }
+    KAFKA_NODE_ID=$node KAFKA_VOTERS=$(voters) \
+        KAFKA_PORT=${cluster_ports[$((node - 1))]} \
+        KAFKA_CONTROLLER_PORT=${cluster_controllers[$((node - 1))]} \
+        KAFKA_DATA_DIR="$data_dir/kafka-$node" \
+        KAFKA_CLUSTER_ID_FILE="$data_dir/cluster.id" \
+        "$here/kafka.sh" "$@"
+}
+
+nodes() { seq 1 "${#cluster_ports[@]}"; }
+
+# Every Kafka node of the profile, or node $2 of a cluster.
+kafka() {
+    local action=$1 node=${2:-}
+    if ((${#cluster_ports[@]} == 0)); then
+        kafka_one "$action"
+    elif [[ -n $node ]]; then
+        kafka_node "$node" "$action"
+    elif [[ $action == start ]]; then
+        # A node finishes starting only once a majority of the quorum runs:
+        # all are launched, then all awaited.
+        for node in $(nodes); do kafka_node "$node" launch; done
+        for node in $(nodes); do kafka_node "$node" await; done
+    elif [[ $action == stop ]]; then
+        # Together: the last node alone would wait on a quorum that is gone.
+        local pids=()
+        for node in $(nodes); do
+            kafka_node "$node" stop &
+            pids+=($!)
+        done
+        local failed=0
+        for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+        return $failed
+    else
+        local failed=0
+        for node in $(nodes); do kafka_node "$node" "$action" || failed=1; done
+        return $failed
+    fi
+}
+
+worker_env() {
+    local servers=() replication=1
+    if ((${#cluster_ports[@]} > 0)); then
+        local port
+        for port in "${cluster_ports[@]}"; do servers+=("127.0.0.1:$port"); done
+        replication=$((${#cluster_ports[@]} < 3 ? ${#cluster_ports[@]} : 3))
+    else
+        servers=("127.0.0.1:$KAFKA_PORT")
+    fi
+    local IFS=,
+    printf 'Kafka__BootstrapServers=%s\n' "${servers[*]}"
+    printf 'Kafka__ReplicationFactor=%s\n' "$replication"
+    [[ -z ${REDIS_PORT:-} ]] || printf 'Redis__Url=redis://127.0.0.1:%s/0\n' "$REDIS_PORT"
+    [[ -z ${SMTP_PORT:-} ]] || printf 'Smtp__Port=%s\n' "$SMTP_PORT"
+    [[ -z ${WEB_PORT:-} ]] || printf 'Web__Port=%s\n' "$WEB_PORT"
+}
 
 case $action in
     start)
@@ -234,8 +315,9 @@ case $action in
         stop_pid "$data_dir/redis/redis.pid"
         kafka stop
         ;;
-    start-kafka) kafka start ;;
-    stop-kafka) kafka stop ;;
+    start-kafka) kafka start "${3:-}" ;;
+    stop-kafka) kafka stop "${3:-}" ;;
+    worker-env) worker_env ;;
     start-redis) start_redis ;;
     stop-redis) stop_pid "$data_dir/redis/redis.pid" ;;
     start-smtp) start_smtp ;;
@@ -252,7 +334,7 @@ case $action in
         fi
         ;;
     *)
-        echo "usage: $0 start|stop|status|{start,stop}-{kafka,redis,smtp,mariadb} dev|test|sasl|faults|bench" >&2
+        echo "usage: $0 start|stop|status|worker-env|{start,stop}-{kafka,redis,smtp,mariadb} dev|test|sasl|faults|bench|cluster [NODE]" >&2
         exit 2
         ;;
 esac

@@ -198,16 +198,21 @@ def _with_deadline(
     return bounded
 
 
+#: Tiers whose tests share services they stop and kill: each runs in one xdist worker.
+TOGETHER = ("tests/faults", "tests/cluster")
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """Under xdist (``make test``), the fault scenarios run one after another in
-    one worker: they stop and kill the services they share. Every other test is
-    a unit of its own. (xdist's ``loadgroup`` would say the same with a mark,
-    but loses its groups under pytest 9.2: pytest-xdist issue #1386.)"""
+    one worker, and so do the cluster scenarios: they stop and kill the
+    services they share. Every other test is a unit of its own. (xdist's
+    ``loadgroup`` would say the same with a mark, but loses its groups under
+    pytest 9.2: pytest-xdist issue #1386.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class FaultsTogether(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            return "tests/faults" if nodeid.startswith("tests/faults/") else nodeid
+            return next((tier for tier in TOGETHER if nodeid.startswith(tier + "/")), nodeid)
 
     return FaultsTogether(config, log)
 

@@ -97,13 +97,14 @@ class ClientPort:
 
     def _wanted(self) -> dict[str, tuple[int, int, dict[str, str]]]:
         """name -> (partitions, replicas, config) of what the app declares and a
-        sender may publish to (changelogs are the worker's)."""
+        sender may publish to (changelogs are the worker's), each with the
+        settings' ``min.insync.replicas`` as a worker creates them."""
         kafka = self.settings.kafka
         return {
             topic.get_topic_name(): (
                 topic.partitions or kafka.partitions,
                 topic.replicas or kafka.replication_factor,
-                {k: str(v) for k, v in (topic.config or {}).items()},
+                {**kafka.topic_config(), **{k: str(v) for k, v in (topic.config or {}).items()}},
             )
             for topic in self.app.declared_topics
             if not topic.compacting

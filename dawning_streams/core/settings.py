@@ -402,6 +402,10 @@ class KafkaSettings:
     max_poll_interval_ms: int = _setting("MaxPollIntervalMs", _int(1), 300000)
     partitions: int = _setting("Partitions", _int(1), 3)
     replication_factor: int = _setting("ReplicationFactor", _int(1), 1)
+    #: ``min.insync.replicas`` of every topic the app declares: how many replicas
+    #: must have a record before an ``acks=all`` send succeeds. Unset: the
+    #: replication factor less one, at least 1 (see :attr:`min_insync_replicas`).
+    min_insync: int | None = _setting("MinInsyncReplicas", _int(1), None)
     # librdkafka's default, as the .NET gateway's Confluent.Kafka producers use it.
     partitioner: Partitioner = _setting("Partitioner", _choice(_PARTITIONERS), "consistent_random")
     producer: ProducerSettings = _section("Producer", ProducerSettings)
@@ -428,6 +432,24 @@ class KafkaSettings:
                 self.session_timeout_ms,
                 f"must not exceed Kafka:MaxPollIntervalMs ({self.max_poll_interval_ms})",
             )
+        if self.min_insync is not None and self.min_insync > self.replication_factor:
+            raise SettingsError(
+                "Kafka:MinInsyncReplicas",
+                self.min_insync,
+                f"must not exceed Kafka:ReplicationFactor ({self.replication_factor}): "
+                "no send could ever be acknowledged",
+            )
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """``Kafka:MinInsyncReplicas``, or the replication factor less one (at least 1)."""
+        if self.min_insync is not None:
+            return self.min_insync
+        return max(1, self.replication_factor - 1)
+
+    def topic_config(self) -> dict[str, str]:
+        """The configuration every topic the app declares is created with."""
+        return {"min.insync.replicas": str(self.min_insync_replicas)}
 
 
 @dataclass(frozen=True, slots=True)

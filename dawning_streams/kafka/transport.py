@@ -2,7 +2,8 @@
 fast lane, and a consumer whose commits keep up after a rebalance.
 
 Faust builds aiokafka's producer without ``enable_idempotence`` unless it is in
-a transaction; this transport passes it, with ``acks``, from the settings. It
+a transaction; this transport passes it, with ``acks``, from the settings, and
+creates every topic with the settings' ``min.insync.replicas``. It
 also counts every send by its outcome (``kafka.producer.send.total``) and
 times every consumer poll (``kafka.consumer.poll.time``), whoever sends or
 polls: the bus, retries, dead letters, table changelogs.
@@ -115,6 +116,19 @@ class Producer(faust_aiokafka.Producer):
         except BaseException:
             self._sent(topic, ok=False)
             raise
+
+    async def create_topic(
+        self, topic: str, partitions: int, replication: int, **kwargs: Any
+    ) -> None:
+        """Create ``topic`` (if missing) with the settings' topic configuration
+        (``min.insync.replicas``) under what its declaration asks for.
+
+        Every topic a worker declares is created here: message, timer and
+        dead-letter topics, and Faust's table changelogs.
+        """
+        kafka = self.app.dawning_settings.kafka  # type: ignore[attr-defined]
+        kwargs["config"] = {**kafka.topic_config(), **(kwargs.get("config") or {})}
+        await super().create_topic(topic, partitions, replication, **kwargs)
 
     def _settings_extra(self) -> Mapping[str, Any]:
         settings = self.app.dawning_settings.kafka.producer  # type: ignore[attr-defined]

@@ -41,6 +41,8 @@ class Ledger:
     bootstrap: str
     acked: dict[str, Ack] = field(default_factory=dict)
     acked_at: dict[str, float] = field(default_factory=dict)
+    #: When :meth:`publish` handed each message to the producer (epoch s).
+    sent_at: dict[str, float] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     _producer: AIOKafkaProducer | None = None
 
@@ -82,6 +84,7 @@ class Ledger:
             if ahead_s > 0:
                 await asyncio.sleep(ahead_s)
             key = message.partition_key()
+            self.sent_at[str(message.message_id)] = time.time()
             future = await self._producer.send(
                 topic, encode(message), key=key.encode() if key else None
             )

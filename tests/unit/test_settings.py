@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dawning_streams.core.errors import SettingsError
-from dawning_streams.core.settings import Secret, Settings, shown
+from dawning_streams.core.settings import KafkaSettings, Secret, Settings, shown
 
 SEED_APPSETTINGS = {
     "Logging": {"LogLevel": {"Default": "Information"}},
@@ -198,6 +198,24 @@ def test_settings_are_immutable(tmp_cwd: Path) -> None:
         ),
         ({"DAWNING_SMTP__PORT": "twenty-five"}, "Smtp:Port", "twenty-five", "must be an integer"),
         (
+            {"DAWNING_KAFKA__REPLICATIONFACTOR": "3", "DAWNING_KAFKA__MININSYNCREPLICAS": "4"},
+            "Kafka:MinInsyncReplicas",
+            4,
+            "must not exceed Kafka:ReplicationFactor (3)",
+        ),
+        (
+            {"Kafka__MinInsyncReplicas": "2"},
+            "Kafka:MinInsyncReplicas",
+            2,
+            "must not exceed Kafka:ReplicationFactor (1)",
+        ),
+        (
+            {"DAWNING_KAFKA__MININSYNCREPLICAS": "0"},
+            "Kafka:MinInsyncReplicas",
+            "0",
+            "must be at least 1",
+        ),
+        (
             {"DAWNING_KAFKA__ENABLEAUTOCOMMIT": "true"},
             "Kafka:EnableAutoCommit",
             True,
@@ -262,6 +280,32 @@ def test_a_bad_value_fails_naming_the_key_and_value(
     assert (error.key, error.value) == (key, value)
     assert reason in error.reason
     assert key in str(error) and repr(value) in str(error)
+
+
+@pytest.mark.parametrize(
+    ("replication_factor", "min_insync"), [("1", 1), ("2", 1), ("3", 2), ("5", 4)]
+)
+def test_min_insync_replicas_defaults_to_one_less_than_the_replication_factor(
+    tmp_cwd: Path, replication_factor: str, min_insync: int
+) -> None:
+    kafka = load({"Kafka__ReplicationFactor": replication_factor}).kafka
+    assert kafka.min_insync_replicas == min_insync
+    assert kafka.topic_config() == {"min.insync.replicas": str(min_insync)}
+
+
+def test_min_insync_replicas_may_be_set_up_to_the_replication_factor(tmp_cwd: Path) -> None:
+    kafka = load(
+        {"DAWNING_KAFKA__REPLICATIONFACTOR": "3", "DAWNING_KAFKA__MININSYNCREPLICAS": "3"}
+    ).kafka
+    assert (kafka.replication_factor, kafka.min_insync_replicas) == (3, 3)
+    assert kafka.topic_config() == {"min.insync.replicas": "3"}
+
+
+def test_min_insync_replicas_is_checked_when_settings_are_built_directly() -> None:
+    with pytest.raises(SettingsError) as caught:
+        KafkaSettings(replication_factor=2, min_insync=3)
+    assert caught.value.key == "Kafka:MinInsyncReplicas"
+    assert KafkaSettings(replication_factor=3).min_insync_replicas == 2
 
 
 def test_an_error_names_the_variable_it_came_from(tmp_cwd: Path) -> None:
