@@ -30,11 +30,14 @@ services: install
 ## Start the test services (own ports and data) and run the whole suite,
 ## the fault scenarios included (they start and stop services of their own),
 ## in TEST_PROCESSES processes: the tests mostly wait on brokers and timers.
+## The cluster's fault scenarios (marked both `faults` and `cluster`: rolling
+## restart, hung broker, two brokers down) take minutes each and are left to
+## `make test-faults` and `make test-cluster`.
 TEST_PROCESSES ?= 2
 test: install lint browser
 	scripts/services.sh start test
 	scripts/services.sh start sasl
-	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --durations=25
+	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --durations=25 -m "not (faults and cluster)"
 
 ## Debian's chromium, which the dashboard's browser test drives.
 browser:
@@ -44,10 +47,12 @@ browser:
 test-unit: install
 	$(VENV)/bin/pytest tests/unit
 
-## Only the fault scenarios, on the faults profile's own Kafka, Redis and SMTP
-## sink; prints a row of figures per scenario, also in .local/faults/report.json.
+## Only the fault scenarios: tests/faults on the faults profile's own Kafka,
+## Redis and SMTP sink, and the cluster's (tests/cluster, marked `faults`) on
+## the cluster profile; prints a row of figures per scenario, also in
+## .local/faults/report.json.
 test-faults: install
-	$(VENV)/bin/pytest tests/faults --basetemp=.local/faults/runs
+	$(VENV)/bin/pytest tests/faults tests/cluster -m faults --basetemp=.local/faults/runs
 
 ## Only the cluster tier: it starts the cluster profile, takes brokers away
 ## under load, and stops the cluster at the end.

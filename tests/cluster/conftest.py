@@ -49,10 +49,14 @@ async def services(*args: str) -> None:
     await asyncio.to_thread(_services, *args)
 
 
+def pid_of(node: int) -> int:
+    """The process id of Kafka node ``node``'s JVM."""
+    return int((DATA_DIR / f"kafka-{node}" / "kafka.pid").read_text())
+
+
 def kill_node(node: int) -> None:
     """``kill -9`` Kafka node ``node``, as a crash would."""
-    pid = int((DATA_DIR / f"kafka-{node}" / "kafka.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
+    os.kill(pid_of(node), signal.SIGKILL)
 
 
 async def partitions_of(topic: str) -> dict[int, dict[str, Any]]:
@@ -127,4 +131,13 @@ def settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, kafka=kafka)
 
 
-__all__ = ["BOOTSTRAP", "Row", "controller", "kill_node", "leader_of", "partitions_of", "services"]
+__all__ = [
+    "BOOTSTRAP",
+    "Row",
+    "controller",
+    "kill_node",
+    "leader_of",
+    "partitions_of",
+    "pid_of",
+    "services",
+]

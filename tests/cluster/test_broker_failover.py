@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import time
-import uuid
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from dawning_streams import Settings, UserEventMessage
+from dawning_streams import Settings
 
 from ..faults.fault_app import SHARED_DIR_VAR, ordered_topic
 from ..faults.ledger import (
@@ -27,6 +24,7 @@ from ..faults.ledger import (
 from ..handler_helpers import eventually
 from ..workers import Worker, workers
 from .conftest import BOOTSTRAP, Row, controller, kill_node, leader_of, partitions_of, services
+from .load import all_in_sync, assigned, keyed_messages, longest_stall_s
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cluster]
 
@@ -34,25 +32,6 @@ APP = "tests.faults.fault_app"
 TOTAL = 10_000
 RATE_PER_S = 1000
 KEYS = 200
-
-
-def keyed_messages(rng: random.Random) -> list[UserEventMessage]:
-    """``TOTAL`` messages on ``KEYS`` keys, numbered 0.. per key in publishing order."""
-    users = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(KEYS)]
-    numbers: Counter[uuid.UUID] = Counter()
-    messages = []
-    for _ in range(TOTAL):
-        user = rng.choice(users)
-        messages.append(
-            UserEventMessage(
-                message_id=uuid.UUID(int=rng.getrandbits(128)),
-                user_id=user,
-                event_type="ordered",
-                event_data={"seq": numbers[user]},
-            )
-        )
-        numbers[user] += 1
-    return messages
 
 
 async def dashboard_shows(worker: Worker, topic: str, *, down: int | None) -> bool:
@@ -70,29 +49,6 @@ async def dashboard_shows(worker: Worker, topic: str, *, down: int | None) -> bo
     )
 
 
-def assigned(worker: Worker) -> int:
-    """How many partition assignments ``worker`` has been given so far."""
-    return worker.log.read_text(errors="replace").count("Executing _on_partitions_assigned")
-
-
-async def all_in_sync(topic: str) -> bool:
-    """Whether every partition of ``topic`` has all three replicas in sync."""
-    return all(len(p["isr"]) == 3 for p in (await partitions_of(topic)).values())
-
-
-def longest_stall_s(ledger: Ledger) -> float:
-    """The longest time one partition went without an acknowledgement while
-    messages were being published to it."""
-    by_partition: dict[int, list[float]] = {}
-    for message_id, ack in ledger.acked.items():
-        by_partition.setdefault(ack.partition, []).append(ledger.acked_at[message_id])
-    gaps = [0.0]
-    for times in by_partition.values():
-        times.sort()
-        gaps.extend(later - earlier for earlier, later in itertools.pairwise(times))
-    return max(gaps)
-
-
 @pytest.mark.deadline(200)
 @pytest.mark.timeout(260)
 async def test_kill_9_of_a_busy_partitions_leader_loses_nothing_and_keeps_keys_in_order(
@@ -101,7 +57,7 @@ async def test_kill_9_of_a_busy_partitions_leader_loses_nothing_and_keeps_keys_i
     topic = ordered_topic(settings)
     shared = tmp_path / "shared"
     shared.mkdir()
-    messages = keyed_messages(random.Random(17))
+    messages = keyed_messages(random.Random(17), TOTAL, KEYS)
     group_id = settings.kafka.consumer_group_id
     killed: int | None = None
     restarted = False
