@@ -9,7 +9,8 @@
 # KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093) and KAFKA_DATA_DIR
 # (.local/dev/kafka) choose the instance, so a test broker never collides with
 # a development one; KAFKA_MESSAGE_MAX_BYTES raises the broker's record size
-# limit (default about 1 MB). The jars are resolved once into DAWNING_CACHE_DIR.
+# limit (default about 1 MB). The jars are resolved once into KAFKA_CACHE_DIR
+# (default ~/.cache/dawning-streams; not a DAWNING_ variable, which the settings would take for one of theirs).
 # KAFKA_HEAP_OPTS sizes the JVM (default -Xms256m -Xmx1g).
 #
 # KAFKA_VERSION picks the release (default: scripts/kafka-pom.xml's). Storage
@@ -35,7 +36,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 kafka_version=${KAFKA_VERSION:-$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka-pom.xml")}
 kafka_major=${kafka_version%%.*}
-cache_dir=${DAWNING_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dawning-streams}
+cache_dir=${KAFKA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dawning-streams}
 libs="$cache_dir/kafka-$kafka_version/libs"
 port=${KAFKA_PORT:-9092}
 controller_port=${KAFKA_CONTROLLER_PORT:-9093}
