@@ -4,7 +4,9 @@ Each alert becomes one ``EmailMessage`` per address configured for its
 severity (``Alerts:Critical``, ``Alerts:Warning``, ``Alerts:Info``), published
 to the email queue, and a JSON POST to ``Alerts:WebhookUrl`` when one is set.
 Repeats of a rule within ``Alerts:ThrottleS`` (by the alerts' own timestamps)
-notify nobody and are counted as suppressed. The ``alert-rules`` table keeps
+notify nobody and are counted as suppressed. A redelivered alert is skipped
+(``dedupe=True``); its emails have ids derived from the alert's, so the email
+handler skips those a retry sends again. The ``alert-rules`` table keeps
 each rule's latest state; ``GET /alerts`` and ``GET /alerts/{rule_id}`` serve
 it from any worker.
 """
@@ -39,13 +41,11 @@ def install(app: App) -> Handler[AlertNotificationMessage]:
     rules = TableReplica()
     rules.follow(app, table)
 
-    @app.handler(AlertNotificationMessage, name="notify_alert")
+    @app.handler(AlertNotificationMessage, dedupe=True, name="notify_alert")
     async def notify_alert(message: AlertNotificationMessage) -> None:
         """Notify, unless the rule notified within the throttle window."""
         key = str(message.alert_rule_id)
         state = table.get(key.encode()) or {"alerts": 0, "suppressed": 0, "last_notified_at": None}
-        if state.get("last_message_id") == str(message.message_id):
-            return
         assert message.timestamp is not None
         last = state["last_notified_at"]
         throttled = (
@@ -69,7 +69,6 @@ def install(app: App) -> Handler[AlertNotificationMessage]:
             "last_notified_at": last if throttled else message.timestamp.isoformat(),
             "alerts": state["alerts"] + 1,
             "suppressed": state["suppressed"] + (1 if throttled else 0),
-            "last_message_id": str(message.message_id),
         }
 
     @app.page("/alerts")

@@ -2,15 +2,17 @@
 
 The group's handler deletes from Redis (an exact ``CacheKey`` directly, a glob
 ``Pattern`` with SCAN and UNLINK in batches), then announces the delete on
-``<topic>.evictions``, records the invalidation in the ``cache-invalidations``
-table, and last marks the message done in Redis. Every instance follows the
-evictions topic outside the group and evicts its in-process cache level.
+``<topic>.evictions`` and records the invalidation in the ``cache-invalidations``
+table. It de-duplicates (``dedupe=True``): once it returns, the message's id
+is marked done. Every instance follows the evictions topic outside the group
+and evicts its in-process cache level.
 
 The order is what keeps a stale value from surviving:
 
-* the done-marker is written last, so a crash anywhere before it (in the middle
-  of a pattern's SCAN, say) leaves the message to be handled again, and the
-  delete, being idempotent, finishes; a redelivery after the marker skips;
+* the done-marker is written after the handler returns, so a crash anywhere
+  before (in the middle of a pattern's SCAN, say) leaves the message to be
+  handled again, and the delete, being idempotent, finishes; a redelivery
+  after the marker skips;
 * local levels are evicted only after the Redis delete, so an instance that
   misses locally afterwards reads Redis, which no longer has the value (and
   :class:`~dawning_streams.services.cache.LocalCache` refuses a value read from Redis
@@ -28,14 +30,12 @@ from aiokafka.structs import ConsumerRecord
 from faust.web import Request, Response, View
 
 from dawning_streams import App, CacheInvalidationMessage, Handler, decode
-from dawning_streams.core.names import evictions_topic, invalidation_key
+from dawning_streams.core.names import evictions_topic
 from dawning_streams.kafka.broadcast import Broadcast
 from dawning_streams.services.cache import unlink_matching
 from dawning_streams.tables import cache_invalidations
 
-__all__ = ["INVALIDATION_MARKER_TTL_S", "install"]
-
-INVALIDATION_MARKER_TTL_S = 24 * 3600
+__all__ = ["install"]
 
 
 def install(app: App) -> Handler[CacheInvalidationMessage]:
@@ -63,14 +63,11 @@ def install(app: App) -> Handler[CacheInvalidationMessage]:
     eviction = Broadcast(app, evictions, evict_locally)
     app.add_dependency(eviction)
 
-    @app.handler(CacheInvalidationMessage, name="invalidate_cache")
+    @app.handler(CacheInvalidationMessage, dedupe=True, name="invalidate_cache")
     async def invalidate_cache(message: CacheInvalidationMessage) -> None:
         """Delete the named keys from Redis, have every instance evict them
-        locally, note it in the table, and only then mark the message done."""
+        locally, and note it in the table."""
         client = app.redis.client
-        marker = invalidation_key(message.message_id)
-        if await client.exists(marker):
-            return  # a redelivery of a message handled to the end
         removed = await unlink_matching(client, message)
         await app.bus.publish(message, topic=evictions)
         key = message.partition_key()
@@ -84,7 +81,6 @@ def install(app: App) -> Handler[CacheInvalidationMessage]:
             "invalidated_at": datetime.now(UTC).isoformat(),
             "count": previous["count"] + 1,
         }
-        await client.set(marker, b"1", ex=INVALIDATION_MARKER_TTL_S)
 
     @app.page("/cache/invalidations")
     class InvalidationsView(View):

@@ -29,13 +29,11 @@ def install(app: App) -> Handler[ConfigChangedMessage]:
     shared = app.shared_config
     shared.follow(app, table)
 
-    @app.handler(ConfigChangedMessage, name="apply_config_change")
+    @app.handler(ConfigChangedMessage, dedupe=True, name="apply_config_change")
     async def apply_config_change(message: ConfigChangedMessage) -> None:
         """Store the new value under the next version; a redelivery changes nothing."""
         key = config_key(message.config_group, message.config_key)
-        previous = table.get(key.encode()) or {"version": 0, "message_id": None}
-        if previous["message_id"] == str(message.message_id):
-            return
+        previous = table.get(key.encode()) or {"version": 0}
         changed_at = message.timestamp or datetime.now(UTC)
         table[key.encode()] = {
             "group": message.config_group,

@@ -6,16 +6,17 @@ Failures are retried by the handler's timers (2, 4 and 8 s, as the seed's
 
 A redelivery (after a crash between sending and committing, a spooled
 message whose ack was lost, an upstream repeat) must not send a mail again.
-The ``MessageId`` of each mail the SMTP server accepted is kept in the
-``email-sent`` table (``tables/email_sent.py``) for a week, and the handler
-skips an id it finds there. The table, not Redis, because:
+The handler de-duplicates (``dedupe=email_sent.dedupe()``): the ``MessageId``
+of each mail the SMTP server accepted is kept in the ``email-sent`` table
+(``tables/email_sent.py``) for a week, and a message whose id is there is
+skipped. The table, not Redis, because:
 
 * **Redis is no dependency of mail.** With the marker in Redis, an outage
   longer than the retries (2 + 4 + 8 s) dead-lettered every mail. The table is
   in Kafka, which the handler cannot run without anyway; it reads the marker
   from memory and writes it to the changelog.
-* **At most one repeat per crash.** The handler awaits the changelog write
-  after SMTP accepted the mail and before it returns, so at any moment at
+* **At most one repeat per crash.** The id's changelog write is awaited
+  (``wait=True``) after SMTP accepted the mail and before the attempt ends, so at any moment at
   most one mail per running attempt (``concurrency``, 1 by default, and a
   retry that fires meanwhile) is accepted but not yet marked, and only that
   one can be sent twice by a crash. Its offset is committed only after the
@@ -35,15 +36,10 @@ are purged hourly instead, with tombstones (see
 
 from __future__ import annotations
 
-import logging
-
-from dawning_streams import App, EmailMessage, Handler, Retry, current_delivery
-from dawning_streams.kafka.tables import MarkerTable
+from dawning_streams import App, EmailMessage, Handler, Retry
 from dawning_streams.tables import email_sent
 
 __all__ = ["EMAIL_RETRY", "install"]
-
-logger = logging.getLogger(__name__)
 
 EMAIL_RETRY = Retry(max_retries=3, backoff_s=2)
 
@@ -57,16 +53,16 @@ def install(
 ) -> Handler[EmailMessage]:
     """Declare the email handler on ``app``; ``concurrency`` mails are sent at a time,
     and each sent mail's id is kept ``sent_ttl_s`` seconds."""
-    sent: MarkerTable = email_sent.create(app, ttl_s=sent_ttl_s)
 
-    @app.handler(EmailMessage, retry=retry, name="send_email", concurrency=concurrency)
+    @app.handler(
+        EmailMessage,
+        retry=retry,
+        name="send_email",
+        concurrency=concurrency,
+        dedupe=email_sent.dedupe(ttl_s=sent_ttl_s),
+    )
     async def send_email(message: EmailMessage) -> None:
-        """Send ``message`` unless a previous delivery already did."""
-        message_id = str(message.message_id)
-        if sent.marked(message_id):
-            logger.info("email %s was sent before; skipping the redelivery", message_id)
-            return
+        """Send ``message`` (a redelivery of one sent before is skipped)."""
         await app.mailer.send(message)
-        await sent.mark(message_id, current_delivery().partition)
 
     return send_email

@@ -26,7 +26,6 @@ __all__ = ["HEARTBEAT_S", "LifecycleReporter", "install"]
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 30.0
-RECENT_IDS = 20
 _MOMENTS = {
     "instance.started": "started_at",
     "instance.stopped": "stopped_at",
@@ -75,13 +74,11 @@ def install(app: App) -> Handler[SystemEventMessage]:
             {"group": entry.group, "key": entry.key, "version": entry.version},
         )
 
-    @app.handler(SystemEventMessage, name="record_system_event")
+    @app.handler(SystemEventMessage, dedupe=True, name="record_system_event")
     async def record_system_event(message: SystemEventMessage) -> None:
         """Note the event against its instance; a redelivery counts once."""
         name = message.source_instance or "unknown"
-        state = table.get(name.encode()) or {"instance": name, "events": {}, "recent_ids": []}
-        if str(message.message_id) in state["recent_ids"]:
-            return
+        state = table.get(name.encode()) or {"instance": name, "events": {}}
         at = (message.timestamp or datetime.now(UTC)).isoformat()
         events = dict(state["events"])
         events[message.event_type] = events.get(message.event_type, 0) + 1
@@ -89,7 +86,6 @@ def install(app: App) -> Handler[SystemEventMessage]:
             "last_event": message.event_type,
             "last_seen": at,
             "events": events,
-            "recent_ids": [*state["recent_ids"], str(message.message_id)][-RECENT_IDS:],
         }
         if message.event_type in _MOMENTS:
             update[_MOMENTS[message.event_type]] = at
@@ -100,10 +96,6 @@ def install(app: App) -> Handler[SystemEventMessage]:
         """Every instance that has reported, with its last-seen time."""
 
         async def get(self, request: Request) -> Response:
-            rows = [
-                {k: v for k, v in state.items() if k != "recent_ids"}
-                for _, state in sorted(seen.values.items())
-            ]
-            return self.json({"instances": rows})
+            return self.json({"instances": [state for _, state in sorted(seen.values.items())]})
 
     return record_system_event

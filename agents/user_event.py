@@ -2,7 +2,9 @@
 
 The handler is ordered: a user's later events wait behind one in retry. It
 keeps counts by event type and the last event in the ``user-state`` table,
-served by ``GET /users/{id}`` from whichever worker owns that user.
+served by ``GET /users/{id}`` from whichever worker owns that user. It
+de-duplicates by ``MessageId`` (``dedupe=True``), so a redelivered event
+counts once.
 
 Follow-ups, published with ids derived from the event's, so a redelivered
 event repeats none of them (the email agent skips ids it has sent):
@@ -35,7 +37,6 @@ __all__ = ["install"]
 
 logger = logging.getLogger(__name__)
 
-RECENT_IDS = 100
 _FOLLOW_UPS = uuid.UUID("5b0c6d1e-8f0e-4f37-9a55-2c1f3d1c9e01")
 
 WELCOME = ("Welcome to Dawning", "Hello {name}, your Dawning account is ready.")
@@ -50,25 +51,23 @@ def install(app: App) -> Handler[UserEventMessage]:
     """Declare the user-event handler and ``GET /users/{id}``."""
     table = user_state.create(app)
 
-    @app.handler(UserEventMessage, ordered=True, name="track_user_event")
+    @app.handler(UserEventMessage, ordered=True, dedupe=True, name="track_user_event")
     async def track_user_event(message: UserEventMessage) -> None:
         """Count the event for its user, then publish its follow-ups."""
         key = str(message.user_id)
-        state = table.get(key.encode()) or {"counts": {}, "recent_ids": []}
-        if str(message.message_id) not in state["recent_ids"]:
-            counts = dict(state["counts"])
-            counts[message.event_type] = counts.get(message.event_type, 0) + 1
-            table[key.encode()] = {
-                "user_name": message.user_name or state.get("user_name"),
-                "counts": counts,
-                "last_event": {
-                    "message_id": str(message.message_id),
-                    "event_type": message.event_type,
-                    "timestamp": message.timestamp.isoformat() if message.timestamp else None,
-                    "event_data": message.event_data,
-                },
-                "recent_ids": [*state["recent_ids"], str(message.message_id)][-RECENT_IDS:],
-            }
+        state = table.get(key.encode()) or {"counts": {}}
+        counts = dict(state["counts"])
+        counts[message.event_type] = counts.get(message.event_type, 0) + 1
+        table[key.encode()] = {
+            "user_name": message.user_name or state.get("user_name"),
+            "counts": counts,
+            "last_event": {
+                "message_id": str(message.message_id),
+                "event_type": message.event_type,
+                "timestamp": message.timestamp.isoformat() if message.timestamp else None,
+                "event_data": message.event_data,
+            },
+        }
         for follow_up in follow_ups(message):
             await app.bus.publish(follow_up)
 
@@ -85,9 +84,7 @@ def install(app: App) -> Handler[UserEventMessage]:
             state = table.get(key.encode())
             if state is None:
                 return error(self, 404, f"no events for user {key}")
-            return self.json(
-                {"user_id": key, **{k: v for k, v in state.items() if k != "recent_ids"}}
-            )
+            return self.json({"user_id": key, **state})
 
     return track_user_event
 

@@ -7,6 +7,7 @@ from dawning_streams.bus.message_bus import (
     NullMessageBus,
 )
 from dawning_streams.core.codec import decode, encode
+from dawning_streams.core.dedupe import Dedupe
 from dawning_streams.core.errors import (
     DawningError,
     MessageDecodeError,
@@ -36,6 +37,7 @@ __all__ = [
     "ConfigChangedMessage",
     "CurrentDelivery",
     "DawningError",
+    "Dedupe",
     "EmailMessage",
     "Expired",
     "Handler",

@@ -169,8 +169,9 @@ class App(faust.App):
 
         ``target`` is the message type (or a topic name); without it the type
         comes from the function's annotation. Options: ``retry=Retry(...)``,
-        ``dead_letter=True``, ``ordered=False``, ``concurrency=1``, and
-        ``batch_size``/``batch_within_s`` for a handler of lists. See
+        ``dead_letter=True``, ``ordered=False``, ``concurrency=1``,
+        ``dedupe=Dedupe(...)`` (or ``True``) to skip a ``MessageId`` handled
+        before, and ``batch_size``/``batch_within_s`` for a handler of lists. See
         :mod:`dawning_streams.handlers.handler`.
         """
         try:

@@ -14,8 +14,7 @@ def create(app: App) -> Any:
     """The table, keyed by ``AlertRuleId``.
 
     Each value: ``{"rule_name", "severity", "metric_type", "current_value",
-    "threshold", "last_alert_at", "last_notified_at", "alerts", "suppressed",
-    "last_message_id"}``.
+    "threshold", "last_alert_at", "last_notified_at", "alerts", "suppressed"}``.
     """
     return message_keyed_table(
         app, "alert-rules", help="Latest state and throttle of each alert rule."

@@ -1,27 +1,27 @@
 """Table ``email-sent``: the ``MessageId`` of each mail the SMTP server accepted.
 
-Kept so that a redelivered ``EmailMessage`` is not sent again; see
-``agents/email_queue.py`` for why it is a table rather than a Redis key.
+The email handler's de-duplication table (``Dedupe(table="email-sent")``, see
+:mod:`dawning_streams.handlers.dedupe`), kept so that a redelivered
+``EmailMessage`` is not sent again; ``agents/email_queue.py`` says why it is a
+table rather than a Redis key.
 """
 
 from __future__ import annotations
 
-from dawning_streams import App
-from dawning_streams.kafka.tables import MarkerTable
+from dawning_streams import Dedupe
 
-__all__ = ["SENT_TTL_S", "create"]
+__all__ = ["SENT_TTL_S", "dedupe"]
 
 #: How long a sent mail's marker is kept: a redelivery later than this sends it again.
 SENT_TTL_S = 7 * 24 * 3600
 
 
-def create(app: App, *, ttl_s: float = SENT_TTL_S) -> MarkerTable:
-    """The table, keyed by ``MessageId`` (co-partitioned with ``dawning.email-queue``:
-    a marker lives in the partition of the mail's record).
+def dedupe(*, ttl_s: float = SENT_TTL_S) -> Dedupe:
+    """The policy: ids kept ``ttl_s``, each written before the next mail is sent.
 
-    Each value: ``{"p": partition, "at": epoch seconds when the SMTP server
-    accepted the mail}``; markers older than ``ttl_s`` are purged hourly.
+    The table is keyed by ``MessageId`` and co-partitioned with
+    ``dawning.email-queue`` (a marker lives in the partition of the mail's
+    record). Each value: ``{"p": partition, "at": epoch seconds when the SMTP
+    server accepted the mail}``; markers older than ``ttl_s`` are purged.
     """
-    return MarkerTable.declare(
-        app, "email-sent", ttl_s=ttl_s, help="MessageId of each mail the SMTP server accepted."
-    )
+    return Dedupe(window_s=ttl_s, wait=True, table="email-sent")

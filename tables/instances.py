@@ -14,6 +14,6 @@ def create(app: App) -> Any:
     """The table, keyed by instance name (the events' ``SourceInstance``).
 
     Each value: ``{"instance", "last_event", "last_seen", "started_at",
-    "stopped_at", "config_reloaded_at", "events": {type: n}, "recent_ids"}``.
+    "stopped_at", "config_reloaded_at", "events": {type: n}}``.
     """
     return message_keyed_table(app, "instances", help="Lifecycle of each gateway instance.")

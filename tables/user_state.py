@@ -13,7 +13,6 @@ __all__ = ["create"]
 def create(app: App) -> Any:
     """The table, keyed by user id (co-partitioned with ``dawning.user-event``).
 
-    Each value: ``{"user_name", "counts": {event type: n}, "last_event": {...},
-    "recent_ids": [message ids]}``; ``recent_ids`` makes a redelivery count once.
+    Each value: ``{"user_name", "counts": {event type: n}, "last_event": {...}}``.
     """
     return message_keyed_table(app, "user-state", help="Per-user event counts and last event.")

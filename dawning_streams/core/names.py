@@ -10,7 +10,6 @@ __all__ = [
     "dead_letter_topic",
     "evictions_topic",
     "header_text",
-    "invalidation_key",
     "lock_key",
     "revoke_reply_key",
     "scheduled_key",
@@ -60,11 +59,6 @@ def header_text(headers: Iterable[tuple[str, bytes]], name: str) -> str | None:
         if key == name:
             return value.decode("utf-8", "replace")
     return None
-
-
-def invalidation_key(message_id: object) -> str:
-    """Redis key marking a cache invalidation as done, so a redelivery is skipped."""
-    return f"dawning:cache:invalidated:{message_id}"
 
 
 def lock_key(name: str, *, fence: bool = False) -> str:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from faust.types import StreamT
 
 from dawning_streams.core.codec import decode, encode
+from dawning_streams.core.dedupe import Dedupe
 from dawning_streams.core.errors import DawningError, MessageDecodeError
 from dawning_streams.core.names import (
     Header,
@@ -53,6 +54,7 @@ from dawning_streams.core.names import (
 from dawning_streams.core.records import MessageBase
 from dawning_streams.core.retry import Reject, Retry
 from dawning_streams.handlers.calling import Calling
+from dawning_streams.handlers.dedupe import Deduplicated
 from dawning_streams.handlers.delivery import Delivery, delivered, delivering
 from dawning_streams.handlers.routing import Routing
 from dawning_streams.handlers.timers import Timer, Timers, now_ms
@@ -86,11 +88,27 @@ class HandlerOptions:
     concurrency: int = 1
     batch_size: int = 1
     batch_within_s: float = 1.0
+    #: ``True`` for ``Dedupe()``; see :mod:`dawning_streams.core.dedupe`.
+    dedupe: Dedupe | bool | None = None
+
+    @property
+    def dedupe_policy(self) -> Dedupe | None:
+        """The de-duplication policy, if any (``dedupe=True`` is the default one)."""
+        if self.dedupe is True:
+            return Dedupe()
+        return self.dedupe if isinstance(self.dedupe, Dedupe) else None
 
     def problem(self) -> str | None:
         """What is wrong with these options, or None."""
         if not isinstance(self.retry, Retry):
             return f"retry must be a Retry(...), got {self.retry!r}"
+        if self.dedupe is not None and not isinstance(self.dedupe, bool | Dedupe):
+            return f"dedupe must be True or a Dedupe(...), got {self.dedupe!r}"
+        if self.dedupe_policy is not None and self.batch_size != 1:
+            return (
+                "dedupe is for handlers of one message; a batch handler de-duplicates "
+                "where it stores the batch (by MessageId)"
+            )
         for field_name in ("concurrency", "batch_size"):
             value = getattr(self, field_name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -125,9 +143,10 @@ class Handler(Calling[M]):
         self.dead_letter_topic = dead_letter_topic(topic)
         self.__doc__ = fn.__doc__
         self.__name__ = name
-        self._function: Callable[[Any], Awaitable[Any]] = (
+        self._plain: Callable[[Any], Awaitable[Any]] = (
             fn if inspect.iscoroutinefunction(fn) else self._in_thread  # type: ignore[assignment]
         )
+        self._function: Callable[[Any], Awaitable[Any]] = self._plain
         # A message with a RetryCount field (EmailMessage) carries its retry
         # number, as the seed's email retry does.
         self._counts_retries = isinstance(message_type, type) and any(
@@ -141,7 +160,7 @@ class Handler(Calling[M]):
     async def __call__(self, message: Any) -> None:
         """Run the function now, in this process (no Kafka): on a message, or a
         list of them for a batch handler."""
-        await self._function(message)
+        await self._plain(message)
 
     async def _in_thread(self, message: Any) -> None:
         await asyncio.to_thread(self.fn, message)
@@ -171,6 +190,15 @@ class Handler(Calling[M]):
                 )
             )
 
+        dedupe = self.options.dedupe_policy
+        #: The ids this handler finished, when it de-duplicates.
+        self.dedupe = (
+            None
+            if dedupe is None
+            else Deduplicated(app, self._plain, handler=self.name, policy=dedupe)
+        )
+        if self.dedupe is not None:
+            self._function = self.dedupe
         app.agent(raw_topic(self.topic), name=self.name, concurrency=self.options.concurrency)(
             self._consume_source if self.options.batch_size == 1 else self._consume_batches
         )
@@ -484,6 +512,8 @@ def handler_for(
     if message_type is bytes:
         if topic is None:
             raise HandlerError(f"handler {name!r} takes bytes, so it needs topic=")
+        if options.dedupe_policy is not None:
+            raise HandlerError(f"handler {name!r} takes bytes, which carry no MessageId to dedupe")
     elif isinstance(message_type, type) and issubclass(message_type, MessageBase):
         if topic is None:
             topic = app.topic_for(message_type).get_topic_name()

@@ -54,6 +54,7 @@ __all__ = [
     "new_producer",
     "recovery_progress",
     "set_current_event",
+    "set_fetch_max_wait",
     "worker_consumer",
 ]
 
@@ -82,6 +83,8 @@ OVERRIDDEN: tuple[tuple[type, str, tuple[str, ...]], ...] = (
     (faust_aiokafka.Producer, "_settings_extra", ("self",)),
     (faust_aiokafka.Producer, "_ensure_producer", ("self",)),
     (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer", ("self",)),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer", ("self", "transport")),
+    (faust_aiokafka.Consumer, "_new_consumer_thread", ("self",)),
     (ProducerBuffer, "put", ("self", "fut")),
     (faust.App, "_new_producer", ("self",)),
     (aiokafka.AIOKafkaClient, "fetch_all_metadata", ("self",)),
@@ -103,6 +106,7 @@ ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Recovery, "_active_events_received_at"),
     (faust.App, "_consumer"),
     (aiokafka.AIOKafkaConsumer, "_client"),
+    (aiokafka.AIOKafkaConsumer, "_fetch_max_wait_ms"),
     (aiokafka.AIOKafkaClient, "_conns"),
     # Not private, but undocumented: core/records.py reads it to skip coercion.
     (FieldDescriptor, "lazy_coercion"),
@@ -192,6 +196,12 @@ async def describe_topics(admin: AIOKafkaAdminClient, topics: list[str]) -> list
     would make a missing topic, with its default partitions and replicas."""
     request = MetadataRequest(topics, allow_auto_topic_creation=False)
     return (await admin._send_request(request)).to_object()["topics"]  # type: ignore[no-any-return]
+
+
+def set_fetch_max_wait(consumer: aiokafka.AIOKafkaConsumer, ms: int) -> None:
+    """Set ``fetch_max_wait_ms`` of a consumer not yet started: Faust builds its
+    worker consumer with a fixed 1,500 ms and no setting for it."""
+    consumer._fetch_max_wait_ms = ms
 
 
 def recovery_progress(recovery: Recovery) -> tuple[float | None, list[float]]:

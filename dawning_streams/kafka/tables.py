@@ -108,6 +108,17 @@ class MarkerTable(faust.Table):  # type: ignore[misc]
         """Whether ``marker_id`` was marked (and not purged yet)."""
         return marker_id.encode() in self.data
 
+    def _marker(self, marker_id: str, partition: int) -> tuple[bytes, bytes]:
+        key = marker_id.encode()
+        value = bytes(memoryview(orjson.dumps({"p": partition, "at": math.floor(time.time())})))
+        self.data[key] = value
+        return key, value
+
+    def mark_soon(self, marker_id: str, partition: int) -> None:
+        """Mark ``marker_id`` in ``partition`` (the source record's) without waiting:
+        the write is queued like a table write, and an offset commit waits for it."""
+        self.send_changelog(partition, *self._marker(marker_id, partition))
+
     async def mark(self, marker_id: str, partition: int) -> None:
         """Mark ``marker_id`` in ``partition`` (the source record's); returns once the
         broker has it.
@@ -118,9 +129,7 @@ class MarkerTable(faust.Table):  # type: ignore[misc]
         partition is taken from this worker or the worker stops; the next owner
         then handles the record again, the one repeat a crash can cause.
         """
-        key = marker_id.encode()
-        value = bytes(memoryview(orjson.dumps({"p": partition, "at": math.floor(time.time())})))
-        self.data[key] = value
+        key, value = self._marker(marker_id, partition)
         pause_s = _RETRY_FIRST_S
         while True:
             try:

@@ -64,6 +64,7 @@ async def test_the_live_consumer_has_every_setting(running_app: App, settings: S
     assert consumer._session_timeout_ms == settings.kafka.session_timeout_ms
     assert consumer._heartbeat_interval_ms == settings.kafka.heartbeat_interval_ms
     assert consumer._max_poll_interval_ms == settings.kafka.max_poll_interval_ms
+    assert consumer._fetcher._fetch_max_wait_ms == settings.kafka.fetch_max_wait_ms == 100
 
 
 async def test_an_offset_is_committed_only_after_the_message_is_processed(

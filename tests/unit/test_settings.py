@@ -54,6 +54,7 @@ def test_defaults_are_the_seeds(tmp_cwd: Path) -> None:
     assert kafka.consumer_group_id == "dawning-identity-group"
     assert kafka.auto_offset_reset == "earliest"
     assert kafka.enable_auto_commit is False
+    assert kafka.fetch_max_wait_ms == 100
     assert (kafka.session_timeout_ms, kafka.heartbeat_interval_ms, kafka.max_poll_interval_ms) == (
         45000,
         15000,
@@ -177,6 +178,12 @@ def test_settings_are_immutable(tmp_cwd: Path) -> None:
             "Kafka:SessionTimeoutMs",
             "-5",
             "must be at least 1",
+        ),
+        (
+            {"DAWNING_KAFKA__FETCHMAXWAITMS": "60000"},
+            "Kafka:FetchMaxWaitMs",
+            "60000",
+            "must be at least 1 and at most 30000",
         ),
         (
             {"DAWNING_KAFKA__HEARTBEATINTERVALMS": "60000"},
