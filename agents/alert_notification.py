@@ -24,6 +24,7 @@ from dawning_streams.core.errors import DawningError
 from dawning_streams.kafka.replica import TableReplica
 from dawning_streams.ops.web import error
 from dawning_streams.tables import alert_rules
+from dawning_streams.tables.alert_rules import AlertRuleState
 
 __all__ = ["WebhookError", "install"]
 
@@ -45,9 +46,9 @@ def install(app: App) -> Handler[AlertNotificationMessage]:
     async def notify_alert(message: AlertNotificationMessage) -> None:
         """Notify, unless the rule notified within the throttle window."""
         key = str(message.alert_rule_id)
-        state = table.get(key.encode()) or {"alerts": 0, "suppressed": 0, "last_notified_at": None}
+        state = table.get(key)
         assert message.timestamp is not None
-        last = state["last_notified_at"]
+        last = state.last_notified_at if state is not None else None
         throttled = (
             last is not None
             and (message.timestamp - datetime.fromisoformat(last)).total_seconds()
@@ -58,18 +59,18 @@ def install(app: App) -> Handler[AlertNotificationMessage]:
                 await app.bus.publish(notification(message, address))
             if settings.webhook_url:
                 await post_webhook(settings.webhook_url, message)
-        table[key.encode()] = {
-            "rule_name": message.rule_name,
-            "severity": message.severity,
-            "metric_type": message.metric_type,
-            "current_value": message.current_value,
-            "threshold": message.threshold,
-            "description": message.description,
-            "last_alert_at": message.timestamp.isoformat(),
-            "last_notified_at": last if throttled else message.timestamp.isoformat(),
-            "alerts": state["alerts"] + 1,
-            "suppressed": state["suppressed"] + (1 if throttled else 0),
-        }
+        table[key] = AlertRuleState(
+            rule_name=message.rule_name,
+            severity=message.severity,
+            metric_type=message.metric_type,
+            current_value=message.current_value,
+            threshold=message.threshold,
+            description=message.description,
+            last_alert_at=message.timestamp.isoformat(),
+            last_notified_at=last if throttled else message.timestamp.isoformat(),
+            alerts=(state.alerts if state is not None else 0) + 1,
+            suppressed=(state.suppressed if state is not None else 0) + (1 if throttled else 0),
+        )
 
     @app.page("/alerts")
     class AlertsView(View):
@@ -77,7 +78,7 @@ def install(app: App) -> Handler[AlertNotificationMessage]:
 
         async def get(self, request: Request) -> Response:
             return self.json(
-                {"rules": [{"rule_id": k, **v} for k, v in sorted(rules.values.items())]}
+                {"rules": [{"rule_id": k, **v.asdict()} for k, v in sorted(rules.values.items())]}
             )
 
     @app.page("/alerts/{rule_id}")
@@ -92,7 +93,7 @@ def install(app: App) -> Handler[AlertNotificationMessage]:
             state = rules.values.get(key)
             if state is None:
                 return error(self, 404, f"no alerts for rule {key}")
-            return self.json({"rule_id": key, **state})
+            return self.json({"rule_id": key, **state.asdict()})
 
     return notify_alert
 

@@ -34,6 +34,7 @@ from dawning_streams.core.names import evictions_topic
 from dawning_streams.kafka.broadcast import Broadcast
 from dawning_streams.services.cache import unlink_matching
 from dawning_streams.tables import cache_invalidations
+from dawning_streams.tables.cache_invalidations import Invalidation
 
 __all__ = ["install"]
 
@@ -71,23 +72,23 @@ def install(app: App) -> Handler[CacheInvalidationMessage]:
         removed = await unlink_matching(client, message)
         await app.bus.publish(message, topic=evictions)
         key = message.partition_key()
-        previous = table.get(key.encode()) or {"count": 0}
-        table[key.encode()] = {
-            "cache_key": message.cache_key,
-            "pattern": message.pattern,
-            "region": message.region,
-            "reason": message.reason,
-            "removed": removed,
-            "invalidated_at": datetime.now(UTC).isoformat(),
-            "count": previous["count"] + 1,
-        }
+        previous = table.get(key)
+        table[key] = Invalidation(
+            cache_key=message.cache_key,
+            pattern=message.pattern,
+            region=message.region,
+            reason=message.reason,
+            removed=removed,
+            invalidated_at=datetime.now(UTC).isoformat(),
+            count=(previous.count if previous is not None else 0) + 1,
+        )
 
     @app.page("/cache/invalidations")
     class InvalidationsView(View):
         """Recent invalidations held by this instance's partitions."""
 
         async def get(self, request: Request) -> Response:
-            return self.json({"invalidations": {k.decode(): v for k, v in table.items()}})
+            return self.json({"invalidations": {k: v.asdict() for k, v in table.items()}})
 
     @app.page("/cache/local")
     class LocalCacheView(View):

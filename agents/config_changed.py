@@ -19,6 +19,7 @@ from dawning_streams import App, ConfigChangedMessage, Handler
 from dawning_streams.ops.web import error
 from dawning_streams.services.shared_config import config_key
 from dawning_streams.tables import config_values
+from dawning_streams.tables.config_values import ConfigValue
 
 __all__ = ["install"]
 
@@ -33,17 +34,17 @@ def install(app: App) -> Handler[ConfigChangedMessage]:
     async def apply_config_change(message: ConfigChangedMessage) -> None:
         """Store the new value under the next version; a redelivery changes nothing."""
         key = config_key(message.config_group, message.config_key)
-        previous = table.get(key.encode()) or {"version": 0}
+        previous = table.get(key)
         changed_at = message.timestamp or datetime.now(UTC)
-        table[key.encode()] = {
-            "group": message.config_group,
-            "key": message.config_key,
-            "value": message.new_value,
-            "changed_by": message.changed_by,
-            "changed_at": changed_at.isoformat(),
-            "version": previous["version"] + 1,
-            "message_id": str(message.message_id),
-        }
+        table[key] = ConfigValue(
+            group=message.config_group,
+            key=message.config_key,
+            value=message.new_value,
+            changed_by=message.changed_by,
+            changed_at=changed_at.isoformat(),
+            version=(previous.version if previous is not None else 0) + 1,
+            message_id=str(message.message_id),
+        )
 
     @app.page("/config")
     class AllConfig(View):

@@ -20,6 +20,7 @@ from dawning_streams import App, Handler, SystemEventMessage
 from dawning_streams.kafka.replica import TableReplica
 from dawning_streams.services.shared_config import ConfigEntry
 from dawning_streams.tables import instances
+from dawning_streams.tables.instances import InstanceState
 
 __all__ = ["HEARTBEAT_S", "LifecycleReporter", "install"]
 
@@ -78,24 +79,21 @@ def install(app: App) -> Handler[SystemEventMessage]:
     async def record_system_event(message: SystemEventMessage) -> None:
         """Note the event against its instance; a redelivery counts once."""
         name = message.source_instance or "unknown"
-        state = table.get(name.encode()) or {"instance": name, "events": {}}
+        state = table.get(name) or InstanceState(instance=name, events={})
         at = (message.timestamp or datetime.now(UTC)).isoformat()
-        events = dict(state["events"])
+        events = dict(state.events)
         events[message.event_type] = events.get(message.event_type, 0) + 1
-        update = {
-            "last_event": message.event_type,
-            "last_seen": at,
-            "events": events,
-        }
-        if message.event_type in _MOMENTS:
-            update[_MOMENTS[message.event_type]] = at
-        table[name.encode()] = {**state, **update}
+        moment = {_MOMENTS[message.event_type]: at} if message.event_type in _MOMENTS else {}
+        table[name] = state.derive(
+            last_event=message.event_type, last_seen=at, events=events, **moment
+        )
 
     @app.page("/instances")
     class InstancesView(View):
         """Every instance that has reported, with its last-seen time."""
 
         async def get(self, request: Request) -> Response:
-            return self.json({"instances": [state for _, state in sorted(seen.values.items())]})
+            rows = [state.asdict() for _, state in sorted(seen.values.items())]
+            return self.json({"instances": rows})
 
     return record_system_event

@@ -32,6 +32,7 @@ from dawning_streams import (
 )
 from dawning_streams.ops.web import error
 from dawning_streams.tables import user_state
+from dawning_streams.tables.user_state import UserState
 
 __all__ = ["install"]
 
@@ -55,19 +56,19 @@ def install(app: App) -> Handler[UserEventMessage]:
     async def track_user_event(message: UserEventMessage) -> None:
         """Count the event for its user, then publish its follow-ups."""
         key = str(message.user_id)
-        state = table.get(key.encode()) or {"counts": {}}
-        counts = dict(state["counts"])
+        state = table.get(key) or UserState(counts={})
+        counts = dict(state.counts)
         counts[message.event_type] = counts.get(message.event_type, 0) + 1
-        table[key.encode()] = {
-            "user_name": message.user_name or state.get("user_name"),
-            "counts": counts,
-            "last_event": {
+        table[key] = UserState(
+            user_name=message.user_name or state.user_name,
+            counts=counts,
+            last_event={
                 "message_id": str(message.message_id),
                 "event_type": message.event_type,
                 "timestamp": message.timestamp.isoformat() if message.timestamp else None,
                 "event_data": message.event_data,
             },
-        }
+        )
         for follow_up in follow_ups(message):
             await app.bus.publish(follow_up)
 
@@ -81,10 +82,10 @@ def install(app: App) -> Handler[UserEventMessage]:
                 key = str(uuid.UUID(user_id))
             except ValueError:
                 return error(self, 400, f"user id {user_id!r} is not a GUID")
-            state = table.get(key.encode())
+            state = table.get(key)
             if state is None:
                 return error(self, 404, f"no events for user {key}")
-            return self.json({"user_id": key, **state})
+            return self.json({"user_id": key, **state.asdict()})
 
     return track_user_event
 

@@ -28,6 +28,7 @@ from dawning_streams.core.retry import Expired, Reject, Retry, RetryLater
 from dawning_streams.core.settings import Settings
 from dawning_streams.handlers.delivery import CurrentDelivery, current_delivery
 from dawning_streams.handlers.handler import Handler, HandlerError
+from dawning_streams.kafka.tables import message_keyed_table
 
 __all__ = [
     "AlertNotificationMessage",
@@ -60,4 +61,5 @@ __all__ = [
     "current_delivery",
     "decode",
     "encode",
+    "message_keyed_table",
 ]

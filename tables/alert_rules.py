@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+import faust
 
 from dawning_streams import App
 from dawning_streams.kafka.tables import message_keyed_table
 
-__all__ = ["create"]
+__all__ = ["AlertRuleState", "create"]
 
 
-def create(app: App) -> Any:
-    """The table, keyed by ``AlertRuleId``.
+class AlertRuleState(faust.Record, include_metadata=False):
+    """One rule's latest alert, when it last notified (ISO 8601), and how many
+    alerts it raised and how many of them the throttle suppressed."""
 
-    Each value: ``{"rule_name", "severity", "metric_type", "current_value",
-    "threshold", "last_alert_at", "last_notified_at", "alerts", "suppressed"}``.
-    """
+    rule_name: str
+    severity: str
+    metric_type: str
+    current_value: float
+    threshold: float
+    last_alert_at: str
+    alerts: int
+    suppressed: int
+    description: str | None = None
+    last_notified_at: str | None = None
+
+
+def create(app: App) -> faust.Table:
+    """The table, keyed by ``AlertRuleId``."""
     return message_keyed_table(
-        app, "alert-rules", help="Latest state and throttle of each alert rule."
+        app,
+        "alert-rules",
+        value_type=AlertRuleState,
+        help="Latest state and throttle of each alert rule.",
     )

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+import faust
 
 from dawning_streams import App
 from dawning_streams.kafka.tables import message_keyed_table
 
-__all__ = ["create"]
+__all__ = ["ConfigValue", "create"]
 
 
-def create(app: App) -> Any:
-    """The table, keyed ``group:key`` (co-partitioned with ``dawning.config-changed``).
+class ConfigValue(faust.Record, include_metadata=False):
+    """A configuration value, its version (1 for the first), and the change
+    that set it: who, when (ISO 8601) and in which message."""
 
-    Each value: ``{"group", "key", "value", "changed_by", "changed_at",
-    "version", "message_id"}``.
-    """
-    return message_keyed_table(app, "config", help="Current configuration values.")
+    group: str
+    key: str
+    value: str | None
+    changed_by: str | None
+    changed_at: str
+    version: int
+    message_id: str
+
+
+def create(app: App) -> faust.Table:
+    """The table, keyed ``group:key`` (co-partitioned with ``dawning.config-changed``)."""
+    return message_keyed_table(
+        app, "config", value_type=ConfigValue, help="Current configuration values."
+    )

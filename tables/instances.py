@@ -1,19 +1,30 @@
-"""Table ``instances``: each instance's lifecycle, from ``dawning.system-event``."""
+"""Table ``instances``: the lifecycle of every gateway instance that reported."""
 
 from __future__ import annotations
 
-from typing import Any
+import faust
 
 from dawning_streams import App
 from dawning_streams.kafka.tables import message_keyed_table
 
-__all__ = ["create"]
+__all__ = ["InstanceState", "create"]
 
 
-def create(app: App) -> Any:
-    """The table, keyed by instance name (the events' ``SourceInstance``).
+class InstanceState(faust.Record, include_metadata=False):
+    """One instance: its events by type, and when it was last seen, started,
+    stopped and reloaded its configuration (ISO 8601)."""
 
-    Each value: ``{"instance", "last_event", "last_seen", "started_at",
-    "stopped_at", "config_reloaded_at", "events": {type: n}}``.
-    """
-    return message_keyed_table(app, "instances", help="Lifecycle of each gateway instance.")
+    instance: str
+    events: dict[str, int]
+    last_event: str | None = None
+    last_seen: str | None = None
+    started_at: str | None = None
+    stopped_at: str | None = None
+    config_reloaded_at: str | None = None
+
+
+def create(app: App) -> faust.Table:
+    """The table, keyed by instance name (the events' ``SourceInstance``)."""
+    return message_keyed_table(
+        app, "instances", value_type=InstanceState, help="Lifecycle of each gateway instance."
+    )

@@ -38,6 +38,7 @@ class TableReplica:
         #: (callback, whether it hears the history replayed at start-up too)
         self._subscribers: list[tuple[Subscriber, bool]] = []
         self._load_key: Callable[[bytes | None], Any] = lambda raw: raw
+        self._load_value: Callable[[bytes], Any] = orjson.loads
         self._broadcast: Broadcast | None = None
 
     def follow(self, app: App, table: Any) -> Broadcast:
@@ -49,6 +50,9 @@ class TableReplica:
         app.declare_topic(table.changelog_topic)
         self._load_key = lambda raw: app.serializers.loads_key(
             table.key_type, raw, serializer=table.key_serializer
+        )
+        self._load_value = lambda raw: app.serializers.loads_value(
+            table.value_type, raw, serializer=table.value_serializer
         )
         broadcast = Broadcast(
             app, table.changelog_topic.get_topic_name(), self.apply, from_beginning=True
@@ -68,7 +72,7 @@ class TableReplica:
         """Take one changelog record in and tell the subscribers."""
         loaded = self._load_key(record.key)
         key = loaded.decode("utf-8", "replace") if isinstance(loaded, bytes) else str(loaded)
-        value = orjson.loads(record.value) if record.value is not None else None
+        value = self._load_value(record.value) if record.value is not None else None
         if value is None:
             self.values.pop(key, None)
         else:

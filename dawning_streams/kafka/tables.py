@@ -26,21 +26,28 @@ _PURGE_CHUNK = 5_000
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 10.0
 
 
-def message_keyed_table(app: App, name: str, *, help: str) -> Any:
-    """A changelog-backed table whose keys are the messages' Kafka key bytes.
+def message_keyed_table(app: App, name: str, *, value_type: type[faust.Record], help: str) -> Any:
+    """A changelog-backed table keyed like the messages, with typed values.
 
-    Faust would serialise a ``str`` key as JSON (``"abc"`` with quotes), and
-    its web routing would then hash different bytes than the producer did and
-    send a request to the wrong worker; raw bytes hash the same everywhere.
-    Use ``key.encode()`` to read and write.
+    Keys are ``str``, kept as their UTF-8 bytes: the bytes the producer
+    partitions by. (Faust would serialise a ``str`` key as JSON, with quotes,
+    and its web routing would then hash other bytes than the producer did and
+    send a request to the wrong worker.) Values are ``value_type`` records,
+    plain JSON objects on the changelog (declare them with ``include_metadata=False``).
     """
-    return app.Table(
+    table: Any = app.Table(
         name,
         default=None,
         partitions=app.dawning_settings.kafka.partitions,
-        key_type=bytes,
+        key_type=str,
+        value_type=value_type,
         help=help,
     )
+    # Faust picks "json" for a str key type, and has made the changelog topic
+    # with it already.
+    table.key_serializer = "raw"
+    table.changelog_topic = table.changelog_topic.derive(key_serializer="raw")
+    return table
 
 
 class MarkerTable(faust.Table):  # type: ignore[misc]

@@ -35,8 +35,9 @@ class ConfigEntry:
     version: int
 
     @classmethod
-    def of(cls, data: dict[str, Any]) -> ConfigEntry:
-        fields: dict[str, Any] = {name: data.get(name) for name in cls.__slots__}  # type: ignore[attr-defined]
+    def of(cls, value: Any) -> ConfigEntry:
+        """The entry of a table value (a record with these fields)."""
+        fields: dict[str, Any] = {name: getattr(value, name, None) for name in cls.__slots__}  # type: ignore[attr-defined]
         return cls(**fields)
 
     def as_dict(self) -> dict[str, Any]:

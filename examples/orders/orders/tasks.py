@@ -6,22 +6,31 @@ Everything here is declared on the worker's app, ``dawning_streams.app.app``.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import faust
 from faust.web import Request, Response, View
 
-from dawning_streams import Retry, current_delivery
+from dawning_streams import Retry, current_delivery, message_keyed_table
 from dawning_streams.app import app
 
 from .messages import OrderPlaced, PaymentRequested
 
 logger = logging.getLogger(__name__)
 
-#: Per customer: their orders in the order placed, each with its charge state.
-customers = app.Table(
+
+class Customer(faust.Record, include_metadata=False):
+    """A customer's orders in the order placed, and the charges made for them."""
+
+    orders: list[dict[str, Any]]
+    charges: dict[str, dict[str, Any]]
+
+
+#: Per customer id (the messages' key): their orders and charges.
+customers = message_keyed_table(
+    app,
     "order-customers",
-    default=None,
-    partitions=app.dawning_settings.kafka.partitions,
-    key_type=bytes,
+    value_type=Customer,
     help="Each customer's orders, in the order they were placed.",
 )
 
@@ -29,11 +38,11 @@ customers = app.Table(
 @app.handler(OrderPlaced, ordered=True)
 async def record_order(order: OrderPlaced) -> None:
     """Note the order: ordered, so a customer's orders are noted as placed."""
-    key = str(order.customer_id).encode()
-    state = customers.get(key) or {"orders": []}
-    if all(o["order_id"] != str(order.order_id) for o in state["orders"]):
+    key = str(order.customer_id)
+    state = customers.get(key) or Customer(orders=[], charges={})
+    if all(o["order_id"] != str(order.order_id) for o in state.orders):
         entry = {"order_id": str(order.order_id), "amount": order.amount, "charged": False}
-        customers[key] = {**state, "orders": [*state["orders"], entry]}
+        customers[key] = state.derive(orders=[*state.orders, entry])
 
 
 @app.handler(PaymentRequested, retry=Retry(max_retries=3, backoff_s=1))
@@ -43,11 +52,13 @@ async def charge(payment: PaymentRequested) -> None:
     attempt = current_delivery().attempt
     if attempt == 0:
         raise ConnectionError("the payment gateway timed out")
-    key = str(payment.customer_id).encode()
-    state = customers.get(key) or {"orders": []}
-    charges = state.get("charges", {})
-    charges[str(payment.order_id)] = {"amount": payment.amount, "attempts": attempt + 1}
-    customers[key] = {**state, "charges": charges}
+    key = str(payment.customer_id)
+    state = customers.get(key) or Customer(orders=[], charges={})
+    charges = {
+        **state.charges,
+        str(payment.order_id): {"amount": payment.amount, "attempts": attempt + 1},
+    }
+    customers[key] = state.derive(charges=charges)
 
 
 @app.page("/orders/{customer_id}")
@@ -55,10 +66,10 @@ class CustomerOrders(View):
     """A customer's orders and charges, from the table."""
 
     async def get(self, request: Request, customer_id: str) -> Response:
-        state = customers.get(customer_id.encode())
+        state = customers.get(customer_id)
         if state is None:
             return self.json({"error": f"no orders for customer {customer_id}"}, status=404)
-        return self.json({"customer_id": customer_id, **state})
+        return self.json({"customer_id": customer_id, **state.asdict()})
 
 
 @app.scheduled(every_s=60)
