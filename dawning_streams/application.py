@@ -1,4 +1,12 @@
-"""The Faust app, built from :class:`~dawning_streams.core.settings.Settings`."""
+"""The Faust app, built from :class:`~dawning_streams.core.settings.Settings`.
+
+:class:`App` is the composition root: it turns the settings into Faust's, and
+owns the declaration API (``handler``, ``scheduled``, the message topics and
+lanes) and the order in which every part starts and stops (Kafka reachable,
+replication checked, topics declared, then the consumer; on stop, the reverse,
+with the reason a stop waits). It runs past 400 lines because that order reads
+best in one class.
+"""
 
 from __future__ import annotations
 

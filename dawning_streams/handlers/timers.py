@@ -39,6 +39,10 @@ Table keys (bytes): ``t:<timer id>``, ``h:<message key>``,
 ``q:<message key>\\0<sequence>``; values are JSON with the partition ``p``.
 A timer's id is its message's ``MessageId`` (or ``topic/partition/offset``
 for bytes without one), so a message is pending at most once per handler.
+
+The module runs past 400 lines: the entries, the heap, holds and parking are
+one state machine whose crash safety rests on the order of its table writes,
+and that order is checked best where it is all in view.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ observable histogram, so ``dawning.handler.duration`` is aggregated in process
 (:class:`Durations`) and handed to every reader with what the SDK collected:
 Prometheus and OTLP see the same histogram, cumulative, with the same name,
 attributes and buckets an SDK histogram would have.
+
+The module runs past 400 lines: the instruments, their plain-Python counts and
+the histogram that must match the SDK's output exactly are read together.
 """
 
 from __future__ import annotations
