@@ -61,7 +61,7 @@ def install(app: App) -> Handler[CacheInvalidationMessage]:
             decode(record.value, CacheInvalidationMessage, topic=evictions)
         )
 
-    eviction = Broadcast(app, evictions, evict_locally)
+    eviction = Broadcast(kafka, evictions, evict_locally)
     app.add_dependency(eviction)
 
     @app.handler(CacheInvalidationMessage, dedupe=True, name="invalidate_cache")

@@ -141,7 +141,7 @@ class App(faust.App):
         self.telemetry.metrics.down_source = lambda: [
             (state.name.lower(), state.down_s) for state in self.dependencies
         ]
-        self.kafka_watch = KafkaWatch(self, self.kafka_state)
+        self.kafka_watch = KafkaWatch(kafka, self.kafka_state)
         self._stop_deadline = StopDeadline(settings.worker.stop_timeout_s, self._stopping_state)
         quiet_client_logs()
         self.on_partitions_revoked.connect(self._timers_revoked, weak=False)  # type: ignore[arg-type]
@@ -307,7 +307,7 @@ class App(faust.App):
         ``/health`` (200) and ``/ready`` (503, naming Kafka) meanwhile."""
         timeout_s = self.dawning_settings.worker.start_timeout_s
         try:
-            await wait_for_kafka(self, self.kafka_state, timeout_s=0)
+            await wait_for_kafka(self.dawning_settings.kafka, self.kafka_state, timeout_s=0)
         except KafkaUnreachable:
             pass
         else:
@@ -315,7 +315,7 @@ class App(faust.App):
         if self.conf.web_enabled:
             await self.web.maybe_start()
         try:
-            await wait_for_kafka(self, self.kafka_state, timeout_s=timeout_s)
+            await wait_for_kafka(self.dawning_settings.kafka, self.kafka_state, timeout_s=timeout_s)
         except KafkaUnreachable as exc:
             logger.error("%s", exc)
             self._exit_now(1)
@@ -325,10 +325,17 @@ class App(faust.App):
         cluster with too few live brokers; warn of topics replicated otherwise
         than the settings say (:mod:`dawning_streams.kafka.replication`)."""
         try:
-            await check_replication(self)
+            await check_replication(self.dawning_settings.kafka, self._all_topics())
         except ReplicationError as exc:
             logger.error("%s", exc)
             self._exit_now(1)
+
+    def _all_topics(self) -> list[str]:
+        """Every topic the app declares, with its tables' changelogs."""
+        return sorted(
+            {topic.get_topic_name() for topic in self.declared_topics}
+            | {table.changelog_topic.get_topic_name() for table in self.tables.values()}
+        )
 
     def on_rebalance_start(self) -> None:
         # /ready tells a rebalance that never finishes from one under way.

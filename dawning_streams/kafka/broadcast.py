@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -20,11 +20,9 @@ from aiokafka.structs import ConsumerRecord
 from mode import Service
 
 from dawning_streams.core.errors import DawningError
+from dawning_streams.core.settings import KafkaSettings
 from dawning_streams.kafka import faust_compat
 from dawning_streams.kafka.security import client_options
-
-if TYPE_CHECKING:
-    from dawning_streams.application import App
 
 __all__ = ["Broadcast"]
 
@@ -40,14 +38,14 @@ class Broadcast(Service):
 
     def __init__(
         self,
-        app: App,
+        settings: KafkaSettings,
         topic: str,
         on_record: OnRecord,
         *,
         from_beginning: bool = False,
         **kwargs: Any,
     ) -> None:
-        self.app = app
+        self.settings = settings
         self.topic = topic
         self.on_record = on_record
         self.from_beginning = from_beginning
@@ -63,9 +61,8 @@ class Broadcast(Service):
         return record.offset < self.history_ends.get(record.partition, 0)
 
     async def on_start(self) -> None:
-        kafka = self.app.dawning_settings.kafka
         consumer = AIOKafkaConsumer(
-            **client_options(kafka), group_id=None, enable_auto_commit=False
+            **client_options(self.settings), group_id=None, enable_auto_commit=False
         )
         await consumer.start()
         partitions = await self._partitions(consumer)

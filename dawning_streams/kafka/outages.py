@@ -27,15 +27,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiokafka import AIOKafkaClient
 from mode import Service
 
+from dawning_streams.core.settings import KafkaSettings
 from dawning_streams.kafka.security import client_options
-
-if TYPE_CHECKING:
-    from dawning_streams.application import App
 
 __all__ = [
     "Dependency",
@@ -138,9 +136,9 @@ def _describe(error: BaseException | str) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-async def probe(app: App) -> None:
+async def probe(settings: KafkaSettings) -> None:
     """Raise unless a broker answers a metadata request within ``PROBE_TIMEOUT_S``."""
-    client = AIOKafkaClient(**client_options(app.dawning_settings.kafka))
+    client = AIOKafkaClient(**client_options(settings))
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
             await client.bootstrap()
@@ -151,8 +149,8 @@ async def probe(app: App) -> None:
 class KafkaWatch(Service):
     """Asks the brokers every few seconds, and keeps :class:`Dependency` ``kafka`` current."""
 
-    def __init__(self, app: App, kafka: Dependency, **kwargs: Any) -> None:
-        self.app = app
+    def __init__(self, settings: KafkaSettings, kafka: Dependency, **kwargs: Any) -> None:
+        self.settings = settings
         self.kafka = kafka
         super().__init__(**kwargs)
 
@@ -164,9 +162,7 @@ class KafkaWatch(Service):
                 try:
                     async with asyncio.timeout(PROBE_TIMEOUT_S):
                         if client is None:
-                            fresh = AIOKafkaClient(
-                                **client_options(self.app.dawning_settings.kafka)
-                            )
+                            fresh = AIOKafkaClient(**client_options(self.settings))
                             try:
                                 await fresh.bootstrap()
                             except BaseException:
@@ -185,14 +181,16 @@ class KafkaWatch(Service):
                 await client.close()
 
 
-async def wait_for_kafka(app: App, kafka: Dependency, timeout_s: float | None) -> None:
+async def wait_for_kafka(
+    settings: KafkaSettings, kafka: Dependency, timeout_s: float | None
+) -> None:
     """Return once a broker answers; back off exponentially (1 s doubling to 30 s)
     meanwhile. Raises :class:`KafkaUnreachable` after ``timeout_s``."""
     started = time.monotonic()
     pause_s = 1.0
     while True:
         try:
-            await probe(app)
+            await probe(settings)
         except Exception as exc:
             kafka.down(exc)
         else:

@@ -13,21 +13,32 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from aiokafka.structs import ConsumerRecord
 
+from dawning_streams.core.settings import Settings
 from dawning_streams.kafka.broadcast import Broadcast
 
-if TYPE_CHECKING:
-    from dawning_streams.application import App
-
-__all__ = ["TableReplica"]
+__all__ = ["TableHost", "TableReplica"]
 
 logger = logging.getLogger(__name__)
 
 Subscriber = Callable[[str, Any], Awaitable[None] | None]
+
+
+class TableHost(Protocol):
+    """What following a table needs of the app: its settings and serializers, and
+    a place for the changelog among the topics and for the follower among the
+    services it starts."""
+
+    dawning_settings: Settings
+    serializers: Any
+
+    def declare_topic(self, topic: Any) -> Any: ...
+
+    def add_dependency(self, service: Any) -> Any: ...
 
 
 class TableReplica:
@@ -41,7 +52,7 @@ class TableReplica:
         self._load_value: Callable[[bytes], Any] = orjson.loads
         self._broadcast: Broadcast | None = None
 
-    def follow(self, app: App, table: Any) -> Broadcast:
+    def follow(self, app: TableHost, table: Any) -> Broadcast:
         """Start following ``table``'s changelog when ``app`` starts.
 
         The changelog is declared with the app's other topics, so it exists
@@ -55,7 +66,10 @@ class TableReplica:
             table.value_type, raw, serializer=table.value_serializer
         )
         broadcast = Broadcast(
-            app, table.changelog_topic.get_topic_name(), self.apply, from_beginning=True
+            app.dawning_settings.kafka,
+            table.changelog_topic.get_topic_name(),
+            self.apply,
+            from_beginning=True,
         )
         app.add_dependency(broadcast)
         self._broadcast = broadcast

@@ -25,7 +25,6 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -34,9 +33,6 @@ from aiokafka.errors import KafkaError
 from dawning_streams.core.errors import DawningError
 from dawning_streams.core.settings import KafkaSettings
 from dawning_streams.kafka.security import client_options
-
-if TYPE_CHECKING:
-    from dawning_streams.application import App
 
 __all__ = ["ReplicationError", "TopicLayout", "check_replication", "judge"]
 
@@ -111,14 +107,6 @@ def judge(
     return warnings
 
 
-def app_topics(app: App) -> list[str]:
-    """Every topic the app declares, with its tables' changelogs."""
-    return sorted(
-        {topic.get_topic_name() for topic in app.declared_topics}
-        | {table.changelog_topic.get_topic_name() for table in app.tables.values()}
-    )
-
-
 async def read_layouts(
     admin: AIOKafkaAdminClient, topics: list[str]
 ) -> tuple[int, dict[str, TopicLayout]]:
@@ -153,14 +141,14 @@ async def read_layouts(
     }
 
 
-async def check_replication(app: App) -> None:
-    """Log :func:`judge`'s warnings; raise :class:`ReplicationError` to refuse the start.
+async def check_replication(kafka: KafkaSettings, topics: list[str]) -> None:
+    """Log :func:`judge`'s warnings about ``topics`` (every topic the app declares,
+    its tables' changelogs included); raise :class:`ReplicationError` to refuse
+    the start.
 
     A failure to read the cluster is logged and the start goes on: the check
     must not be what keeps a worker from a cluster it can use.
     """
-    kafka = app.dawning_settings.kafka
-    topics = app_topics(app)
     admin = AIOKafkaAdminClient(**client_options(kafka))
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):

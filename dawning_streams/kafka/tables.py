@@ -6,15 +6,12 @@ import asyncio
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
 import orjson
 from faust.types import TP
 from mode import Service
-
-if TYPE_CHECKING:
-    from dawning_streams.application import App
 
 __all__ = ["MarkerTable", "message_keyed_table"]
 
@@ -26,7 +23,9 @@ _PURGE_CHUNK = 5_000
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 10.0
 
 
-def message_keyed_table(app: App, name: str, *, value_type: type[faust.Record], help: str) -> Any:
+def message_keyed_table(
+    app: faust.App, name: str, *, value_type: type[faust.Record], help: str
+) -> Any:
     """A changelog-backed table keyed like the messages, with typed values.
 
     Keys are ``str``, kept as their UTF-8 bytes: the bytes the producer
@@ -38,7 +37,7 @@ def message_keyed_table(app: App, name: str, *, value_type: type[faust.Record], 
     table: Any = app.Table(
         name,
         default=None,
-        partitions=app.dawning_settings.kafka.partitions,
+        partitions=app.conf.topic_partitions,
         key_type=str,
         value_type=value_type,
         help=help,
@@ -71,7 +70,7 @@ class MarkerTable(faust.Table):  # type: ignore[misc]
 
     def __init__(
         self,
-        app: App,
+        app: faust.App,
         *,
         name: str,
         ttl_s: float,
@@ -94,7 +93,7 @@ class MarkerTable(faust.Table):  # type: ignore[misc]
             default=None,
             key_type=bytes,
             value_type=bytes,
-            partitions=app.dawning_settings.kafka.partitions,
+            partitions=app.conf.topic_partitions,
             beacon=app.tables.beacon,  # type: ignore[attr-defined]
             help=help,
             # Compaction only reaches closed segments: rolled daily, a purged
@@ -105,7 +104,9 @@ class MarkerTable(faust.Table):  # type: ignore[misc]
         )
 
     @classmethod
-    def declare(cls, app: App, name: str, *, ttl_s: float, help: str, **kwargs: Any) -> MarkerTable:
+    def declare(
+        cls, app: faust.App, name: str, *, ttl_s: float, help: str, **kwargs: Any
+    ) -> MarkerTable:
         """A new marker table, added to ``app``'s tables."""
         table = cls(app, name=name, ttl_s=ttl_s, help=help, **kwargs)
         app.tables.add(table)  # type: ignore[attr-defined]

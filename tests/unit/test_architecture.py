@@ -132,3 +132,15 @@ def test_a_module_past_400_lines_says_why_in_its_docstring() -> None:
         if len(source.splitlines()) > 400 and "400 lines" not in " ".join(docstring.split()):
             unexplained.append(f"{path.relative_to(ROOT)} ({len(source.splitlines())} lines)")
     assert not unexplained, unexplained
+
+
+def test_core_and_kafka_are_given_settings_and_faust_not_the_app() -> None:
+    """The two lowest layers do not name the framework's App, not even for types:
+    they take settings, a faust.App or a Protocol of what they use."""
+    naming = [
+        str(path.relative_to(ROOT))
+        for folder in ("core", "kafka")
+        for path in sorted((PACKAGE / folder).rglob("*.py"))
+        if "dawning_streams.application" in path.read_text()
+    ]
+    assert not naming, naming
