@@ -10,7 +10,9 @@ with tombstones, so the table stays bounded by what was handled in it.
 
 An id is written only once the function has returned, so a message that
 failed, is retried or dead-lettered, or was handled when the worker died,
-runs again.
+runs again. A record with no ``MessageId`` on the wire (a raw producer's)
+goes by ``topic/partition/offset`` of its first reading, which a redelivery
+and a retry share.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ class Deduplicated:
         *,
         handler: str,
         policy: Dedupe,
+        on_skip: Callable[[str], None],
     ) -> None:
         self.function = function
+        self.on_skip = on_skip
         self.handler = handler
         self.policy = policy
         self.seen = MarkerTable.declare(
@@ -57,14 +61,18 @@ class Deduplicated:
         self.skipped = 0
 
     async def __call__(self, message: Any) -> None:
-        message_id = str(message.message_id)
-        if self.seen.marked(message_id):
+        delivery = current_delivery()
+        # The id on the wire: a record without one was given a fresh id when it
+        # was decoded, a new one on each delivery, so it goes by where it was
+        # first read instead, which a redelivery shares.
+        seen_as = delivery.message_id or f"{delivery.topic}/{delivery.partition}/{delivery.offset}"
+        if self.seen.marked(seen_as):
             self.skipped += 1
-            logger.info("%s: %s was handled before; skipping it", self.handler, message_id)
+            self.on_skip(self.handler)
+            logger.info("%s: %s was handled before; skipping it", self.handler, seen_as)
             return
         await self.function(message)
-        partition = current_delivery().partition
         if self.policy.wait:
-            await self.seen.mark(message_id, partition)
+            await self.seen.mark(seen_as, delivery.partition)
         else:
-            self.seen.mark_soon(message_id, partition)
+            self.seen.mark_soon(seen_as, delivery.partition)

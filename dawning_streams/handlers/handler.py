@@ -195,7 +195,13 @@ class Handler(Calling[M]):
         self.dedupe = (
             None
             if dedupe is None
-            else Deduplicated(app, self._plain, handler=self.name, policy=dedupe)
+            else Deduplicated(
+                app,
+                self._plain,
+                handler=self.name,
+                policy=dedupe,
+                on_skip=app.telemetry.metrics.skipped,
+            )
         )
         if self.dedupe is not None:
             self._function = self.dedupe

@@ -52,6 +52,7 @@ __all__ = [
     "cluster_metadata",
     "committed_offsets",
     "new_producer",
+    "record_metadata_included",
     "recovery_progress",
     "set_current_event",
     "set_fetch_max_wait",
@@ -110,6 +111,7 @@ ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (aiokafka.AIOKafkaClient, "_conns"),
     # Not private, but undocumented: core/records.py reads it to skip coercion.
     (FieldDescriptor, "lazy_coercion"),
+    (faust.Record, "_options"),
 )
 
 
@@ -202,6 +204,13 @@ def set_fetch_max_wait(consumer: aiokafka.AIOKafkaConsumer, ms: int) -> None:
     """Set ``fetch_max_wait_ms`` of a consumer not yet started: Faust builds its
     worker consumer with a fixed 1,500 ms and no setting for it."""
     consumer._fetch_max_wait_ms = ms
+
+
+def record_metadata_included(record_type: type[faust.Record]) -> bool:
+    """Whether ``record_type`` writes Faust's ``__faust`` metadata (its Python
+    module path) into what it serialises (``include_metadata``, a class option
+    Faust keeps only on the private ``_options``)."""
+    return bool(record_type._options.include_metadata)
 
 
 def recovery_progress(recovery: Recovery) -> tuple[float | None, list[float]]:

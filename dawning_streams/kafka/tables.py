@@ -13,6 +13,8 @@ import orjson
 from faust.types import TP
 from mode import Service
 
+from dawning_streams.kafka import faust_compat
+
 __all__ = ["MarkerTable", "message_keyed_table"]
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,15 @@ def message_keyed_table(
     send a request to the wrong worker.) Values are ``value_type`` records,
     plain JSON objects on the changelog (declare them with ``include_metadata=False``).
     """
+    if not (isinstance(value_type, type) and issubclass(value_type, faust.Record)):
+        raise TypeError(
+            f"table {name!r}: value_type must be a faust.Record type, got {value_type!r}"
+        )
+    if faust_compat.record_metadata_included(value_type):
+        raise TypeError(
+            f"table {name!r}: declare {value_type.__name__} with include_metadata=False, "
+            "or Faust writes its Python module path into every changelog value"
+        )
     table: Any = app.Table(
         name,
         default=None,

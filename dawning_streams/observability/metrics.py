@@ -16,6 +16,7 @@ into the same provider, so its ``faust.*`` metrics sit beside these:
 ``dawning.handler.retried``    counter    messages given a retry timer
 ``dawning.handler.dead_lettered``  counter  messages sent to the dead-letter topic
 ``dawning.handler.expired``    counter    messages not run: their expiry had passed
+``dawning.handler.skipped``    counter    messages not run: handled before (dedupe)
 ``dawning.timers.pending``     gauge      timers waiting on this worker, per handler
 ``dawning.timers.held_keys``   gauge      ordered keys waiting on a retry
 ``dawning.timers.stuck_keys``  gauge      held keys whose retry is overdue
@@ -84,6 +85,9 @@ _OUTCOMES = {
     "retried": "Messages given a retry timer.",
     "dead_lettered": "Messages sent to a dead-letter topic.",
     "expired": "Messages not run because their expiry had passed (dead-lettered).",
+    "skipped": (
+        "Messages not run: their MessageId was handled before (dedupe); counted as handled too."
+    ),
 }
 
 _TIMER_GAUGES = {
@@ -399,6 +403,11 @@ class Metrics:
         """A message's expiry had passed when its turn came."""
         self._outcomes[(handler, "expired")] += 1
         self.recent.add(handler, "expired")
+
+    def skipped(self, handler: str) -> None:
+        """A message's ``MessageId`` was handled before, so it was not run (dedupe)."""
+        self._outcomes[(handler, "skipped")] += 1
+        self.recent.add(handler, "skipped")
 
     def routed(self, handler: str, *, dead_letter: bool) -> None:
         """A failed message was given a retry timer, or sent to the dead-letter topic."""

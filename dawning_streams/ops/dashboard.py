@@ -46,7 +46,7 @@ BROWSE_LIMIT = 200
 #: The charts: 90 buckets of 10 seconds, the last 15 minutes.
 CHART_BUCKET_S = 10
 CHART_BUCKETS = 90
-_OUTCOMES = ("handled", "failed", "retried", "dead_lettered", "expired")
+_OUTCOMES = ("handled", "failed", "retried", "dead_lettered", "expired", "skipped")
 
 
 class BadReplay(DawningError):

@@ -75,3 +75,20 @@ def test_a_value_written_before_the_tables_were_typed_still_loads() -> None:
     loaded = app.serializers.loads_value(topic.value_type, old, serializer=topic.value_serializer)
     assert isinstance(loaded, UserState)
     assert loaded.counts == {"user.login": 1}
+
+
+def test_a_table_refuses_a_value_type_that_is_not_a_plain_json_record() -> None:
+    import faust
+
+    from dawning_streams import message_keyed_table
+
+    class WithMetadata(faust.Record):
+        n: int
+
+    app = create_app()
+    with pytest.raises(
+        TypeError, match=r"value_type must be a faust\.Record type, got <class 'dict'>"
+    ):
+        message_keyed_table(app, "loose", value_type=dict, help="")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="declare WithMetadata with include_metadata=False"):
+        message_keyed_table(app, "tagged", value_type=WithMetadata, help="")
