@@ -39,6 +39,9 @@ class LifecycleReporter(Service):
 
     def __init__(self, app: App, **kwargs: Any) -> None:
         self.app = app
+        #: Whether ``instance.started`` was reported: a worker that never got
+        #: that far (Kafka unreachable, say) reports no stop either.
+        self.reported_start = False
         super().__init__(**kwargs)
 
     async def report(self, event_type: str, data: dict[str, Any] | None = None) -> None:
@@ -49,6 +52,7 @@ class LifecycleReporter(Service):
 
     async def on_started(self) -> None:
         await self.report("instance.started", {"web_port": self.app.dawning_settings.web.port})
+        self.reported_start = True
 
     @Service.timer(HEARTBEAT_S)
     async def _heartbeat(self) -> None:
@@ -66,7 +70,8 @@ def install(app: App) -> Handler[SystemEventMessage]:
     # Sent while the producer still runs: after the consumer stops, before the rest.
     @app.on_before_shutdown.connect
     async def report_stopped(sender: App, **kwargs: Any) -> None:
-        await reporter.report("instance.stopped")
+        if reporter.reported_start:
+            await reporter.report("instance.stopped")
 
     @app.shared_config.on_change
     async def config_reloaded(entry: ConfigEntry) -> None:

@@ -11,6 +11,7 @@ from dawning_streams.core.dedupe import Dedupe
 from dawning_streams.core.errors import (
     DawningError,
     MessageDecodeError,
+    MessageEncodeError,
     PublishError,
     SettingsError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "MessageBase",
     "MessageBus",
     "MessageDecodeError",
+    "MessageEncodeError",
     "NullMessageBus",
     "PublishError",
     "Reject",

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import orjson
 from faust.serializers import codecs
 
-from dawning_streams.core.errors import MessageDecodeError
+from dawning_streams.core.errors import MessageDecodeError, MessageEncodeError
 from dawning_streams.core.records import MessageBase, WireField, message_types, use_wire_decoder
 
 __all__ = ["CODEC_NAME", "OrjsonCodec", "decode", "decode_mapping", "encode"]
@@ -34,8 +34,47 @@ M = TypeVar("M", bound=MessageBase)
 
 
 def encode(message: MessageBase) -> bytes:
-    """The message as the .NET gateway would write it."""
-    return orjson.dumps(message.to_representation(), option=_DUMP_OPTIONS)
+    """The message as the .NET gateway would write it.
+
+    Raises :class:`MessageEncodeError` for a field that :func:`decode` would
+    refuse on the other side (a required one left ``None``, ``"x"`` for a
+    number): the sender hears of it, not only the dead-letter topic.
+    """
+    representation = message.to_representation()
+    cls = type(message)
+    # The classes of the values, in field order: a message whose every value
+    # is of its field's own class needs no more checking (a few shapes per type).
+    shape = tuple(map(type, representation.values()))
+    if shape not in cls.wire_shapes:
+        _check_all(cls, representation, shape)
+    return orjson.dumps(representation, option=_DUMP_OPTIONS)
+
+
+def _check_all(
+    cls: type[MessageBase], representation: dict[str, Any], shape: tuple[type, ...]
+) -> None:
+    plain = True
+    for f, accepted in cls.wire_checks:
+        value = representation[f.wire]
+        if value.__class__ not in accepted:
+            _check(cls, f, value)
+            plain = False
+    if plain and len(cls.wire_shapes) < 64:
+        cls.wire_shapes.add(shape)
+
+
+def _check(cls: type[MessageBase], f: WireField, value: Any) -> None:
+    """Refuse ``value`` for ``f`` unless decoding would take it (a GUID as a string, say)."""
+    if value is None:
+        if f.required:
+            raise MessageEncodeError(f"{cls.__name__}.{f.attr} ({f.wire}) is required, got None")
+        return
+    try:
+        _convert(f, value)
+    except (TypeError, ValueError) as exc:
+        raise MessageEncodeError(
+            f"{cls.__name__}.{f.attr} ({f.wire}): {exc}, got {value!r}"
+        ) from None
 
 
 def decode(raw: bytes | None, expected: type[M], *, topic: str | None = None) -> M:

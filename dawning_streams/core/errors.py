@@ -46,5 +46,11 @@ class MessageDecodeError(DawningError, ValueError):
         super().__init__(f"undecodable message{where}: {reason}")
 
 
+class MessageEncodeError(DawningError, ValueError):
+    """A message whose fields the wire format cannot carry, or that its receiver
+    would refuse (a GUID field holding ``"not-a-guid"``): refused when sent,
+    not dead-lettered later."""
+
+
 class PublishError(DawningError):
     """A message could not be handed to Kafka or was not acknowledged."""

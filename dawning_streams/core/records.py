@@ -52,6 +52,15 @@ class WireField:
     required: bool
 
 
+def _as_is(f: WireField) -> frozenset[type]:
+    """The classes a value of ``f`` passes the encoder's check with, unconverted."""
+    origin = getattr(f.kind, "__origin__", f.kind)
+    accepted = {origin, float, int} - {bool} if origin is float else {origin}
+    if not f.required:
+        accepted.add(type(None))
+    return frozenset(accepted)
+
+
 def _pascal(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
 
@@ -81,6 +90,11 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
     _wire_values: ClassVar[Callable[[Any], tuple[Any, ...]]]
     #: (wire name, attribute) of every field, when none is coerced lazily on access.
     _wire_plain: ClassVar[tuple[tuple[str, str], ...] | None] = None
+    #: (field, the Python classes its value may have as it is), checked on encode:
+    #: any other value must be one the decoder takes (see ``codec.encode``).
+    wire_checks: ClassVar[tuple[tuple[WireField, frozenset[type]], ...]] = ()
+    #: Classes of a message's values, in field order, that passed the check.
+    wire_shapes: ClassVar[set[tuple[type, ...]]]
 
     def __init_subclass__(cls, topic: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -109,6 +123,8 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
         # is not coerced on access (generic types are) reads the same from __dict__.
         lazy = any(getattr(cls, f.attr).lazy_coercion for f in wire_fields)
         cls._wire_plain = None if lazy else tuple((f.wire, f.attr) for f in wire_fields)
+        cls.wire_checks = tuple((f, _as_is(f)) for f in wire_fields)
+        cls.wire_shapes = set()
 
     def __post_init__(self) -> None:
         if self.message_id is None:

@@ -15,6 +15,32 @@ from dawning_streams.kafka.security import client_options
 __all__ = ["Scan", "read_to_end", "scan"]
 
 
+#: How long the broker may hold a reader's fetch that finds nothing: a read
+#: waits that long at each partition whose last records are gaps (a compacted
+#: changelog's), so it is short; aiokafka's default is 500 ms.
+_READ_WAIT_MS = 20
+
+
+def _reader(settings: KafkaSettings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        **client_options(settings),
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=_READ_WAIT_MS,
+    )
+
+
+async def existing_topics(settings: KafkaSettings, topics: Iterable[str]) -> set[str]:
+    """Those of ``topics`` the cluster has (asked without creating any)."""
+    consumer = _reader(settings)
+    await consumer.start()
+    try:
+        cluster = await faust_compat.cluster_metadata(consumer)
+    finally:
+        await consumer.stop()
+    return {name for name in topics if cluster.partitions_for_topic(name)}
+
+
 async def read_to_end(settings: KafkaSettings, topics: Iterable[str]) -> list[Any]:
     """Every record of ``topics`` below their end offsets at the time of the call.
 
@@ -22,7 +48,7 @@ async def read_to_end(settings: KafkaSettings, topics: Iterable[str]) -> list[An
     exist reads as empty. Records come partition by partition, each in offset order.
     """
     names = list(topics)
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
+    consumer = _reader(settings)
     await consumer.start()
     records: list[Any] = []
     try:
@@ -74,7 +100,7 @@ async def scan(
     are read in all. No consumer group: nothing is moved or committed.
     """
     result = Scan()
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
+    consumer = _reader(settings)
     await consumer.start()
     try:
         cluster = await faust_compat.cluster_metadata(consumer)

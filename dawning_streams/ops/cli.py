@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from faust.cli import AppCommand, option
 
+from dawning_streams.core.errors import DawningError
 from dawning_streams.core.names import Header
 from dawning_streams.handlers.timers import pending_timers
 from dawning_streams.ops import dlq
@@ -32,7 +33,12 @@ def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> date
 
 
 _FILTERS = [
-    option("--topic", "topics", multiple=True, help="Source or .dlq topic; default: all seven."),
+    option(
+        "--topic",
+        "topics",
+        multiple=True,
+        help="Source or .dlq topic; default: every handler's, and the seven message topics'.",
+    ),
     option("--key", default=None, help="Only messages with this key."),
     option(
         "--since",
@@ -51,7 +57,11 @@ _FILTERS = [
 
 
 async def _chosen(app: App, topics: tuple[str, ...], **filters: Any) -> list[dlq.DeadLetter]:
-    letters = await dlq.read_dead_letters(app, topics or None)
+    try:
+        letters = await dlq.read_dead_letters(app, topics or None)
+    except DawningError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     return dlq.select(
         letters,
         key=filters["key"],

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from dawning_streams.core.errors import DawningError
 from dawning_streams.core.names import Header, dead_letter_topic, header_text
-from dawning_streams.kafka.reading import read_to_end
+from dawning_streams.kafka.reading import existing_topics, read_to_end
 
 if TYPE_CHECKING:
     from dawning_streams.application import App
@@ -71,15 +72,29 @@ class DeadLetter:
         }
 
 
+def dead_letter_topics(app: App) -> list[str]:
+    """The dead-letter topics of the app's handlers, and of the seven message topics."""
+    declared = {h.dead_letter_topic for h in app.handlers.values() if h.options.dead_letter}
+    seven = {dead_letter_topic(t) for t in app.dawning_settings.kafka.topics.all()}
+    return sorted(declared | seven)
+
+
 async def read_dead_letters(app: App, topics: Iterable[str] | None = None) -> list[DeadLetter]:
-    """Everything in the dead-letter topics of ``topics`` (default: every message topic).
+    """Everything in the dead-letter topics of ``topics`` (source or ``.dlq`` names;
+    default: :func:`dead_letter_topics`). A topic named that does not exist is
+    an error.
 
     Reads from the start to the end offsets at the time of the call, without a
     consumer group, so it neither moves nor commits anything.
     """
     settings = app.dawning_settings.kafka
-    sources = list(topics) if topics is not None else list(settings.topics.all())
-    names = [t if t.endswith(".dlq") else dead_letter_topic(t) for t in sources]
+    if topics is None:
+        names = dead_letter_topics(app)
+    else:
+        names = [t if t.endswith(".dlq") else dead_letter_topic(t) for t in topics]
+        missing = set(names) - await existing_topics(settings, names)
+        if missing:
+            raise DawningError(f"no such dead-letter topic: {', '.join(sorted(missing))}")
     letters = [_letter(record) for record in await read_to_end(settings, names)]
     return sorted(letters, key=lambda letter: (letter.dead_lettered_at, letter.offset))
 

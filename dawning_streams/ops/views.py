@@ -74,7 +74,9 @@ async def _search(app: App, request: Request) -> search.Search:
     """Run the search a request asks for; :class:`BadRequest` names what is wrong with it."""
     query = Query(request, {"id", "key", "since", "until"})
     message_id, key = query.uuid("id"), query.text("key")
-    if (message_id is None) == (key is None):
+    if message_id is None and key is None:
+        raise BadRequest("give id=<MessageId> or key=<message key>")
+    if message_id is not None and key is not None:
         raise BadRequest("give id=<MessageId> or key=<message key>, not both")
     snapshot = await app.sampler.sample()  # the committed offsets as they are now
     try:

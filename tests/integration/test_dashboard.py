@@ -265,7 +265,8 @@ async def test_the_message_search_follows_a_message_from_its_retry_into_the_dead
         assert await page.locator(".found").count() == 1
         for query, problem in (
             ("id=not-a-guid", "id='not-a-guid' is not a GUID"),
-            ("id=&key=", "give id=<MessageId> or key=<message key>, not both"),
+            ("id=&key=", "give id=<MessageId> or key=<message key>"),
+            (f"id={uuid.uuid4()}&key=k", "give id=<MessageId> or key=<message key>, not both"),
             ("key=k&since=2026-01-02&until=2026-01-01", "must be before until"),
             ("key=k&nope=1", "unknown parameter 'nope'"),
         ):

@@ -167,6 +167,17 @@ async def test_the_dlq_commands_filter_by_every_option_and_replay_only_what_they
     assert listed("--until", between.isoformat()) == [missing, reject]
     assert listed("--key", str(user), "--exception", "Reject") == []
 
+    # Without --topic: every handler's dead-letter topic, the audit log's among them.
+    everything = run("dlq-list", "--json")
+    assert everything.returncode == 0, everything.stderr
+    assert sorted(json.loads(line)["exception"] for line in everything.stdout.splitlines()) == [
+        missing,
+        reject,
+    ]
+    unknown = run("dlq-list", "--topic", "no.such.topic")
+    assert unknown.returncode == 2
+    assert "no such dead-letter topic: no.such.topic.dlq" in unknown.stderr
+
     bad = run("dlq-list", "--since", "yesterday")
     assert bad.returncode == 2
     assert "--since" in bad.stderr and "'yesterday' is not an ISO-8601 time" in bad.stderr

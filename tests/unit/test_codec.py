@@ -17,6 +17,7 @@ from dawning_streams import (
     ConfigChangedMessage,
     EmailMessage,
     MessageDecodeError,
+    MessageEncodeError,
     SystemEventMessage,
     UserEventMessage,
     create_app,
@@ -272,3 +273,45 @@ def test_faust_agents_decode_through_the_same_codec() -> None:
     cause = caught.value.__cause__
     assert isinstance(cause, MessageDecodeError)
     assert cause.raw == b'{"Action": 1}'
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        (
+            {"user_id": "not-a-guid", "event_type": "x"},
+            "UserEventMessage.user_id (UserId): badly formed hexadecimal UUID string, "
+            "got 'not-a-guid'",
+        ),
+        (
+            {"user_id": uuid.uuid4(), "event_type": 42},
+            "UserEventMessage.event_type (EventType): expected a string, got a number, got 42",
+        ),
+        (
+            {"user_id": uuid.uuid4(), "event_type": None},
+            "UserEventMessage.event_type (EventType) is required, got None",
+        ),
+    ],
+)
+def test_a_message_its_receiver_would_refuse_is_refused_when_encoded(
+    fields: dict[str, object], reason: str
+) -> None:
+    message = UserEventMessage(**fields)  # type: ignore[arg-type]
+    with pytest.raises(MessageEncodeError) as raised:
+        encode(message)
+    assert str(raised.value) == reason
+
+
+def test_values_the_receiver_takes_as_they_are_are_sent_as_given() -> None:
+    user = uuid.uuid4()
+    message = AlertNotificationMessage(
+        alert_rule_id=str(user).upper(),  # type: ignore[arg-type]
+        rule_name="cpu",
+        severity="critical",
+        metric_type="cpu",
+        current_value=97,  # an int for a float
+        threshold=90.5,
+    )
+    decoded = decode(encode(message), AlertNotificationMessage)
+    assert decoded.alert_rule_id == user
+    assert decoded.current_value == 97.0
