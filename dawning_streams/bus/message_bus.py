@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,11 +20,10 @@ from aiokafka.structs import RecordMetadata
 from faust.exceptions import FaustError
 from mode import Service
 
-from dawning_streams.bus.publisher import Outgoing, Publisher
+from dawning_streams.bus.publisher import BrokerUnavailable, Outgoing, Publisher
 from dawning_streams.bus.rdkafka import RdkafkaPort
 from dawning_streams.bus.sending import Senders
 from dawning_streams.bus.spool import Spool
-from dawning_streams.core.errors import PublishError
 from dawning_streams.core.records import MessageBase
 from dawning_streams.kafka import faust_compat
 
@@ -75,7 +74,7 @@ class FaustTopics:
             for topic in self.app.declared_topics:
                 await topic.maybe_declare()
         except (KafkaError, FaustError) as exc:
-            raise PublishError(f"could not declare topics: {exc}") from exc
+            raise BrokerUnavailable(f"could not declare topics: {exc}") from exc
 
     async def ensure(self, topic: str) -> None:
         # Faust declares what the app declares; any other topic is the broker's to create.
@@ -220,6 +219,7 @@ class KafkaMessageBus(Service):
         topic: str | None,
         key: str | None,
         headers: list[tuple[str, bytes]] | None,
+        stamp: Callable[[str], list[tuple[str, bytes]]] | None = None,
     ) -> Outgoing:
         if not isinstance(message, MessageBase):
             raise TypeError(
@@ -240,7 +240,7 @@ class KafkaMessageBus(Service):
             topic,
             key.encode() if key is not None else None,
             # Stamped here, in the caller's context (its trace).
-            self.app.telemetry.tracing.stamp(topic, headers),
+            self.app.telemetry.tracing.stamp(topic, headers) if stamp is None else stamp(topic),
             int(message.timestamp.timestamp() * 1000),
             message,
         )
@@ -292,7 +292,8 @@ class KafkaMessageBus(Service):
         """
         if self.disabled is not None:
             return await self.disabled.publish_many(messages)  # type: ignore[return-value]
-        records = [self._outgoing(m, None, None, None) for m in messages]
+        stamp = self.app.telemetry.tracing.stamper()
+        records = [self._outgoing(m, None, None, None, stamp) for m in messages]
         return await (await self._publisher()).publish(records)
 
     async def forward(
@@ -343,7 +344,8 @@ class KafkaMessageBus(Service):
             for message in dropped:
                 self.disabled.drop(message)
             return [None] * len(dropped)
-        records = [self._outgoing(m, None, None, None) for m in messages]
+        stamp = self.app.telemetry.tracing.stamper()
+        records = [self._outgoing(m, None, None, None, stamp) for m in messages]
         return self.senders.blocking().call(lambda publisher: publisher.publish(records))
 
     def forward_blocking(

@@ -82,6 +82,18 @@ class ProducerPort(Protocol):
         """Hand one record to the producer; the future resolves on the broker's ack."""
         ...
 
+    def try_send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None,
+        headers: list[tuple[str, bytes]] | None,
+        partition: int | None = None,
+    ) -> asyncio.Future[RecordMetadata] | None:
+        """:meth:`send_record` if it need not wait, else None (every message's path)."""
+        ...
+
     def counted(self, topic: str, pending: Awaitable[RecordMetadata]) -> Awaitable[RecordMetadata]:
         """``pending``, counted in ``kafka.producer.send.total`` when the broker answers."""
         ...
@@ -206,7 +218,7 @@ class Publisher(Service):
         if not self._spooling:
             port = self.port
             # In this loop rather than a coroutine per step: this is every message's path.
-            send = port.send_record
+            send, try_send = port.send_record, port.try_send
             sends = self.sends
             pending: list[asyncio.Future[RecordMetadata] | None] = []
             loop = asyncio.get_running_loop()
@@ -222,7 +234,13 @@ class Publisher(Service):
                         value = self._encoded(records, n, unencodable)
                         if value is not None:
                             try:
-                                ack = await send(
+                                ack = try_send(
+                                    record.topic,
+                                    record.key,
+                                    value,
+                                    record.timestamp_ms,
+                                    record.headers,
+                                ) or await send(
                                     record.topic,
                                     record.key,
                                     value,

@@ -21,7 +21,6 @@ which the publisher answers by spooling.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable
@@ -179,7 +178,6 @@ class RdkafkaPort:
 
     async def connect(self) -> None:
         self.closed = False
-        self._loop = asyncio.get_running_loop()
         self._ensure_producer()
         if not self._declared:
             await self.topics.declare()
@@ -195,42 +193,57 @@ class RdkafkaPort:
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> asyncio.Future[RecordMetadata]:
-        if self.closed:
-            raise BrokerUnavailable("the producer is closed")
-        if topic not in self._known:
-            # A message type declared since (a module imported later), or any topic.
-            await self.topics.ensure(topic)
-            self._known.add(topic)
-        producer = self._producer or self._ensure_producer()
-        loop = self._loop
-        assert loop is not None
-        future: asyncio.Future[RecordMetadata] = loop.create_future()
         while True:
-            try:
-                producer.produce(
-                    topic,
-                    value,
-                    key,
-                    -1 if partition is None else partition,
-                    on_delivery=functools.partial(self._delivered, future),
-                    timestamp=timestamp_ms or 0,
-                    headers=headers,  # type: ignore[arg-type]  # list is invariant
-                )
-                break
-            except BufferError:
-                # librdkafka's queue is full: wait for the broker to take some
-                # (the publisher's deadline bounds the wait).
-                producer.poll(0)
-                await asyncio.sleep(_FULL_QUEUE_PAUSE_S)
-                producer = self._producer or self._ensure_producer()
-            except confluent_kafka.KafkaException as exc:
-                self.sends[(topic, "error")] += 1
-                raise translated(exc.args[0]) from exc
-        self._unacked.add(future)
+            if self.closed:
+                raise BrokerUnavailable("the producer is closed")
+            if topic not in self._known:
+                # A message type declared since (a module imported later), or any topic.
+                await self.topics.ensure(topic)
+                self._known.add(topic)
+            ack = self.try_send(topic, key, value, timestamp_ms, headers, partition)
+            if ack is not None:
+                return ack
+            # librdkafka's queue is full: wait for the broker to take some (the
+            # publisher's deadline bounds the wait).
+            await asyncio.sleep(_FULL_QUEUE_PAUSE_S)
+
+    def try_send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None,
+        headers: list[tuple[str, bytes]] | None,
+        partition: int | None = None,
+    ) -> asyncio.Future[RecordMetadata] | None:
+        """:meth:`send_record` if it need not wait: None while the queue is full,
+        or before the first record to ``topic`` (or once closed)."""
+        if self.closed or topic not in self._known:
+            return None
+        producer = self._producer or self._ensure_producer()
+        ack = _Ack(loop=self._loop)
+        ack.port = self
+        try:
+            producer.produce(
+                topic,
+                value,
+                key,
+                -1 if partition is None else partition,
+                on_delivery=ack,
+                timestamp=timestamp_ms or 0,
+                headers=headers,  # type: ignore[arg-type]  # list is invariant
+            )
+        except BufferError:
+            producer.poll(0)
+            return None
+        except confluent_kafka.KafkaException as exc:
+            self.sends[(topic, "error")] += 1
+            raise translated(exc.args[0]) from exc
+        self._unacked.add(ack)
         if self._ticking is None:
             self._quiet_polls = 0
-            self._ticking = loop.call_later(POLL_S, self._tick)
-        return future
+            self._ticking = ack.get_loop().call_later(POLL_S, self._tick)
+        return ack
 
     def counted(self, topic: str, pending: Awaitable[RecordMetadata]) -> Awaitable[RecordMetadata]:
         sends = self.sends
@@ -272,7 +285,9 @@ class RdkafkaPort:
     # -- delivery reports ----------------------------------------------------------
 
     def _ensure_producer(self) -> confluent_kafka.Producer:
+        """The producer, made on first use, in the loop that sends (its reports are served there)."""
         if self._producer is None:
+            self._loop = asyncio.get_running_loop()
             self._producer = confluent_kafka.Producer(self.config)
         return self._producer
 
@@ -296,33 +311,27 @@ class RdkafkaPort:
             producer.close()
 
     def _tick(self) -> None:
+        self._ticking = None
         producer = self._producer
         if producer is None:
-            self._ticking = None
             return
         served = producer.poll(0)
-        if not self._unacked:
-            self._ticking = None
-            return
-        self._quiet_polls = 0 if served else self._quiet_polls + 1
-        pause = POLL_S if self._quiet_polls < _BUSY_POLLS else IDLE_POLL_S
-        assert self._loop is not None
-        self._ticking = self._loop.call_later(pause, self._tick)
+        if self._unacked and self._ticking is None:
+            self._quiet_polls = 0 if served else self._quiet_polls + 1
+            pause = POLL_S if self._quiet_polls < _BUSY_POLLS else IDLE_POLL_S
+            self._ticking = self._loop.call_later(pause, self._tick)  # type: ignore[union-attr]
 
     def _delivered(
-        self,
-        future: asyncio.Future[RecordMetadata],
-        err: confluent_kafka.KafkaError | None,
-        msg: confluent_kafka.Message,
+        self, ack: _Ack, err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message
     ) -> None:
-        self._unacked.discard(future)
-        if future.done():  # cancelled by its caller
+        self._unacked.discard(ack)
+        if ack.done():  # cancelled by its caller
             return
         if err is not None:
             if err.code() == _E._FATAL:
                 # The idempotent producer cannot go on; the next send gets a new one.
-                self._loop.call_soon(self._discard_producer)  # type: ignore[union-attr]
-            future.set_exception(translated(err))
+                ack.get_loop().call_soon(self._discard_producer)
+            ack.set_exception(translated(err))
             return
         # Set on every delivered message (None only on consumed errors).
         topic: str = msg.topic()  # type: ignore[assignment]
@@ -331,7 +340,7 @@ class RdkafkaPort:
         if tp is None:
             tp = self._partitions[(topic, partition)] = TopicPartition(topic, partition)
         kind, timestamp = msg.timestamp()
-        future.set_result(
+        ack.set_result(
             RecordMetadata(
                 topic,
                 partition,
@@ -342,3 +351,16 @@ class RdkafkaPort:
                 None,
             )
         )
+
+
+class _Ack(asyncio.Future[RecordMetadata]):
+    """One record's future, and librdkafka's delivery callback for it (one object,
+    not a future and a closure: this is made for every record)."""
+
+    __slots__ = ("port",)
+    port: RdkafkaPort
+
+    def __call__(
+        self, err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message
+    ) -> None:
+        self.port._delivered(self, err, msg)

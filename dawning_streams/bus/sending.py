@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from dawning_streams.bus.publisher import Publisher
+from dawning_streams.bus.publisher import BrokerUnavailable, Publisher
 from dawning_streams.bus.rdkafka import RdkafkaPort
 from dawning_streams.bus.spool import Spool
-from dawning_streams.core.errors import DawningError, PublishError
+from dawning_streams.core.errors import DawningError
 from dawning_streams.kafka.security import client_options
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class AdminTopics:
                 with suppress(TopicAlreadyExistsError):  # another process made them meanwhile
                     await admin.create_topics(missing)
         except KafkaConnectionError as exc:
-            raise PublishError(f"could not declare topics: {exc}") from exc
+            raise BrokerUnavailable(f"could not declare topics: {exc}") from exc
         except KafkaError as exc:
             # Not allowed to create topics, say: they may exist, or be made by the worker.
             logger.warning("could not declare the app's topics (%r); publishing anyway", exc)
