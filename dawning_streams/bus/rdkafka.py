@@ -285,7 +285,7 @@ class RdkafkaPort:
     # -- delivery reports ----------------------------------------------------------
 
     def _ensure_producer(self) -> confluent_kafka.Producer:
-        """The producer, made on first use, in the loop that sends (its reports are served there)."""
+        """The producer, made on first use in the loop that sends (its reports are served there)."""
         if self._producer is None:
             self._loop = asyncio.get_running_loop()
             self._producer = confluent_kafka.Producer(self.config)
