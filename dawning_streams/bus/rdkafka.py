@@ -124,6 +124,9 @@ def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
         "compression.type": producer.compression_type,
         # Java's max.request.size: a larger record is refused before it is numbered.
         "message.max.bytes": producer.max_request_bytes,
+        # A record stays until the broker takes it, as in aiokafka: one that is
+        # late is spooled by the publisher, not dropped here (0: no expiry).
+        "message.timeout.ms": 0,
         # The same placement as the .NET gateway's Confluent.Kafka producers.
         "partitioner": _PARTITIONERS[kafka.partitioner],
         **security_config(kafka.security),
