@@ -135,9 +135,15 @@ def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
     }
 
 
+#: Client errors no wait cures: said at ERROR (an outage is the Kafka watch's to report).
+_LOUD = frozenset({_E._AUTHENTICATION, _E.SASL_AUTHENTICATION_FAILED, _E._SSL, _E._FATAL})
+
+
 def _client_error(err: confluent_kafka.KafkaError) -> None:
-    # Brokers down, a failed login: the app's Kafka watch says so, once a minute.
-    logging.getLogger(CLIENT_LOGGER).debug("librdkafka: %s", err)
+    loud = err.fatal() or err.code() in _LOUD
+    logging.getLogger(CLIENT_LOGGER).log(
+        logging.ERROR if loud else logging.DEBUG, "librdkafka: %s", err
+    )
 
 
 def translated(err: confluent_kafka.KafkaError) -> BrokerUnavailable | RefusedError:
