@@ -365,6 +365,10 @@ class App(faust.App):
         await super().on_shutdown()
         self.bus.unbind_worker()
 
+    async def flush_bus(self) -> None:
+        """Wait for the acks of what the bus has sent (the consumer's commit calls this)."""
+        await self.bus.flush()
+
     async def _timers_revoked(self, sender: Any, revoked: Iterable[Any], **_: Any) -> None:
         """Nothing fires until the new assignment is recovered; what is firing may
         finish, all handlers' at once and for at most ``REVOKE_WAIT_S``."""

@@ -321,14 +321,20 @@ class Bench:
             bus = app.bus
             async with bus:
                 # Outside a worker the bus publishes through its loop's own producer.
-                live = bus.senders.for_loop(asyncio.get_running_loop()).port._producer
-                assert live is not None
+                live = bus.senders.for_loop(asyncio.get_running_loop()).port.config
                 self.live_producer = {
-                    "acks": live._sender._acks,
-                    "enable_idempotence": live._txn_manager is not None,
-                    "linger_ms": round(live._message_accumulator._linger_time * 1000),
-                    "batch_size": live._message_accumulator._batch_size,
-                    "compression": live._compression_type,
+                    "client": "librdkafka",
+                    **{
+                        key: live[key]
+                        for key in (
+                            "acks",
+                            "enable.idempotence",
+                            "linger.ms",
+                            "batch.size",
+                            "compression.type",
+                            "partitioner",
+                        )
+                    },
                 }
                 # Warm both producers up (connections, metadata, producer id).
                 await bus.publish_many(self.audit_messages(100))
@@ -1182,7 +1188,7 @@ async def main(argv: list[str]) -> int:
             "python": platform.python_version(),
             "load_average": list(os.getloadavg()),
         },
-        # As the bus's live aiokafka producer had them (the raw one is built alike).
+        # As the bus's live librdkafka producer has them (the raw ones are built alike).
         "producer": bench.live_producer,
         "commit": "after processing (enable_auto_commit=False on both sides)",
         "message_bytes": len(encode(bench.audit_messages(1)[0])),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,10 +24,10 @@ from aiokafka.structs import RecordMetadata
 from faust.exceptions import FaustError
 from mode import Service
 
-from dawning_streams.bus.publisher import Outgoing, Publisher
+from dawning_streams.bus.publisher import BrokerUnavailable, Outgoing, Publisher
+from dawning_streams.bus.rdkafka import RdkafkaPort
 from dawning_streams.bus.sending import Senders
 from dawning_streams.bus.spool import Spool
-from dawning_streams.core.errors import PublishError
 from dawning_streams.core.records import MessageBase
 from dawning_streams.kafka import faust_compat
 
@@ -51,15 +51,15 @@ class MessageBus(Protocol):
         ...
 
 
-class FaustPort:
-    """The worker's producer: Faust's, started with the app (or by the bus)."""
+class FaustTopics:
+    """The worker's topics, declared through Faust (which creates its changelogs too)."""
 
     def __init__(self, app: App) -> None:
         self.app = app
         self._owns_producer = False
 
-    async def connect(self) -> None:
-        # Outside a worker nobody else starts the producer, so the bus owns it.
+    async def declare(self) -> None:
+        # Outside a worker nobody else starts Faust's producer, so this owns it.
         self._owns_producer = not self.app.producer.started
         try:
             await self.declare_topics()
@@ -73,45 +73,29 @@ class FaustPort:
 
     async def declare_topics(self) -> None:
         """Create every topic the app declares (message, timers, dead-letter) that is missing."""
-        await self.app.maybe_start_producer()
         try:
+            await self.app.maybe_start_producer()
             for topic in self.app.declared_topics:
                 await topic.maybe_declare()
         except (KafkaError, FaustError) as exc:
-            raise PublishError(f"could not declare topics: {exc}") from exc
+            raise BrokerUnavailable(f"could not declare topics: {exc}") from exc
 
-    async def send_record(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        *,
-        timestamp_ms: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-        partition: int | None = None,
-    ) -> asyncio.Future[RecordMetadata]:
-        # Straight to aiokafka (transport.Producer.send_record): Faust's send
-        # adds a signal and header conversions per message that the bus does not use.
-        return await self.app.producer.send_record(  # type: ignore[attr-defined,no-any-return]
-            topic, key, value, timestamp_ms=timestamp_ms, headers=headers, partition=partition
-        )
-
-    def counted(self, topic: str, pending: Awaitable[RecordMetadata]) -> Awaitable[RecordMetadata]:
-        return self.app.producer.counted(topic, pending)  # type: ignore[attr-defined,no-any-return]
+    async def ensure(self, topic: str) -> None:
+        # Faust declares what the app declares; any other topic is the broker's to create.
+        return None
 
     async def close(self) -> None:
         if self._owns_producer:
+            self._owns_producer = False
             with suppress(KafkaError, FaustError):
                 await self.app.producer.stop()
-        elif self.app.producer.started:
-            await self.app.producer.flush()
 
 
 class KafkaMessageBus(Service):
     """Publishes through an idempotent producer (acks=all by default), from anywhere.
 
     * In a worker (the bus started with the app), on the worker's loop: through
-      the worker's Faust producer.
+      the worker's librdkafka producer (:mod:`dawning_streams.bus.rdkafka`).
     * In any other event loop (``asyncio.run``, an aiohttp or Starlette app, a
       test): through a producer of that loop's own, started on first use and
       closed when the loop ends (:mod:`dawning_streams.bus.sending`). No set-up
@@ -177,8 +161,15 @@ class KafkaMessageBus(Service):
             return
         settings = self.app.dawning_settings
         spool = settings.kafka.spool
+        port = RdkafkaPort(
+            settings,
+            FaustTopics(self.app),
+            client_id=f"{settings.instance_name}-bus",
+            sends=self.app.telemetry.metrics.sends,
+            close_timeout_s=min(spool.send_timeout_ms / 1000, settings.worker.stop_timeout_s),
+        )
         self._worker = Publisher(
-            FaustPort(self.app),
+            port,
             Spool(spool.file(settings.instance_name), spool.max_bytes),
             send_timeout_s=spool.send_timeout_ms / 1000,
             sends=self.app.telemetry.metrics.sends,
@@ -198,7 +189,16 @@ class KafkaMessageBus(Service):
 
     async def declare_topics(self) -> None:
         """Create every topic the app declares that is missing (the worker does at start)."""
-        await FaustPort(self.app).declare_topics()
+        await FaustTopics(self.app).declare_topics()
+
+    async def flush(self) -> None:
+        """Wait until everything the worker's bus has sent is acknowledged (or failed).
+
+        The worker's commit calls this: a handler's ``send`` that nobody
+        awaited is on its topic before the offset of the record that sent it.
+        """
+        if self._worker is not None:
+            await self._worker.port.flush()
 
     # -- outside a worker: ``async with app.bus`` ---------------------------------
 
@@ -223,6 +223,7 @@ class KafkaMessageBus(Service):
         topic: str | None,
         key: str | None,
         headers: list[tuple[str, bytes]] | None,
+        stamp: Callable[[str], list[tuple[str, bytes]]] | None = None,
     ) -> Outgoing:
         if not isinstance(message, MessageBase):
             raise TypeError(
@@ -243,7 +244,7 @@ class KafkaMessageBus(Service):
             topic,
             key.encode() if key is not None else None,
             # Stamped here, in the caller's context (its trace).
-            self.app.telemetry.tracing.stamp(topic, headers),
+            self.app.telemetry.tracing.stamp(topic, headers) if stamp is None else stamp(topic),
             int(message.timestamp.timestamp() * 1000),
             message,
         )
@@ -266,10 +267,7 @@ class KafkaMessageBus(Service):
             return _done(None)
         record = self._outgoing(message, topic, key, headers)
         publisher = await self._publisher()
-        try:
-            return await publisher.send(record)
-        except (KafkaError, FaustError) as exc:
-            raise PublishError(f"could not publish {record.what}: {exc}") from exc
+        return await publisher.send(record)
 
     async def publish(
         self,
@@ -298,7 +296,8 @@ class KafkaMessageBus(Service):
         """
         if self.disabled is not None:
             return await self.disabled.publish_many(messages)  # type: ignore[return-value]
-        records = [self._outgoing(m, None, None, None) for m in messages]
+        stamp = self.app.telemetry.tracing.stamper()
+        records = [self._outgoing(m, None, None, None, stamp) for m in messages]
         return await (await self._publisher()).publish(records)
 
     async def forward(
@@ -349,7 +348,8 @@ class KafkaMessageBus(Service):
             for message in dropped:
                 self.disabled.drop(message)
             return [None] * len(dropped)
-        records = [self._outgoing(m, None, None, None) for m in messages]
+        stamp = self.app.telemetry.tracing.stamper()
+        records = [self._outgoing(m, None, None, None, stamp) for m in messages]
         return self.senders.blocking().call(lambda publisher: publisher.publish(records))
 
     def forward_blocking(

@@ -2,9 +2,9 @@
 
 :class:`Publisher` is built from a :class:`ProducerPort` (a producer and the
 topics it must declare), a spool and settings, not from the app. The bus
-(:mod:`dawning_streams.bus.message_bus`) runs one on the worker's Faust producer, and one
-per event loop on a plain aiokafka producer in every other process
-(:mod:`dawning_streams.bus.sending`).
+(:mod:`dawning_streams.bus.message_bus`) runs one in the worker, and one per event
+loop in every other process (:mod:`dawning_streams.bus.sending`), each on a
+librdkafka producer of its own (:mod:`dawning_streams.bus.rdkafka`).
 
 ``publish`` does not raise when the broker is unreachable, at start-up or
 later: a message the broker has not acknowledged within
@@ -13,6 +13,10 @@ later: a message the broker has not acknowledged within
 spool has been delivered, in order. It raises only for a message the broker
 refuses for good (:class:`PublishError`) and when the spool is full
 (:class:`SpoolFullError`).
+
+The module runs past 400 lines: sending, spooling and the spool's delivery
+share one rule (nothing overtakes what was spooled before it), and it is
+checked best with all three in view.
 """
 
 from __future__ import annotations
@@ -23,9 +27,7 @@ from collections import Counter
 from collections.abc import Awaitable
 from typing import NamedTuple, Protocol
 
-from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
-from faust.exceptions import FaustError, ProducerSendError
 from mode import Service
 
 from dawning_streams.bus.spool import Spool, SpooledRecord
@@ -33,18 +35,39 @@ from dawning_streams.core.codec import encode
 from dawning_streams.core.errors import PublishError
 from dawning_streams.core.records import MessageBase
 
-__all__ = ["Outgoing", "ProducerPort", "Publisher", "reason", "refused_for_good"]
+__all__ = [
+    "BrokerUnavailable",
+    "Outgoing",
+    "ProducerPort",
+    "Publisher",
+    "RefusedError",
+    "reason",
+]
 
 logger = logging.getLogger(__name__)
 
+
+class BrokerUnavailable(PublishError):
+    """Kafka did not take a record now (no broker answers, no ack in time); later it may."""
+
+
+class RefusedError(PublishError):
+    """Kafka refuses a record for good (too large, not authorised): no retry helps."""
+
+
 #: What an unreachable (or too slow) broker looks like to a publisher.
-UNREACHABLE = (KafkaError, FaustError, TimeoutError)
+UNREACHABLE = (BrokerUnavailable, TimeoutError)
 #: Spooled records sent per round trip while the spool drains.
 _DRAIN_BATCH = 500
 
 
 class ProducerPort(Protocol):
-    """The producer a :class:`Publisher` sends through."""
+    """The producer a :class:`Publisher` sends through.
+
+    It raises :class:`BrokerUnavailable` for what may go through later and
+    :class:`RefusedError` for what never will, from ``send_record`` and from
+    the futures it returns.
+    """
 
     async def connect(self) -> None:
         """Start the producer and declare the topics it needs; raise if unreachable."""
@@ -63,12 +86,28 @@ class ProducerPort(Protocol):
         """Hand one record to the producer; the future resolves on the broker's ack."""
         ...
 
+    def try_send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None,
+        headers: list[tuple[str, bytes]] | None,
+        partition: int | None = None,
+    ) -> asyncio.Future[RecordMetadata] | None:
+        """:meth:`send_record` if it need not wait, else None (every message's path)."""
+        ...
+
     def counted(self, topic: str, pending: Awaitable[RecordMetadata]) -> Awaitable[RecordMetadata]:
         """``pending``, counted in ``kafka.producer.send.total`` when the broker answers."""
         ...
 
+    async def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every record sent so far is acknowledged or failed; False on timeout."""
+        ...
+
     async def close(self) -> None:
-        """Flush what was sent, and stop the producer if this port started it."""
+        """Flush what was sent (for a while), and stop the producer."""
         ...
 
 
@@ -166,10 +205,8 @@ class Publisher(Service):
                 timestamp_ms=record.timestamp_ms,
                 headers=record.headers,
             )
-        except (KafkaError, ProducerSendError) as exc:
-            if refused_for_good(exc):
-                raise PublishError(f"{record.what}: {exc!r}") from exc
-            raise
+        except RefusedError as exc:
+            raise PublishError(f"{record.what}: {exc!r}") from exc
         return self.port.counted(record.topic, ack)
 
     async def publish(self, records: list[Outgoing]) -> list[RecordMetadata | None]:
@@ -185,7 +222,7 @@ class Publisher(Service):
         if not self._spooling:
             port = self.port
             # In this loop rather than a coroutine per step: this is every message's path.
-            send = port.send_record
+            send, try_send = port.send_record, port.try_send
             sends = self.sends
             pending: list[asyncio.Future[RecordMetadata] | None] = []
             loop = asyncio.get_running_loop()
@@ -201,16 +238,20 @@ class Publisher(Service):
                         value = self._encoded(records, n, unencodable)
                         if value is not None:
                             try:
-                                ack = await send(
+                                ack = try_send(
+                                    record.topic,
+                                    record.key,
+                                    value,
+                                    record.timestamp_ms,
+                                    record.headers,
+                                ) or await send(
                                     record.topic,
                                     record.key,
                                     value,
                                     timestamp_ms=record.timestamp_ms,
                                     headers=record.headers,
                                 )
-                            except (KafkaError, ProducerSendError) as exc:
-                                if not refused_for_good(exc):
-                                    raise
+                            except RefusedError as exc:
                                 refused[n] = f"{record.what}: {exc!r}"
                         pending.append(ack)
                     for ack in pending:
@@ -221,9 +262,7 @@ class Publisher(Service):
                             topic = records[confirmed].topic
                             try:
                                 receipts[confirmed] = await ack
-                            except KafkaError as exc:
-                                if not refused_for_good(exc):
-                                    raise
+                            except RefusedError as exc:
                                 sends[(topic, "error")] += 1
                                 refused[confirmed] = f"{records[confirmed].what}: {exc!r}"
                             else:
@@ -331,18 +370,14 @@ class Publisher(Service):
                             headers=record.headers,
                         ),
                     )
-                except (KafkaError, ProducerSendError) as exc:
-                    if not refused_for_good(exc):
-                        raise
+                except RefusedError as exc:
                     await self._reject(record, exc)
                 else:
                     pending.append((record, ack))
             for record, ack in pending:
                 try:
                     await ack
-                except KafkaError as exc:
-                    if not refused_for_good(exc):
-                        raise
+                except RefusedError as exc:
                     await self._reject(record, exc)
                 else:
                     delivered.append(record)
@@ -380,20 +415,14 @@ class Publisher(Service):
                     topic, key, value, partition=partition, headers=headers
                 )
                 return await self.port.counted(topic, pending)
-            except (KafkaError, ProducerSendError) as exc:
-                if refused_for_good(exc):
-                    raise PublishError(f"could not publish to {topic}: {exc!r}") from exc
+            except RefusedError as exc:
+                raise PublishError(f"could not publish to {topic}: {exc!r}") from exc
+            except BrokerUnavailable as exc:
                 logger.warning(
                     "publish to %s failed (%r); trying again in %.1f s", topic, exc, pause_s
                 )
             await asyncio.sleep(pause_s)
             pause_s = min(pause_s * 2, 10.0)
-
-
-def refused_for_good(exc: BaseException) -> bool:
-    """Whether ``exc`` is a Kafka error no retry cures (Faust wraps those it meets in sending)."""
-    cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
-    return isinstance(cause, KafkaError) and not cause.retriable
 
 
 def reason(exc: BaseException) -> str:

@@ -5,7 +5,7 @@ other caller (a script under ``asyncio.run``, an aiohttp or Starlette app, a
 test, a thread) gets a producer of its own, with no set-up call:
 
 * :class:`LoopSender`: one per event loop, started on the first publish in
-  that loop. It is a plain aiokafka producer configured as the worker's
+  that loop. It is a librdkafka producer configured as the worker's
   (acks, idempotence, partitioner, batching, security) behind the same
   :class:`~dawning_streams.bus.publisher.Publisher` and spool, so it publishes at
   the same speed, from any number of tasks. When the loop ends (``asyncio.run``
@@ -33,67 +33,33 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
-from aiokafka.structs import RecordMetadata
 
-from dawning_streams.bus.publisher import Publisher
+from dawning_streams.bus.publisher import BrokerUnavailable, Publisher
+from dawning_streams.bus.rdkafka import RdkafkaPort
 from dawning_streams.bus.spool import Spool
-from dawning_streams.core.errors import DawningError, PublishError
-from dawning_streams.core.partitioners import partitioner_for
+from dawning_streams.core.errors import DawningError
 from dawning_streams.kafka.security import client_options
 
 if TYPE_CHECKING:
     from dawning_streams.application import App
 
-__all__ = ["BlockingSender", "ClientPort", "LoopSender", "Senders"]
+__all__ = ["AdminTopics", "BlockingSender", "LoopSender", "Senders"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-class ClientPort:
-    """An aiokafka producer set up as the worker's, for one event loop."""
+class AdminTopics:
+    """The app's topics, declared with an admin client of its own (no Faust app runs)."""
 
     def __init__(self, app: App) -> None:
         self.app = app
         self.settings = app.dawning_settings
-        self.sends = app.telemetry.metrics.sends
-        self._producer: AIOKafkaProducer | None = None
         #: Topics known to exist (or not the app's to declare).
         self._known: set[str] = set()
-
-    def _new_producer(self) -> AIOKafkaProducer:
-        kafka = self.settings.kafka
-        producer = kafka.producer
-        return AIOKafkaProducer(
-            **client_options(kafka),
-            client_id=f"{self.settings.instance_name}-sender",
-            acks=producer.acks,
-            enable_idempotence=producer.enable_idempotence,
-            linger_ms=producer.linger_ms,
-            max_batch_size=producer.batch_size,
-            max_request_size=producer.max_request_bytes,
-            compression_type=None
-            if producer.compression_type == "none"
-            else producer.compression_type,
-            partitioner=partitioner_for(kafka.partitioner),
-        )
-
-    async def connect(self) -> None:
-        if self._producer is None:
-            fresh = self._new_producer()
-            try:
-                await fresh.start()
-            except BaseException:
-                with suppress(KafkaError):
-                    await fresh.stop()
-                raise
-            self._producer = fresh
-        if not self._known:
-            await self._declare()
 
     def _wanted(self) -> dict[str, tuple[int, int, dict[str, str]]]:
         """name -> (partitions, replicas, config) of what the app declares and a
@@ -110,7 +76,7 @@ class ClientPort:
             if not topic.compacting
         }
 
-    async def _declare(self) -> None:
+    async def declare(self) -> None:
         """Create the topics the app declares that the cluster lacks."""
         wanted = self._wanted()
         admin = AIOKafkaAdminClient(**client_options(self.settings.kafka))
@@ -126,7 +92,7 @@ class ClientPort:
                 with suppress(TopicAlreadyExistsError):  # another process made them meanwhile
                     await admin.create_topics(missing)
         except KafkaConnectionError as exc:
-            raise PublishError(f"could not declare topics: {exc}") from exc
+            raise BrokerUnavailable(f"could not declare topics: {exc}") from exc
         except KafkaError as exc:
             # Not allowed to create topics, say: they may exist, or be made by the worker.
             logger.warning("could not declare the app's topics (%r); publishing anyway", exc)
@@ -134,55 +100,14 @@ class ClientPort:
             await admin.close()
         self._known |= set(wanted)
 
-    async def send_record(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        *,
-        timestamp_ms: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-        partition: int | None = None,
-    ) -> asyncio.Future[RecordMetadata]:
-        if self._producer is None:
-            raise KafkaConnectionError("the producer is not connected")
+    async def ensure(self, topic: str) -> None:
         if topic not in self._known:
             # A message type declared since (a module imported later), or any topic.
-            await self._declare()
+            await self.declare()
             self._known.add(topic)
-        try:
-            return await self._producer.send(  # type: ignore[no-any-return]
-                topic,
-                value,
-                key=key,
-                partition=partition,
-                timestamp_ms=timestamp_ms,
-                headers=headers,
-            )
-        except BaseException:
-            self.sends[(topic, "error")] += 1
-            raise
-
-    def counted(self, topic: str, pending: Awaitable[RecordMetadata]) -> Awaitable[RecordMetadata]:
-        sends = self.sends
-
-        def count(done: asyncio.Future[RecordMetadata]) -> None:
-            ok = not done.cancelled() and done.exception() is None
-            sends[(topic, "ok" if ok else "error")] += 1
-
-        future = asyncio.ensure_future(pending)
-        future.add_done_callback(count)
-        return future
-
-    async def reset(self) -> None:
-        """Drop the producer; the next :meth:`connect` makes a new one."""
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            with suppress(KafkaError, asyncio.CancelledError):
-                await producer.stop()
 
     async def close(self) -> None:
-        await self.reset()
+        return None
 
 
 class LoopSender:
@@ -191,7 +116,15 @@ class LoopSender:
     def __init__(self, app: App, loop: asyncio.AbstractEventLoop) -> None:
         settings = app.dawning_settings
         self.loop = loop
-        self.port = ClientPort(app)
+        self.port = RdkafkaPort(
+            settings,
+            AdminTopics(app),
+            client_id=f"{settings.instance_name}-sender",
+            sends=app.telemetry.metrics.sends,
+            close_timeout_s=min(
+                settings.kafka.spool.send_timeout_ms / 1000, settings.worker.stop_timeout_s
+            ),
+        )
         self.spool = Spool(
             settings.kafka.spool.file(settings.instance_name), settings.kafka.spool.max_bytes
         )
@@ -230,9 +163,9 @@ class LoopSender:
         try:
             await asyncio.get_running_loop().create_future()
         finally:
-            await self.close(at_exit=True)
+            await self.close()
 
-    async def close(self, *, at_exit: bool = False) -> None:
+    async def close(self) -> None:
         """Deliver what the spool holds if the broker answers in time, then stop."""
         if self.closed or self._starting is None:
             self.closed = True
@@ -242,9 +175,6 @@ class LoopSender:
         if self._guard is not None and self._guard is not asyncio.current_task():
             self._guard.cancel()
         if self.spool.count:
-            if at_exit:
-                # The loop's shutdown cancelled the producer's own tasks too.
-                await self.port.reset()
             with suppress(Exception):
                 async with asyncio.timeout(self._stop_timeout_s):
                     await self.port.connect()

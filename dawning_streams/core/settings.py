@@ -240,8 +240,8 @@ class ProducerSettings:
 
     acks: Acks = _setting("Acks", _choice(_ACKS), "all")
     enable_idempotence: bool = _setting("EnableIdempotence", _bool, True)
-    # aiokafka keeps at most one request in flight per broker, which is always
-    # within this bound; the bound is still checked so a .NET file stays valid.
+    # The bus's librdkafka producer keeps up to this many requests in flight per
+    # broker; Faust's aiokafka producer (tables) one, always within the bound.
     max_in_flight: int = _setting("MaxInFlight", _int(1), 5)
     linger_ms: int = _setting("LingerMs", _int(0), 5)
     batch_size: int = _setting("BatchSize", _int(1), 16384)

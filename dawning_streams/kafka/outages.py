@@ -66,6 +66,8 @@ CLIENT_LOGGERS = (
     "faust.transport.drivers.aiokafka",
     "faust.transport.consumer",
     "faust.transport.producer",
+    # librdkafka's, as the bus's producer logs them (dawning_streams.bus.rdkafka).
+    "confluent_kafka.producer",
 )
 
 

@@ -12,9 +12,9 @@ Its consumer hands the records of handler source topics to their
 :class:`~dawning_streams.kafka.lanes.Lane` instead of Faust's per-message path, and
 commits the offsets the lanes have finished along with Faust's own, once
 everything sent before the commit (table changelog writes above all, which
-Faust only queues) is acknowledged. Its aiokafka consumer lets the broker hold an
-empty fetch for ``Kafka:FetchMaxWaitMs`` instead of Faust's fixed 1.5 s, which
-a partition resumed meanwhile would otherwise sit out.
+Faust only queues, and the bus's sends) is acknowledged. Its aiokafka consumer
+lets the broker hold an empty fetch for ``Kafka:FetchMaxWaitMs`` instead of
+Faust's fixed 1.5 s, which a partition resumed meanwhile would otherwise sit out.
 
 Faust queues a table's changelog writes in the producer's buffer, since
 ``table[key] = value`` cannot wait. When the buffer outgrows
@@ -323,8 +323,13 @@ class Consumer(faust_aiokafka.Consumer):
 
     async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
         # Commit after processing means after its effects too: a table write
-        # still queued when the offset is committed would be lost in a crash.
+        # still queued when the offset is committed would be lost in a crash,
+        # and so would a message a handler sent through the bus (its own
+        # producer) without waiting for the ack.
         await self.app.producer.flush()
+        flush_bus = getattr(self.app, "flush_bus", None)
+        if flush_bus is not None:
+            await flush_bus()
         return await super()._commit_tps(tps, start_new_transaction)  # type: ignore[no-any-return]
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:

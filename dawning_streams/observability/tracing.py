@@ -21,7 +21,7 @@ publishes, under a fresh span id.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar, Token
 
@@ -123,6 +123,36 @@ class Tracing:
         span.end()
         return kept + [(k, v.encode("ascii")) for k, v in carrier.items()]
 
+    def stamper(self) -> Callable[[str], list[tuple[str, bytes]]]:
+        """``stamp(topic, None)`` for a batch published at once, in one context.
+
+        While nothing records spans, the context (the handled message's trace,
+        or the caller's span) is looked up once for the whole batch rather than
+        once per message; each message still gets a span id of its own.
+        """
+        if self.provider.recording:
+            return lambda topic: self.stamp(topic, None)
+        context = self._context()
+        if context is None:
+            return lambda topic: [_new_trace()]
+        prefix, suffix = f"00-{context[0]}-".encode("ascii"), f"-{context[1]}".encode("ascii")
+        return lambda topic: [
+            ("traceparent", b"%s%016x%s" % (prefix, random.getrandbits(64) or 1, suffix))
+        ]
+
+    @staticmethod
+    def _context(carried: tuple[str, str] | None = None) -> tuple[str, str] | None:
+        """(trace id, flags) to publish under while nothing records, or None for a new trace."""
+        handled = _handled_trace.get()
+        context = _traceparent(handled) if handled is not None else None
+        if context is None:
+            current = trace.get_current_span().get_span_context()
+            if current.is_valid:
+                context = (f"{current.trace_id:032x}", f"{current.trace_flags:02x}")
+            else:
+                context = carried
+        return context
+
     def _carry(self, headers: Headers | None) -> list[tuple[str, bytes]]:
         """``stamp`` while nothing records: the trace goes on under a new span id."""
         kept: list[tuple[str, bytes]] = []
@@ -133,23 +163,10 @@ class Tracing:
                     carried = _traceparent(value)
                 else:
                     kept.append((key, value))
-        handled = _handled_trace.get()
-        context = _traceparent(handled) if handled is not None else None
+        context = self._context(carried)
         if context is None:
-            current = trace.get_current_span().get_span_context()
-            if current.is_valid:
-                context = (f"{current.trace_id:032x}", f"{current.trace_flags:02x}")
-            elif carried is not None:
-                context = carried
-            else:
-                # A new trace: its id and the span id from one draw.
-                drawn = random.getrandbits(192)
-                if not drawn >> 64 or not drawn & _SPAN_BITS:  # all zeros is invalid
-                    drawn |= 1 << 64 | 1
-                kept.append(
-                    ("traceparent", b"00-%032x-%016x-01" % (drawn >> 64, drawn & _SPAN_BITS))
-                )
-                return kept
+            kept.append(_new_trace())
+            return kept
         trace_id, flags = context
         span_id = random.getrandbits(64) or 1
         kept.append(("traceparent", f"00-{trace_id}-{span_id:016x}-{flags}".encode("ascii")))
@@ -209,6 +226,14 @@ class Tracing:
     def shutdown(self) -> None:
         """Export what is pending and stop."""
         self.provider.shutdown()
+
+
+def _new_trace() -> tuple[str, bytes]:
+    """A ``traceparent`` header that starts a trace: its id and the span id from one draw."""
+    drawn = random.getrandbits(192)
+    if not drawn >> 64 or not drawn & _SPAN_BITS:  # all zeros is invalid
+        drawn |= 1 << 64 | 1
+    return ("traceparent", b"00-%032x-%016x-01" % (drawn >> 64, drawn & _SPAN_BITS))
 
 
 def carried(headers: Sequence[Headers]) -> bytes | None:

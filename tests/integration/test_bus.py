@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 
 from dawning_streams import (
     AuditLogMessage,
@@ -22,10 +23,12 @@ from dawning_streams import (
     create_bus,
     decode,
 )
+from dawning_streams.bus.rdkafka import RdkafkaPort
 from dawning_streams.core.partitioners import consistent_random, murmur2
 from dawning_streams.core.settings import KafkaSettings, SpoolSettings
 
-from ..kafka_helpers import partition_count, read_topic
+from ..handler_helpers import eventually, running
+from ..kafka_helpers import committed, partition_count, read_to_end, read_topic
 from ..unit.test_codec import SAMPLES
 
 pytestmark = pytest.mark.kafka
@@ -136,7 +139,7 @@ async def test_a_message_the_broker_refuses_for_good_raises_and_is_not_spooled(
 ) -> None:
     huge = UserEventMessage(user_id=uuid.uuid4(), event_type="huge", user_name=INCOMPRESSIBLE_2MB)
     async with create_app(settings).bus as bus:
-        with pytest.raises(PublishError, match="MessageSizeTooLarge"):
+        with pytest.raises(PublishError, match="MSG_SIZE_TOO_LARGE"):
             await bus.publish(huge)
         assert bus.spool.count == 0
         assert await bus.publish(UserEventMessage(user_id=uuid.uuid4(), event_type="ok"))
@@ -188,3 +191,83 @@ async def test_with_kafka_disabled_every_path_of_the_apps_bus_drops_and_counts(
         "raw.topic": 1,
     }
     assert not list(tmp_path.iterdir()), "no spool file"
+
+
+def lingering(settings: Settings, linger_ms: int) -> Settings:
+    """``settings`` with producers that hold each record ``linger_ms`` before sending it."""
+    producer = dataclasses.replace(settings.kafka.producer, linger_ms=linger_ms)
+    return dataclasses.replace(
+        settings, kafka=dataclasses.replace(settings.kafka, producer=producer)
+    )
+
+
+async def test_a_handlers_unawaited_send_is_on_its_topic_before_its_offset_is_committed(
+    settings: Settings,
+) -> None:
+    # The bus's producer holds the sent message 3 s; the worker commits every 0.2 s.
+    settings = lingering(settings, 3000)
+    app = create_app(settings, web_enabled=False, broker_commit_interval=0.2)
+    follow_up = UserEventMessage(user_id=uuid.uuid4(), event_type="follow-up")
+
+    @app.handler(AuditLogMessage)
+    async def sends_without_waiting(message: AuditLogMessage) -> None:
+        await app.bus.send(follow_up)  # handed to the producer; the ack is not awaited
+
+    bootstrap = settings.kafka.bootstrap_servers[0]
+    async with running(app):
+        ack = await app.bus.publish(
+            AuditLogMessage(user_id=uuid.uuid4(), action="login", entity_type="User")
+        )
+        assert ack is not None
+        tp = TopicPartition(ack.topic, ack.partition)
+        await eventually(
+            lambda: _is(committed(settings, tp), ack.offset + 1), what="the commit", timeout_s=30
+        )
+        sent = await read_to_end(bootstrap, settings.kafka.topics.user_event)
+    assert [decode(r.value, UserEventMessage) for r in sent] == [follow_up]
+
+
+async def test_a_stopping_worker_delivers_what_its_bus_sent(settings: Settings) -> None:
+    settings = lingering(settings, 2000)
+    app = create_app(settings, web_enabled=False)
+    sent = [UserEventMessage(user_id=uuid.uuid4(), event_type=f"n{n}") for n in range(20)]
+    async with running(app):
+        for message in sent:
+            await app.bus.send(message)  # not awaited: the stop must deliver them
+    records = await read_to_end(
+        settings.kafka.bootstrap_servers[0], settings.kafka.topics.user_event
+    )
+    assert sorted(decode(r.value, UserEventMessage).event_type for r in records) == sorted(
+        m.event_type for m in sent
+    )
+
+
+async def test_the_workers_bus_producer_has_every_setting(settings: Settings) -> None:
+    app = create_app(settings, web_enabled=False)
+    async with running(app):
+        assert app.bus._worker is not None
+        port = app.bus._worker.port
+        assert isinstance(port, RdkafkaPort)
+        config = port.config
+        receipt = await app.bus.publish(
+            AuditLogMessage(user_id=uuid.uuid4(), action="login", entity_type="User")
+        )
+    assert receipt is not None
+    assert {k: config[k] for k in EXPECTED_PRODUCER_CONFIG} == EXPECTED_PRODUCER_CONFIG
+
+
+#: librdkafka's names and values for the default ``Kafka:Producer`` settings.
+EXPECTED_PRODUCER_CONFIG = {
+    "acks": "all",
+    "enable.idempotence": True,
+    "max.in.flight.requests.per.connection": 5,
+    "linger.ms": 5,
+    "batch.size": 16384,
+    "compression.type": "snappy",
+    "message.max.bytes": 1048576,
+    "partitioner": "consistent_random",
+}
+
+
+async def _is(pending: Any, expected: object) -> bool:
+    return await pending == expected

@@ -275,8 +275,9 @@ async def test_a_message_too_large_to_dead_letter_is_logged_and_the_partition_mo
 
     topic = settings.kafka.topics.audit_log
     # Fits the broker's 1 MiB limit on its own, but not with the failure
-    # headers; random, so compression cannot make it fit.
-    huge = os.urandom(1_047_000)
+    # headers (Kafka:Producer:MaxRequestBytes counts key, value and headers, as
+    # librdkafka does); random, so compression cannot make it fit.
+    huge = os.urandom(1_048_000)
     async with running(app):
         [sent] = await produce_raw(settings.kafka.bootstrap_servers[0], topic, [huge], partition=0)
         user = same_partition_users(1)[0]
@@ -300,7 +301,7 @@ async def test_a_batch_handler_goes_on_with_the_batch_when_a_dead_letter_is_refu
     topic = settings.kafka.topics.audit_log
     user = same_partition_users(1)[0]
     after = AuditLogMessage(user_id=user, action="after", entity_type="U")
-    values = [os.urandom(1_047_000), encode(after)]
+    values = [os.urandom(1_048_000), encode(after)]
     async with running(app):
         sent = await produce_raw(settings.kafka.bootstrap_servers[0], topic, values, partition=0)
         await calls.wait_until(lambda items: ["after"] in items)

@@ -181,7 +181,7 @@ async def test_a_record_the_broker_refuses_for_good_is_set_aside_and_the_rest_fl
             await eventually(lambda: bus.spool.count == 0, 90, "the spool to drain")
             [(rejected, reason)] = await bus.spool.rejected()
         assert decode(rejected.value, UserEventMessage).event_type == "huge"
-        assert "MessageSizeTooLarge" in reason
+        assert "MSG_SIZE_TOO_LARGE" in reason
         await assert_all_arrived_in_order(broker, settings.kafka.topics.user_event, before + after)
 
 

@@ -180,3 +180,18 @@ def test_an_attempt_that_raises_is_counted_failed_and_the_error_goes_on() -> Non
     assert counted[("dawning_handler_handled_total", None)] == 2
     assert counted[("dawning_handler_duration_seconds_count", "failed")] == 1
     assert counted[("dawning_handler_duration_seconds_count", "handled")] == 1
+
+
+def test_a_batch_is_stamped_as_each_of_its_messages_would_be() -> None:
+    tracing = Telemetry(Settings()).tracing
+    [(_, published)] = tracing.stamp("orders", None)
+    trace_id = published.decode().split("-")[1]
+    with tracing.handling("h", "orders", [[("traceparent", published)]], attempt=0):
+        stamp = tracing.stamper()  # publish_many from a handler: the handled trace goes on
+        in_handler = [stamp("orders")[0][1].decode().split("-") for _ in range(3)]
+    assert {parts[1] for parts in in_handler} == {trace_id}
+    assert len({parts[2] for parts in in_handler}) == 3, "a span id each"
+    stamp = tracing.stamper()  # anywhere else: a new trace each
+    outside = [stamp("orders")[0][1].decode().split("-") for _ in range(3)]
+    assert len({parts[1] for parts in outside}) == 3
+    assert all((p[0], len(p[1]), len(p[2]), p[3]) == ("00", 32, 16, "01") for p in outside)
