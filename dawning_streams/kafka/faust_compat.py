@@ -34,6 +34,7 @@ import faust.streams
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka.protocol.offset import OffsetRequest
 from faust.models.fields import FieldDescriptor
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -51,6 +52,7 @@ __all__ = [
     "check",
     "cluster_metadata",
     "committed_offsets",
+    "list_offsets",
     "new_producer",
     "record_metadata_included",
     "recovery_progress",
@@ -211,6 +213,29 @@ def record_metadata_included(record_type: type[faust.Record]) -> bool:
     module path) into what it serialises (``include_metadata``, a class option
     Faust keeps only on the private ``_options``)."""
     return bool(record_type._options.include_metadata)
+
+
+#: ``list_offsets``'s timestamps: the first offset, and the end offset.
+EARLIEST, LATEST = -2, -1
+
+
+async def list_offsets(
+    admin: AIOKafkaAdminClient, leader: int, tps: list[Any], timestamp: int
+) -> dict[tuple[str, int], int]:
+    """The first (``EARLIEST``) or end (``LATEST``) offset of each of ``tps``, asked
+    of their leader. aiokafka's consumer would first ask for the topics'
+    metadata with auto-creation allowed, and bring back a topic deleted meanwhile."""
+    by_topic: dict[str, list[tuple[int, int]]] = {}
+    for tp in tps:
+        by_topic.setdefault(tp.topic, []).append((tp.partition, timestamp))
+    request = OffsetRequest(-1, 0, list(by_topic.items()))
+    response = (await admin._send_request(request, leader)).to_object()
+    return {
+        (topic["topic"], p["partition"]): p["offset"]
+        for topic in response["topics"]
+        for p in topic["partitions"]
+        if p["error_code"] == 0
+    }
 
 
 def recovery_progress(recovery: Recovery) -> tuple[float | None, list[float]]:

@@ -2,7 +2,7 @@
 
 A page never talks to Kafka: it reads the latest :class:`Snapshot`, which
 :class:`ClusterSampler` refreshes every :data:`SAMPLE_INTERVAL_S` seconds with
-two long-lived clients (a consumer without a group, and an admin client). Each
+one long-lived admin client. Each
 sample reads the brokers, every partition's leader and in-sync replicas, the
 app's topics' first and end offsets, and the consumer group's members and
 committed offsets. The sampler also keeps 15 minutes of history, in memory:
@@ -10,7 +10,8 @@ the group's lag per partition, and this worker's handler durations (so a page
 can give p50/p99 over the last minute without a cost per message).
 
 When Kafka does not answer, the last snapshot stays, marked with the error and
-its age; the clients are made anew for the next sample.
+its age; the client is made anew for the next sample. Nothing it asks creates
+a topic, even on a broker that creates any topic a client names.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
@@ -111,7 +112,6 @@ class ClusterSampler(Service):
         self.samples = 0
         self._lock = asyncio.Lock()
         self._current: asyncio.Future[Snapshot] | None = None
-        self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
 
     async def on_stop(self) -> None:
@@ -179,32 +179,27 @@ class ClusterSampler(Service):
             | {table.changelog_topic.get_topic_name() for table in app.tables.values()}
         )
 
-    async def _clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:
-        consumer, admin = self._consumer, self._admin
-        if consumer is None or admin is None:
-            options = client_options(self.app.dawning_settings.kafka)
-            consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
-            admin = AIOKafkaAdminClient(**options)
+    async def _client(self) -> AIOKafkaAdminClient:
+        admin = self._admin
+        if admin is None:
+            admin = AIOKafkaAdminClient(**client_options(self.app.dawning_settings.kafka))
             # Kept first, so a start that fails is closed by _close.
-            self._consumer, self._admin = consumer, admin
-            await consumer.start()
+            self._admin = admin
             await admin.start()
-        return consumer, admin
+        return admin
 
     async def _close(self) -> None:
-        consumer, admin = self._consumer, self._admin
-        self._consumer = self._admin = None
-        for client in (admin, consumer):
-            if client is None:
-                continue
-            try:
-                async with asyncio.timeout(SAMPLE_TIMEOUT_S):
-                    await (client.close() if client is admin else client.stop())  # type: ignore[union-attr]
-            except (KafkaError, OSError, TimeoutError) as exc:
-                logger.debug("closing the dashboard's %s: %r", type(client).__name__, exc)
+        admin, self._admin = self._admin, None
+        if admin is None:
+            return
+        try:
+            async with asyncio.timeout(SAMPLE_TIMEOUT_S):
+                await admin.close()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            logger.debug("closing the dashboard's admin client: %r", exc)
 
     async def _read(self) -> Snapshot:
-        consumer, admin = await self._clients()
+        admin = await self._client()
         group_id = self.app.dawning_settings.kafka.consumer_group_id
         cluster, described = await asyncio.gather(
             admin.describe_cluster(), faust_compat.describe_topics(admin, self.topics())
@@ -216,17 +211,30 @@ class ClusterSampler(Service):
             for p in topic["partitions"]
         }
         tps = sorted(layout)
-        if set(tps) != consumer.assignment():
-            # Assigned, so the client keeps their leaders and the offset requests
-            # do not wait for metadata; paused, so it fetches no records.
-            consumer.assign(tps)
-            consumer.pause(*tps)
-        begin, end, groups, committed = await asyncio.gather(
-            consumer.beginning_offsets(tps),
-            consumer.end_offsets(tps),
+        # Asked of each partition's leader, for the partitions just described:
+        # nothing here names a topic that may be gone, which a broker that
+        # creates topics on demand would bring back.
+        led: dict[int, list[TopicPartition]] = {}
+        for tp in tps:
+            if layout[tp]["leader"] >= 0:
+                led.setdefault(layout[tp]["leader"], []).append(tp)
+        asked = [
+            faust_compat.list_offsets(admin, leader, led[leader], which)
+            for which in (faust_compat.EARLIEST, faust_compat.LATEST)
+            for leader in led
+        ]
+        offsets, groups, committed = await asyncio.gather(
+            asyncio.gather(*asked),
             admin.describe_consumer_groups([group_id]),
             admin.list_consumer_group_offsets(group_id),
         )
+        # A partition without a leader (a broker failing over) keeps the offsets
+        # of the last sample until it has one again.
+        before = {(p.topic, p.partition): p for p in self.snapshot.partitions}
+        begin = {tp: p.begin for tp, p in before.items()}
+        end = {tp: p.end for tp, p in before.items()}
+        for n, found in enumerate(offsets):
+            (begin if n < len(led) else end).update(found)
         group = groups[0].to_object()["groups"][0]
         owners, members = _members(group["members"])
         return Snapshot(
@@ -240,8 +248,8 @@ class ClusterSampler(Service):
                     leader=layout[tp]["leader"],
                     replicas=tuple(layout[tp]["replicas"]),
                     isr=tuple(layout[tp]["isr"]),
-                    begin=begin[tp],
-                    end=end[tp],
+                    begin=begin.get((tp.topic, tp.partition), 0),
+                    end=end.get((tp.topic, tp.partition), 0),
                     committed=committed[tp].offset if tp in committed else None,
                     owner=owners.get(tp),
                 )
