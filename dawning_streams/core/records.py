@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 
 import faust
 
+from dawning_streams.core.settings import TopicNames
+
 __all__ = [
     "AlertNotificationMessage",
     "AuditLogMessage",
@@ -179,6 +181,11 @@ def _register(cls: type[MessageBase], topic: str | None) -> None:
             raise ValueError(
                 f"{where}: topic {topic!r} is not a Kafka topic name "
                 "(1 to 249 of letters, digits, '.', '_' and '-')"
+            )
+        if topic in TopicNames().all():
+            raise TypeError(
+                f"{where}: topic {topic!r} is one of the Dawning message topics "
+                "(Kafka:Topics); one type per topic"
             )
         for other in _TYPES.values():
             if other.topic_name == topic:

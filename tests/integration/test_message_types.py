@@ -89,6 +89,11 @@ def test_clashes_are_refused_at_declaration() -> None:
         type(First.__name__, (MessageBase,), {"__module__": __name__}, topic=topic + ".other")
 
 
+def test_a_type_on_a_dawning_topic_is_refused_at_declaration() -> None:
+    with pytest.raises(TypeError, match=r"topic 'dawning.audit-log' is one of the Dawning"):
+        invoice_type("dawning.audit-log")
+
+
 def test_a_type_on_a_dawning_topic_is_refused_by_the_app(settings: Settings) -> None:
     invoice_type(settings.kafka.topics.user_event)
     with pytest.raises(TypeError, match=r"is one of the Dawning message topics"):
