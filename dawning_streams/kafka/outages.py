@@ -208,6 +208,18 @@ async def wait_for_kafka(
         pause_s = min(pause_s * 2, 30.0)
 
 
+def _expected_at_first_start(record: logging.LogRecord) -> bool:
+    """aiokafka's ERROR for a coordinator lookup a new broker cannot answer yet."""
+    return (
+        record.name == "aiokafka.consumer.group_coordinator"
+        and isinstance(record.msg, str)
+        and record.msg.startswith("Group Coordinator Request failed")
+        and any(
+            type(arg).__name__ == "GroupCoordinatorNotAvailableError" for arg in record.args or ()
+        )
+    )
+
+
 class _Repeats(logging.Filter):
     """Lets each kind of warning or error through at most once per ``SUMMARY_EVERY_S``."""
 
@@ -222,6 +234,11 @@ class _Repeats(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True  # the clients' INFO lines (rebalances, assignments) stay
+        if _expected_at_first_start(record):
+            # A broker creating its group metadata (``__consumer_offsets``) on the
+            # first group ever: aiokafka retries at once, and it is no error.
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return True
         text = record.msg if isinstance(record.msg, str) else str(record.msg)
         kind = (record.name, self._DIGITS.sub("#", text)[:120])
         now = time.monotonic()

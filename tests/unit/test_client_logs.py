@@ -1,0 +1,29 @@
+"""The Kafka clients' log lines as the worker shows them: no services needed."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from aiokafka import errors
+
+from dawning_streams.kafka.outages import quiet_client_logs
+
+COORDINATOR = "aiokafka.consumer.group_coordinator"
+
+
+def test_a_coordinator_a_new_broker_cannot_name_yet_is_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    quiet_client_logs()
+    log = logging.getLogger(COORDINATOR)
+    with caplog.at_level(logging.DEBUG, logger=COORDINATOR):
+        log.error(
+            "Group Coordinator Request failed: %s", errors.GroupCoordinatorNotAvailableError()
+        )
+        log.error("Group Coordinator Request failed: %s", errors.KafkaConnectionError("down"))
+    levels = [(r.levelname, type(r.args[0]).__name__) for r in caplog.records]  # type: ignore[index]
+    assert levels == [
+        ("INFO", "GroupCoordinatorNotAvailableError"),
+        ("ERROR", "KafkaConnectionError"),
+    ]
