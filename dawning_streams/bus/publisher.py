@@ -277,10 +277,11 @@ class Publisher(Service):
                 if not isinstance(exc, UNREACHABLE):
                     raise
                 logger.warning(
-                    "Kafka did not take %s (%s); spooling it and what follows to %s",
+                    "Kafka did not take %s (%s); spooling it and what follows "
+                    "(Kafka:Spool:Path %s)",
                     records[confirmed].what,
                     reason(exc),
-                    self.spool.path,
+                    self.spool.wanted,
                 )
                 self._start_spooling()
         for n in range(confirmed, len(records)):
