@@ -76,16 +76,33 @@ async def produce_raw(
         await producer.stop()
 
 
-async def committed(settings: Settings, tp: TopicPartition) -> int | None:
-    """The offset ``settings``' consumer group has committed for ``tp``."""
-    consumer = AIOKafkaConsumer(
+def _group_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer of ``settings``' group that joins nothing: for its offsets only."""
+    return AIOKafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap_servers[0],
         group_id=settings.kafka.consumer_group_id,
         enable_auto_commit=False,
     )
+
+
+async def committed(settings: Settings, tp: TopicPartition) -> int | None:
+    """The offset ``settings``' consumer group has committed for ``tp``."""
+    consumer = _group_consumer(settings)
     await consumer.start()
     try:
         return await consumer.committed(tp)
+    finally:
+        await consumer.stop()
+
+
+async def rewind(settings: Settings, tp: TopicPartition) -> None:
+    """Commit offset 0 of ``tp`` for ``settings``' (idle) group: its records come
+    again, as after a crash between handling and committing."""
+    consumer = _group_consumer(settings)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: 0})
     finally:
         await consumer.stop()
 

@@ -84,7 +84,6 @@ OVERRIDDEN: tuple[tuple[type, str, tuple[str, ...]], ...] = (
         ("self", "receiver_loop", "revoked"),
     ),
     (faust_aiokafka.Producer, "_settings_extra", ("self",)),
-    (faust_aiokafka.Producer, "_ensure_producer", ("self",)),
     (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer", ("self",)),
     (faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer", ("self", "transport")),
     (faust_aiokafka.Consumer, "_new_consumer_thread", ("self",)),

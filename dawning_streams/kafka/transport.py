@@ -87,38 +87,6 @@ class Producer(faust_aiokafka.Producer):
         if threaded is not None:
             self.buffer.threaded_producer = threaded
 
-    async def send_record(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        *,
-        timestamp_ms: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-        partition: int | None = None,
-    ) -> asyncio.Future[RecordMetadata]:
-        """Hand one record to aiokafka; the future resolves on the broker's ack.
-
-        The bus's path: Faust's ``send`` around the same call adds a signal
-        and header conversions the bus does not use, per message. aiokafka's
-        errors (KafkaError) pass through, counted. The ack is not counted
-        here: the caller counts it in ``kafka.producer.send.total`` when it
-        has it, or hands it to :meth:`counted`, which a callback per message
-        would otherwise cost every send.
-        """
-        try:
-            return await self._ensure_producer().send(  # type: ignore[no-any-return]
-                topic,
-                value,
-                key=key,
-                partition=partition,
-                timestamp_ms=timestamp_ms,
-                headers=headers,
-            )
-        except BaseException:
-            self._sent(topic, ok=False)
-            raise
-
     async def create_topic(
         self, topic: str, partitions: int, replication: int, **kwargs: Any
     ) -> None:

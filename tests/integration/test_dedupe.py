@@ -6,13 +6,13 @@ import uuid
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from dawning_streams import Settings, UserEventMessage, create_app
 from dawning_streams.core.retry import Retry
 
 from ..handler_helpers import Calls, running
-from ..kafka_helpers import produce_raw, read_to_end
+from ..kafka_helpers import produce_raw, read_to_end, rewind
 from .test_metrics import samples, value
 
 pytestmark = pytest.mark.kafka
@@ -77,22 +77,6 @@ async def test_a_message_that_failed_is_not_marked_and_its_retry_runs(settings: 
         await app.bus.publish(event(uuid.uuid4(), "flaky"))  # type: ignore[attr-defined]
         await calls.wait_until(lambda items: "flaky" in items)
     assert calls.items == ["flaky"]
-
-
-async def rewind(settings: Settings, tp: TopicPartition) -> None:
-    """Commit offset 0 of ``tp`` for the (idle) group: its records come again,
-    as after a crash between handling and committing."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers[0],
-        group_id=settings.kafka.consumer_group_id,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        await consumer.commit({tp: 0})
-    finally:
-        await consumer.stop()
 
 
 async def test_a_redelivered_record_without_a_message_id_runs_once_too(settings: Settings) -> None:
