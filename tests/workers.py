@@ -148,16 +148,27 @@ def spawn(
 
 
 async def settle(workers: list[Worker], timeout_s: float = 120) -> None:
-    """Wait until every worker is ready and the group has stopped rebalancing."""
-    async with asyncio.timeout(timeout_s):
-        while not all(worker.settled() for worker in workers):
-            for worker in workers:
-                assert worker.process.poll() is None, worker.log.read_text()
-            await asyncio.sleep(0.5)
-        # Settled means: no member has rebalanced for a while.
-        await asyncio.sleep(SETTLE_S)
-        while not all(worker.settled() for worker in workers):
-            await asyncio.sleep(0.5)
+    """Wait until every worker is ready and the group has stopped rebalancing.
+
+    After ``timeout_s`` the test fails, naming each worker that had not
+    settled, with the last lines of its log.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not all(worker.settled() for worker in workers):
+                for worker in workers:
+                    assert worker.process.poll() is None, worker.log.read_text()
+                await asyncio.sleep(0.5)
+            # Settled means: no member has rebalanced for a while.
+            await asyncio.sleep(SETTLE_S)
+            while not all(worker.settled() for worker in workers):
+                await asyncio.sleep(0.5)
+    except TimeoutError:
+        waiting = [worker for worker in workers if not worker.settled()]
+        raise AssertionError(
+            f"{len(waiting)} of {len(workers)} workers had not settled after {timeout_s:.0f} s:\n"
+            + "\n".join(f"--- {worker.name}:\n{worker.tail(60)}" for worker in waiting)
+        ) from None
 
 
 @asynccontextmanager
