@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import faust
 from faust.exceptions import ConsumerNotStarted
 from faust.sensors.otel import OpenTelemetryMonitor
 from faust.serializers import codecs as faust_codecs
@@ -55,6 +54,7 @@ from dawning_streams.kafka.security import faust_credentials
 from dawning_streams.observability.telemetry import Telemetry
 from dawning_streams.ops import views
 from dawning_streams.ops.cli import register_commands
+from dawning_streams.ops.host import OpsHost
 from dawning_streams.ops.sampler import ClusterSampler
 from dawning_streams.services.cache import DistributedCache
 from dawning_streams.services.lock import DistributedLock
@@ -84,7 +84,7 @@ def _forbid_pickle() -> None:
 _forbid_pickle()
 
 
-class App(faust.App):
+class App(OpsHost):
     """A Faust app that honours every Kafka setting and knows each message's topic."""
 
     def __init__(self, settings: Settings, **options: Any) -> None:
@@ -153,7 +153,7 @@ class App(faust.App):
         self.distributed_cache = DistributedCache(self.redis)
         self.shared_config = SharedConfig()
         self.lock = DistributedLock(self.redis)
-        self.scheduler = Scheduler(self)
+        self.scheduler = Scheduler(self.redis, self.lock, group=settings.kafka.consumer_group_id)
         self.mailer = Mailer(settings.smtp)
         self.handlers: dict[str, Handler[Any]] = {}
         #: Handler source topics whose records skip Faust's streams (see lanes.py).

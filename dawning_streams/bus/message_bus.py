@@ -17,22 +17,20 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 from faust.exceptions import FaustError
 from mode import Service
 
+from dawning_streams.bus.host import BusHost
 from dawning_streams.bus.publisher import BrokerUnavailable, Outgoing, Publisher
 from dawning_streams.bus.rdkafka import RdkafkaPort
 from dawning_streams.bus.sending import Senders
 from dawning_streams.bus.spool import Spool
 from dawning_streams.core.records import MessageBase
 from dawning_streams.kafka import faust_compat
-
-if TYPE_CHECKING:
-    from dawning_streams.application import App
 
 __all__ = ["KafkaMessageBus", "MessageBus", "NullMessageBus"]
 
@@ -54,7 +52,7 @@ class MessageBus(Protocol):
 class FaustTopics:
     """The worker's topics, declared through Faust (which creates its changelogs too)."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: BusHost) -> None:
         self.app = app
         self._owns_producer = False
 
@@ -108,7 +106,7 @@ class KafkaMessageBus(Service):
     :mod:`dawning_streams.bus.publisher`.
     """
 
-    def __init__(self, app: App, **kwargs: object) -> None:
+    def __init__(self, app: BusHost, **kwargs: object) -> None:
         self.app = app
         settings = app.dawning_settings
         self._instance_name = settings.instance_name

@@ -31,19 +31,17 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
+from dawning_streams.bus.host import BusHost
 from dawning_streams.bus.publisher import BrokerUnavailable, Publisher
 from dawning_streams.bus.rdkafka import RdkafkaPort
 from dawning_streams.bus.spool import Spool
 from dawning_streams.core.errors import DawningError
 from dawning_streams.kafka.security import client_options
-
-if TYPE_CHECKING:
-    from dawning_streams.application import App
 
 __all__ = ["AdminTopics", "BlockingSender", "LoopSender", "Senders"]
 
@@ -55,7 +53,7 @@ T = TypeVar("T")
 class AdminTopics:
     """The app's topics, declared with an admin client of its own (no Faust app runs)."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: BusHost) -> None:
         self.app = app
         self.settings = app.dawning_settings
         #: Topics known to exist (or not the app's to declare).
@@ -113,7 +111,7 @@ class AdminTopics:
 class LoopSender:
     """The bus's producer in one event loop that is not the worker's."""
 
-    def __init__(self, app: App, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, app: BusHost, loop: asyncio.AbstractEventLoop) -> None:
         settings = app.dawning_settings
         self.loop = loop
         self.port = RdkafkaPort(
@@ -193,7 +191,7 @@ class LoopSender:
 class BlockingSender:
     """A :class:`LoopSender` on a thread of its own, for callers without a loop."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: BusHost) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="dawning-sender", daemon=True
@@ -238,7 +236,7 @@ class BlockingSender:
 class Senders:
     """The senders of one app: one per event loop, and the blocking one."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: BusHost) -> None:
         self.app = app
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopSender] = (
             weakref.WeakKeyDictionary()

@@ -21,7 +21,7 @@ from dawning_streams.core.records import MessageBase
 from dawning_streams.handlers.timers import due_ms_in, now_ms
 
 if TYPE_CHECKING:
-    from dawning_streams.application import App
+    from dawning_streams.handlers.host import HandlerHost
 
 __all__ = ["Calling"]
 
@@ -31,7 +31,7 @@ M = TypeVar("M")
 class Calling(Generic[M]):
     """Sending work to a handler; :class:`~dawning_streams.handlers.handler.Handler` has it."""
 
-    app: App
+    app: HandlerHost
     name: str
     topic: str
     timers_topic: str

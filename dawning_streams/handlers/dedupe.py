@@ -26,7 +26,7 @@ from dawning_streams.handlers.delivery import current_delivery
 from dawning_streams.kafka.tables import MarkerTable
 
 if TYPE_CHECKING:
-    from dawning_streams.application import App
+    from dawning_streams.handlers.host import HandlerHost
 
 __all__ = ["Deduplicated"]
 
@@ -38,7 +38,7 @@ class Deduplicated:
 
     def __init__(
         self,
-        app: App,
+        app: HandlerHost,
         function: Callable[[Any], Awaitable[Any]],
         *,
         handler: str,

@@ -62,7 +62,7 @@ from dawning_streams.kafka.lanes import Lane
 from dawning_streams.observability.tracing import carried, carry, uncarry
 
 if TYPE_CHECKING:
-    from dawning_streams.application import App
+    from dawning_streams.handlers.host import HandlerHost
 
 __all__ = ["Delivery", "Handler", "HandlerError", "HandlerOptions"]
 
@@ -125,7 +125,7 @@ class Handler(Calling[M]):
 
     def __init__(
         self,
-        app: App,
+        app: HandlerHost,
         fn: HandlerFn[M],
         *,
         message_type: type[M],
@@ -493,7 +493,7 @@ class Handler(Calling[M]):
 
 
 def handler_for(
-    app: App,
+    app: HandlerHost,
     fn: HandlerFn[Any],
     *,
     message_type: type | None,

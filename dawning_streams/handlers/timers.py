@@ -69,7 +69,7 @@ from dawning_streams.kafka.lanes import Lane, acting_on
 from dawning_streams.kafka.reading import read_to_end
 
 if TYPE_CHECKING:
-    from dawning_streams.application import App
+    from dawning_streams.handlers.host import HandlerHost
 
 __all__ = [
     "REVOKE_WAIT_S",
@@ -263,7 +263,7 @@ class Timers(Service):
 
     def __init__(
         self,
-        app: App,
+        app: HandlerHost,
         *,
         handler: str,
         source: str,
@@ -719,7 +719,7 @@ def _done() -> asyncio.Future[None]:
     return done
 
 
-async def pending_timers(app: App, handlers: Iterable[str]) -> dict[str, dict[str, Any]]:
+async def pending_timers(app: HandlerHost, handlers: Iterable[str]) -> dict[str, dict[str, Any]]:
     """What each handler's timer table holds, read from its changelog (no worker needed).
 
     Per handler: ``pending``, ``next_due_ms``, ``held`` (key -> holder, parked count,

@@ -177,14 +177,15 @@ def committed_offsets(consumer: Any) -> Mapping[TP, int | None]:
     return consumer._committed_offset  # type: ignore[no-any-return]
 
 
-def new_producer(app: faust.App) -> Any:
-    """A fresh producer for ``app`` (one whose start failed cannot be started again)."""
-    return app._new_producer()
+def new_producer(app: object) -> Any:
+    """A fresh producer for the Faust app ``app`` (one whose start failed cannot be
+    started again)."""
+    return app._new_producer()  # type: ignore[attr-defined]
 
 
-def worker_consumer(app: faust.App) -> Any:
-    """The app's consumer if one was made, without making one (``app.consumer`` would)."""
-    return app._consumer
+def worker_consumer(app: object) -> Any:
+    """A Faust app's consumer if one was made, without making one (``app.consumer`` would)."""
+    return app._consumer  # type: ignore[attr-defined]
 
 
 async def cluster_metadata(consumer: aiokafka.AIOKafkaConsumer) -> ClusterMetadata:

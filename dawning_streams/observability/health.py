@@ -17,18 +17,65 @@ can do its work, and answers 503 with the failing checks until then:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from faust.exceptions import ConsumerNotStarted
 
+from dawning_streams.core.settings import Settings
 from dawning_streams.kafka import faust_compat
+from dawning_streams.kafka.outages import Dependency
 
-if TYPE_CHECKING:
-    from dawning_streams.application import App
+__all__ = ["HealthHost", "RecoveryState", "assess_recovery", "readiness"]
 
-__all__ = ["RecoveryState", "assess_recovery", "readiness"]
+
+class TimerCounts(Protocol):
+    """What ``/ready`` reads of one handler's timers."""
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def held_keys(self) -> int: ...
+
+    @property
+    def stuck_keys(self) -> tuple[str, ...]: ...
+
+
+class _WithTimers(Protocol):
+    @property
+    def timers(self) -> _CountsTimers: ...
+
+
+class _CountsTimers(Protocol):
+    def stats(self) -> TimerCounts: ...
+
+
+class HealthHost(Protocol):
+    """What ``/ready`` reads of the app (a Faust app: its consumer is read too)."""
+
+    @property
+    def dawning_settings(self) -> Settings: ...
+
+    @property
+    def kafka_state(self) -> Dependency: ...
+
+    @property
+    def producer(self) -> Any: ...
+
+    @property
+    def tables(self) -> Any: ...
+
+    @property
+    def rebalancing(self) -> bool: ...
+
+    @property
+    def rebalance_started_at(self) -> float | None: ...
+
+    @property
+    def handlers(self) -> Mapping[str, _WithTimers]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +119,7 @@ def assess_recovery(state: RecoveryState, *, stall_s: float) -> dict[str, Any]:
     return {"ok": True, "state": "done", "stuck": False}
 
 
-def recovery_state(app: App) -> RecoveryState:
+def recovery_state(app: HealthHost) -> RecoveryState:
     """Read Faust's recovery service (private fields: Faust has no public view of them)."""
     recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
     now = monotonic()
@@ -88,7 +135,7 @@ def recovery_state(app: App) -> RecoveryState:
     )
 
 
-def _timers(app: App) -> dict[str, Any]:
+def _timers(app: HealthHost) -> dict[str, Any]:
     pending = held = 0
     stuck: dict[str, list[str]] = {}
     for name, handler in app.handlers.items():
@@ -100,7 +147,7 @@ def _timers(app: App) -> dict[str, Any]:
     return {"ok": not stuck, "pending": pending, "held_keys": held, "stuck_keys": stuck}
 
 
-def readiness(app: App) -> dict[str, Any]:
+def readiness(app: HealthHost) -> dict[str, Any]:
     """Every check of ``/ready``, and ``ready`` when all pass."""
     broker = faust_compat.broker_connected(app.producer)
     recovery = assess_recovery(

@@ -17,7 +17,7 @@ from dawning_streams.handlers.timers import pending_timers
 from dawning_streams.ops import dlq
 
 if TYPE_CHECKING:
-    from dawning_streams.application import App
+    from dawning_streams.ops.host import OpsHost
 
 __all__ = ["register_commands"]
 
@@ -56,7 +56,7 @@ _FILTERS = [
 ]
 
 
-async def _chosen(app: App, topics: tuple[str, ...], **filters: Any) -> list[dlq.DeadLetter]:
+async def _chosen(app: OpsHost, topics: tuple[str, ...], **filters: Any) -> list[dlq.DeadLetter]:
     try:
         letters = await dlq.read_dead_letters(app, topics or None)
     except DawningError as exc:
@@ -91,7 +91,7 @@ def _handlers(command: AppCommand, chosen: tuple[str, ...]) -> list[str]:
     return list(chosen) or sorted(known)
 
 
-def register_commands(app: App) -> None:
+def register_commands(app: OpsHost) -> None:
     """Add the dead-letter and timer commands to ``app``'s command line."""
 
     @app.command(

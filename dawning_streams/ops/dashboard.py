@@ -25,8 +25,8 @@ from dawning_streams.ops import dlq
 from dawning_streams.ops.sampler import Partition, Snapshot
 
 if TYPE_CHECKING:
-    from dawning_streams.application import App
     from dawning_streams.handlers.handler import Handler
+    from dawning_streams.ops.host import OpsHost
 
 __all__ = [
     "CHART_BUCKETS",
@@ -53,17 +53,17 @@ class BadReplay(DawningError):
     """A replay request that names nothing replayable."""
 
 
-def dead_letter_topics(app: App) -> list[str]:
+def dead_letter_topics(app: OpsHost) -> list[str]:
     """The app's dead-letter topics."""
     return sorted(_dlq_names(app))
 
 
-def _dlq_names(app: App) -> set[str]:
+def _dlq_names(app: OpsHost) -> set[str]:
     names = (t.get_topic_name() for t in app.declared_topics)
     return {name for name in names if name.endswith(".dlq")}
 
 
-def _kind(app: App, topic: str) -> str:
+def _kind(app: OpsHost, topic: str) -> str:
     if topic in _dlq_names(app):
         return "dead letters"
     if topic.endswith(".timers") or topic.endswith("-timers-changelog"):
@@ -73,7 +73,7 @@ def _kind(app: App, topic: str) -> str:
     return "messages"
 
 
-def _topic_rows(app: App, partitions: list[Partition]) -> list[dict[str, Any]]:
+def _topic_rows(app: OpsHost, partitions: list[Partition]) -> list[dict[str, Any]]:
     """One row per topic: partitions, messages held, and the group's lag."""
     by_topic: dict[str, dict[str, Any]] = {}
     for p in partitions:
@@ -124,7 +124,7 @@ def _lag(partitions: list[Partition]) -> int | None:
     return sum(lags) if lags else None
 
 
-def _series(app: App, name: str, outcome: str, now: float) -> list[int | None]:
+def _series(app: OpsHost, name: str, outcome: str, now: float) -> list[int | None]:
     """``outcome`` counts per chart bucket; None before this worker started."""
     counts: list[int | None] = list(
         app.telemetry.metrics.recent.series(
@@ -150,7 +150,9 @@ def _kind_of_handler(handler: Handler[Any]) -> str:
     return "one at a time"
 
 
-def _handler_row(app: App, handler: Handler[Any], snapshot: Snapshot, now: float) -> dict[str, Any]:
+def _handler_row(
+    app: OpsHost, handler: Handler[Any], snapshot: Snapshot, now: float
+) -> dict[str, Any]:
     recent = app.telemetry.metrics.recent
     name = handler.name
     window = app.sampler.durations_since(60)
@@ -198,7 +200,7 @@ def _iso_ms(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
-def _cluster_state(app: App, snapshot: Snapshot) -> dict[str, Any]:
+def _cluster_state(app: OpsHost, snapshot: Snapshot) -> dict[str, Any]:
     return {
         "group": app.dawning_settings.kafka.consumer_group_id,
         "state": snapshot.group_state,
@@ -209,7 +211,7 @@ def _cluster_state(app: App, snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
-def _tables(app: App) -> list[dict[str, Any]]:
+def _tables(app: OpsHost) -> list[dict[str, Any]]:
     rows = []
     for table in app.tables.values():
         data: Any = table
@@ -231,7 +233,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _header(app: App, snapshot: Snapshot) -> dict[str, Any]:
+def _header(app: OpsHost, snapshot: Snapshot) -> dict[str, Any]:
     """What every page shows on top."""
     return {
         "instance": app.dawning_settings.instance_name,
@@ -241,7 +243,7 @@ def _header(app: App, snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
-async def overview(app: App) -> dict[str, Any]:
+async def overview(app: OpsHost) -> dict[str, Any]:
     """The overview page as plain data: one row per handler, and the rest in brief."""
     snapshot = await app.sampler.current()
     now = time.time()
@@ -261,7 +263,7 @@ async def overview(app: App) -> dict[str, Any]:
     }
 
 
-async def handler_detail(app: App, name: str) -> dict[str, Any] | None:
+async def handler_detail(app: OpsHost, name: str) -> dict[str, Any] | None:
     """One handler: its row, its topics and partitions, and its lag per partition over time."""
     handler = app.handlers.get(name)
     if handler is None:
@@ -284,7 +286,7 @@ async def handler_detail(app: App, name: str) -> dict[str, Any] | None:
     }
 
 
-async def topics(app: App) -> dict[str, Any]:
+async def topics(app: OpsHost) -> dict[str, Any]:
     """Every topic of the app and each table's changelog, and their partitions."""
     snapshot = await app.sampler.current()
     return {
@@ -301,7 +303,7 @@ async def topics(app: App) -> dict[str, Any]:
     }
 
 
-async def cluster(app: App) -> dict[str, Any]:
+async def cluster(app: OpsHost) -> dict[str, Any]:
     """The brokers, each partition's leader and in-sync replicas, and the group's members."""
     snapshot = await app.sampler.current()
     led: dict[int, int] = {}
@@ -324,13 +326,13 @@ async def cluster(app: App) -> dict[str, Any]:
     }
 
 
-async def browse(app: App, topic: str) -> list[dlq.DeadLetter]:
+async def browse(app: OpsHost, topic: str) -> list[dlq.DeadLetter]:
     """The newest dead letters of ``topic``."""
     letters = await dlq.read_dead_letters(app, [topic])
     return list(reversed(letters))[:BROWSE_LIMIT]
 
 
-async def replay(app: App, request: Any) -> int:
+async def replay(app: OpsHost, request: Any) -> int:
     """Replay what ``request`` names.
 
     ``{"topic": T, "partition": p, "offset": o}`` replays one dead letter,

@@ -25,7 +25,7 @@ from dawning_streams.core.names import Header, dead_letter_topic, header_text
 from dawning_streams.kafka.reading import existing_topics, read_to_end
 
 if TYPE_CHECKING:
-    from dawning_streams.application import App
+    from dawning_streams.ops.host import OpsHost
 
 __all__ = ["DeadLetter", "read_dead_letters", "replay", "select"]
 
@@ -72,14 +72,14 @@ class DeadLetter:
         }
 
 
-def dead_letter_topics(app: App) -> list[str]:
+def dead_letter_topics(app: OpsHost) -> list[str]:
     """The dead-letter topics of the app's handlers, and of the seven message topics."""
     declared = {h.dead_letter_topic for h in app.handlers.values() if h.options.dead_letter}
     seven = {dead_letter_topic(t) for t in app.dawning_settings.kafka.topics.all()}
     return sorted(declared | seven)
 
 
-async def read_dead_letters(app: App, topics: Iterable[str] | None = None) -> list[DeadLetter]:
+async def read_dead_letters(app: OpsHost, topics: Iterable[str] | None = None) -> list[DeadLetter]:
     """Everything in the dead-letter topics of ``topics`` (source or ``.dlq`` names;
     default: :func:`dead_letter_topics`). A topic named that does not exist is
     an error.
@@ -141,7 +141,7 @@ def select(
     return chosen
 
 
-async def replay(app: App, letters: Iterable[DeadLetter]) -> int:
+async def replay(app: OpsHost, letters: Iterable[DeadLetter]) -> int:
     """Republish ``letters`` to their original topics, in order; returns how many."""
     count = 0
     for letter in letters:

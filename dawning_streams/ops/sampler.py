@@ -35,7 +35,7 @@ from dawning_streams.kafka import faust_compat
 from dawning_streams.kafka.security import client_options
 
 if TYPE_CHECKING:
-    from dawning_streams.application import App
+    from dawning_streams.ops.host import OpsHost
 
 __all__ = ["HISTORY_S", "SAMPLE_INTERVAL_S", "ClusterSampler", "Partition", "Snapshot"]
 
@@ -95,7 +95,7 @@ class Snapshot:
 class ClusterSampler(Service):
     """Reads the cluster every few seconds and keeps the dashboard's history."""
 
-    def __init__(self, app: App, **kwargs: Any) -> None:
+    def __init__(self, app: OpsHost, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
         self.snapshot = Snapshot()

@@ -32,7 +32,7 @@ from dawning_streams.handlers.timers import pending_timers
 from dawning_streams.kafka.reading import scan
 
 if TYPE_CHECKING:
-    from dawning_streams.application import App
+    from dawning_streams.ops.host import OpsHost
     from dawning_streams.ops.sampler import Snapshot
 
 __all__ = [
@@ -90,7 +90,7 @@ class Search:
 
 
 async def find(
-    app: App,
+    app: OpsHost,
     snapshot: Snapshot,
     *,
     message_id: uuid.UUID | None = None,
@@ -230,7 +230,7 @@ def _sighting(record: Any, stage: str, handler: str | None, committed: int | Non
     )
 
 
-async def _add_timers(app: App, by_id: dict[str, Found]) -> None:
+async def _add_timers(app: OpsHost, by_id: dict[str, Found]) -> None:
     """Each message's pending timers, from this worker's tables where it owns the
     partition, else from the timer tables' changelogs."""
     missing: list[tuple[Found, str]] = []

@@ -33,7 +33,7 @@ from dawning_streams.ops import dashboard, dashboard_html, search
 from dawning_streams.ops.web import BadRequest, Query, error
 
 if TYPE_CHECKING:
-    from dawning_streams.application import App
+    from dawning_streams.ops.host import OpsHost
 
 __all__ = ["DashboardWeb", "authorized", "install"]
 
@@ -44,7 +44,7 @@ class DashboardWeb(Web):
     production_blueprints = ()
 
 
-def authorized(app: App, request: Request) -> bool:
+def authorized(app: OpsHost, request: Request) -> bool:
     """Whether ``request`` carries the admin bearer token (never, when none is set)."""
     token = app.dawning_settings.web.admin_token
     header = request.headers.get("Authorization", "")  # type: ignore[attr-defined]
@@ -54,7 +54,7 @@ def authorized(app: App, request: Request) -> bool:
     return hmac.compare_digest(given.strip().encode(), token.reveal().encode())
 
 
-def _unauthorized(view: View, app: App) -> Response:
+def _unauthorized(view: View, app: OpsHost) -> Response:
     reason = (
         "this needs Authorization: Bearer <Web:AdminToken>"
         if app.dawning_settings.web.admin_token is not None
@@ -65,12 +65,12 @@ def _unauthorized(view: View, app: App) -> Response:
     return response
 
 
-def _no_handler(view: View, app: App, name: str) -> Response:
+def _no_handler(view: View, app: OpsHost, name: str) -> Response:
     known = ", ".join(sorted(app.handlers)) or "none"
     return error(view, 404, f"no handler {name!r}; this app has: {known}")
 
 
-async def _search(app: App, request: Request) -> search.Search:
+async def _search(app: OpsHost, request: Request) -> search.Search:
     """Run the search a request asks for; :class:`BadRequest` names what is wrong with it."""
     query = Query(request, {"id", "key", "since", "until"})
     message_id, key = query.uuid("id"), query.text("key")
@@ -92,7 +92,7 @@ async def _search(app: App, request: Request) -> search.Search:
         raise BadRequest(str(exc)) from None
 
 
-def install(app: App) -> None:
+def install(app: OpsHost) -> None:
     """Add the operational endpoints to ``app``'s web server."""
 
     @app.page("/metrics")

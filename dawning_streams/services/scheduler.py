@@ -17,16 +17,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mode import Service
 from redis.exceptions import RedisError
 
 from dawning_streams.core.names import scheduled_key, valid_name
-from dawning_streams.services.lock import LockUnavailable
-
-if TYPE_CHECKING:
-    from dawning_streams.application import App
+from dawning_streams.services.lock import DistributedLock, LockUnavailable
+from dawning_streams.services.redis_pool import RedisPool
 
 __all__ = ["ScheduledTask", "Scheduler"]
 
@@ -46,13 +44,19 @@ class ScheduledTask:
 
 
 class Scheduler(Service):
-    """Checks each task every second and runs the due ones under their locks."""
+    """Checks each task every second and runs the due ones under their locks.
 
-    def __init__(self, app: App, **kwargs: Any) -> None:
-        self.app = app
+    ``group`` (the consumer group) names the locks and last-run times: apps of
+    other consumer groups may share the Redis, and their tasks are theirs.
+    """
+
+    def __init__(
+        self, redis: RedisPool, lock: DistributedLock, *, group: str, **kwargs: Any
+    ) -> None:
+        self.redis = redis
+        self.lock = lock
         self.tasks: dict[str, ScheduledTask] = {}
-        # Apps of other consumer groups may share the Redis; their tasks are theirs.
-        self._group = app.dawning_settings.kafka.consumer_group_id
+        self._group = group
         super().__init__(**kwargs)
 
     def add(
@@ -84,11 +88,11 @@ class Scheduler(Service):
         """Run ``task`` here if it is due and no other instance is running it."""
         try:
             due = await self._due(task)
-            self.app.redis.reachability.up()
+            self.redis.reachability.up()
             if not due:
                 return False
             lock_name = f"{self._group}:scheduled:{task.name}"
-            async with self.app.lock.try_acquire(lock_name, ttl_s=task.lock_ttl_s) as handle:
+            async with self.lock.try_acquire(lock_name, ttl_s=task.lock_ttl_s) as handle:
                 if handle is None or not await self._due(task):
                     return False
                 started = time.time()
@@ -97,16 +101,14 @@ class Scheduler(Service):
                 except Exception:
                     logger.exception("scheduled task %s failed; it runs again next tick", task.name)
                     return False
-                await self.app.redis.client.set(
-                    scheduled_key(self._group, task.name), repr(started)
-                )
+                await self.redis.client.set(scheduled_key(self._group, task.name), repr(started))
                 return True
         except (LockUnavailable, RedisError, OSError) as exc:
             # Logged once per outage (and a line a minute), not once per tick.
-            self.app.redis.reachability.down(exc)
+            self.redis.reachability.down(exc)
             logger.debug("scheduled task %s skipped this tick: %s", task.name, exc)
             return False
 
     async def _due(self, task: ScheduledTask) -> bool:
-        last = await self.app.redis.client.get(scheduled_key(self._group, task.name))
+        last = await self.redis.client.get(scheduled_key(self._group, task.name))
         return last is None or float(last) + task.every_s <= time.time()

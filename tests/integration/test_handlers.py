@@ -244,7 +244,9 @@ async def test_reject_skips_the_retries_and_retry_later_picks_its_delay(
         [letter] = await read_topic(settings.kafka.bootstrap_servers[0], dlq, 1)
     assert dict(letter.headers)[Header.EXCEPTION_MESSAGE] == b"no such user"
     later = [t for t, item in calls.seen if item == "later"]
-    assert 0.45 <= later[1] - later[0] <= 1.5
+    # Never before the 0.5 s it asked for; and its delay, not the policy's 30 s
+    # (the bound is far from both, so a loaded machine cannot fail it).
+    assert 0.45 <= later[1] - later[0] < 15
 
 
 async def test_apply_async_with_a_countdown_runs_no_earlier(settings: Settings) -> None:

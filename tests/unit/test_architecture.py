@@ -134,13 +134,32 @@ def test_a_module_past_400_lines_says_why_in_its_docstring() -> None:
     assert not unexplained, unexplained
 
 
-def test_core_and_kafka_are_given_settings_and_faust_not_the_app() -> None:
-    """The two lowest layers do not name the framework's App, not even for types:
-    they take settings, a faust.App or a Protocol of what they use."""
+def test_no_layer_names_the_app_it_serves() -> None:
+    """Below the composition root no module names the framework's App, not even
+    for types: a layer takes settings, a faust.App, narrow collaborators, or an
+    interface of its own that the App implements (``HandlerHost``, ``OpsHost``,
+    or a Protocol such as ``BusHost``)."""
     naming = [
         str(path.relative_to(ROOT))
-        for folder in ("core", "kafka")
+        for folder in RANK
+        if folder
         for path in sorted((PACKAGE / folder).rglob("*.py"))
         if "dawning_streams.application" in path.read_text()
     ]
     assert not naming, naming
+
+
+def test_the_app_implements_each_layers_interface() -> None:
+    from dawning_streams.application import App
+    from dawning_streams.handlers.host import HandlerHost
+    from dawning_streams.ops.host import OpsHost
+
+    assert issubclass(App, OpsHost) and issubclass(OpsHost, HandlerHost)
+    abstract = [
+        f"{host.__name__}.{name}"
+        for host in (HandlerHost, OpsHost)
+        for name, member in vars(host).items()
+        if callable(member) or isinstance(member, property)
+        if getattr(App, name) is member
+    ]
+    assert not abstract, f"the App does not implement {abstract}"
