@@ -593,35 +593,47 @@ class Bench:
     # -- end to end ----------------------------------------------------------
 
     async def end_to_end(self, rate: float | None = None) -> None:
+        """p50/p99 from a message's creation to its handler, at ``rate`` msg/s.
+
+        One process publishes (``bus.send``) and handles, as a worker whose
+        handlers publish does. By default the rate is 20% of that process's own
+        maximum, measured first: as many messages as it can publish in a few
+        seconds, until the last one is handled. (The publish and consume rows
+        each measure one side alone; this process pays for both.)
+        """
         duration_s = self.size.e2e_s
-        if rate is None:
-            # The maximum is the slower of publishing and handling.
-            maximum = min(
-                max(r.rate for r in self.rows if r.name == "publish.bus_publish_many"),
-                max(r.rate for r in self.rows if r.name == "consume.handler"),
-            )
-            rate = max(1.0, 0.2 * maximum)
-            print(f"end to end ({rate:,.0f} msg/s for {duration_s:.0f} s, 20% of {maximum:,.0f}/s)")
-        else:
-            print(f"end to end ({rate:,.0f} msg/s for {duration_s:.0f} s)")
         app = create_app(self.settings("e2e"), web_enabled=False)
         latencies_ms: list[float] = []
-        expected = int(rate * duration_s)
+        expected = 0
         done = asyncio.Event()
+        flood = {"handled": 0, "last_at": 0.0}
 
         @app.handler(AuditLogMessage, name="bench_e2e")
         async def bench_e2e(message: AuditLogMessage) -> None:
             assert message.timestamp is not None
-            if message.action != "e2e":
-                return  # the warm-up
-            latencies_ms.append((time.time() - message.timestamp.timestamp()) * 1000)
-            if len(latencies_ms) >= expected:
-                done.set()
+            if message.action == "flood":
+                flood["handled"] += 1
+                flood["last_at"] = time.monotonic()
+            elif message.action == "e2e":
+                latencies_ms.append((time.time() - message.timestamp.timestamp()) * 1000)
+                if len(latencies_ms) >= expected:
+                    done.set()
 
         async with running(app):
             # A short warm-up, not counted: the first fetches and the producer's first batch.
             await app.bus.publish_many(self.audit_messages(10, action="warm-up"))
             await asyncio.sleep(1)
+            maximum = None
+            if rate is None:
+                maximum = await self._e2e_maximum(app, flood, seconds=max(1.0, duration_s / 3))
+                rate = max(1.0, 0.2 * maximum)
+                print(
+                    f"end to end ({rate:,.0f} msg/s for {duration_s:.0f} s, "
+                    f"20% of this process's {maximum:,.0f}/s)"
+                )
+            else:
+                print(f"end to end ({rate:,.0f} msg/s for {duration_s:.0f} s)")
+            expected = int(rate * duration_s)
             rebalances = app.rebalancing_count
             # Acks are checked as they come, not kept: a publisher holding every
             # message until the end would make the collector's pauses its own.
@@ -651,6 +663,8 @@ class Bench:
                 {
                     "sent": sent,
                     "target_rate": round(rate, 1),
+                    # The process's own maximum, publishing and handling (None: rate given).
+                    "max_rate": round(maximum) if maximum is not None else None,
                     "p50_ms": round(percentile(ordered, 50), 2),
                     "p99_ms": round(percentile(ordered, 99), 2),
                     "max_ms": round(ordered[-1], 2),
@@ -660,6 +674,23 @@ class Bench:
             )
         )
         print(f"    p50 {percentile(ordered, 50):.1f} ms, p99 {percentile(ordered, 99):.1f} ms")
+
+    async def _e2e_maximum(self, app: App, flood: dict[str, Any], *, seconds: float) -> float:
+        """Messages per second one process both publishes and handles: send for
+        ``seconds`` as fast as the bus takes them, then wait for the last handled."""
+        acks: list[Any] = []
+        started = time.monotonic()
+        sent = 0
+        while time.monotonic() - started < seconds:
+            for message in self.audit_messages(500, action="flood"):
+                acks.append(await app.bus.send(message))
+            sent += 500
+            await asyncio.sleep(0)  # the handler runs in this loop too
+        await asyncio.gather(*acks)
+        async with asyncio.timeout(120):
+            while flood["handled"] < sent:
+                await asyncio.sleep(0.01)
+        return sent / (flood["last_at"] - started)
 
     # -- audit store ---------------------------------------------------------
 

@@ -197,11 +197,14 @@ class Publisher(Service):
 
     async def send(self, record: Outgoing) -> Awaitable[RecordMetadata]:
         """Hand ``record`` to the producer; no spool, no timeout."""
+        value = record.value
         try:
-            ack = await self.port.send_record(
+            ack = self.port.try_send(
+                record.topic, record.key, value, record.timestamp_ms, record.headers
+            ) or await self.port.send_record(
                 record.topic,
                 record.key,
-                record.value,
+                value,
                 timestamp_ms=record.timestamp_ms,
                 headers=record.headers,
             )

@@ -21,6 +21,7 @@ which the publisher answers by spooling.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable
@@ -113,6 +114,8 @@ def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
     """librdkafka's producer configuration for ``Kafka`` and ``Kafka:Producer``."""
     kafka = settings.kafka
     producer = kafka.producer
+    if producer.enable_idempotence and producer.max_in_flight > 1:
+        _warn_in_flight(producer.max_in_flight)
     return {
         "bootstrap.servers": ",".join(kafka.bootstrap_servers),
         "client.id": client_id,
@@ -133,6 +136,17 @@ def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
         "logger": logging.getLogger(CLIENT_LOGGER),
         "error_cb": _client_error,
     }
+
+
+@functools.cache  # once per process
+def _warn_in_flight(max_in_flight: int) -> None:
+    logger.warning(
+        "Kafka:Producer:MaxInFlight is %d: a new producer whose first batch to a partition "
+        "fails (a leader not ready yet: a new topic, a broker restarting) while the next one "
+        "succeeds has the first reported delivered although it is not on the topic "
+        "(librdkafka's implicit acks, confluent-kafka-go issue 921); 1 cannot lose them",
+        max_in_flight,
+    )
 
 
 #: Client errors no wait cures: said at ERROR (an outage is the Kafka watch's to report).
@@ -232,6 +246,7 @@ class RdkafkaPort:
         producer = self._producer or self._ensure_producer()
         ack = _Ack(loop=self._loop)
         ack.port = self
+        ack.counted_as = None
         try:
             producer.produce(
                 topic,
@@ -255,6 +270,10 @@ class RdkafkaPort:
         return ack
 
     def counted(self, topic: str, pending: Awaitable[RecordMetadata]) -> Awaitable[RecordMetadata]:
+        if isinstance(pending, _Ack) and not pending.done():
+            # Its delivery report counts it: no callback per record.
+            pending.counted_as = topic
+            return pending
         sends = self.sends
 
         def count(done: asyncio.Future[RecordMetadata]) -> None:
@@ -312,6 +331,8 @@ class RdkafkaPort:
         producer.poll(0)
         # Whatever no report reached (the producer's own failure): not sent.
         for future in list(self._unacked):
+            if isinstance(future, _Ack) and future.counted_as is not None:
+                self.sends[(future.counted_as, "error")] += 1
             if not future.done():
                 future.set_exception(BrokerUnavailable("the producer was closed"))
         self._unacked.clear()
@@ -334,6 +355,8 @@ class RdkafkaPort:
         self, ack: _Ack, err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message
     ) -> None:
         self._unacked.discard(ack)
+        if ack.counted_as is not None:
+            self.sends[(ack.counted_as, "ok" if err is None and not ack.done() else "error")] += 1
         if ack.done():  # cancelled by its caller
             return
         if err is not None:
@@ -366,8 +389,10 @@ class _Ack(asyncio.Future[RecordMetadata]):
     """One record's future, and librdkafka's delivery callback for it (one object,
     not a future and a closure: this is made for every record)."""
 
-    __slots__ = ("port",)
+    __slots__ = ("counted_as", "port")
     port: RdkafkaPort
+    #: The topic whose sends count this record when its report comes (see ``counted``).
+    counted_as: str | None
 
     def __call__(
         self, err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message

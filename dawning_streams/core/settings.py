@@ -242,7 +242,12 @@ class ProducerSettings:
     enable_idempotence: bool = _setting("EnableIdempotence", _bool, True)
     # The bus's librdkafka producer keeps up to this many requests in flight per
     # broker; Faust's aiokafka producer (tables) one, always within the bound.
-    max_in_flight: int = _setting("MaxInFlight", _int(1), 5)
+    # One by default, not the gateway's 5: with more, a new producer whose first
+    # batch to a partition fails (a leader not ready yet) while the next batch
+    # succeeds has the first reported delivered, and it is not on the topic
+    # (librdkafka's implicit acks; the broker takes any first sequence number from
+    # a producer it does not know). ``bus.rdkafka`` warns when it is set higher.
+    max_in_flight: int = _setting("MaxInFlight", _int(1), 1)
     linger_ms: int = _setting("LingerMs", _int(0), 5)
     batch_size: int = _setting("BatchSize", _int(1), 16384)
     compression_type: Compression = _setting("CompressionType", _choice(_COMPRESSION), "snappy")

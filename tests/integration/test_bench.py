@@ -86,6 +86,9 @@ def test_the_smoke_benchmark_measures_every_pair_and_writes_its_result(
                 assert len(measured) == 3 and row["messages"] == 1 and row["rss_mb"] > 0, row
             if part == "e2e":
                 assert row["messages"] == row["sent"] > 0, row
+                # At 20% of the maximum this process measured first.
+                assert row["max_rate"] > 0, row
+                assert abs(row["target_rate"] - max(1.0, 0.2 * row["max_rate"])) < 1, row
                 assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], row  # type: ignore[operator]
 
     # As the bus's live librdkafka producer has them.

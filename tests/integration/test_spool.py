@@ -69,6 +69,7 @@ async def assert_all_arrived_in_order(
         expected[str(message.user_id)].append(message.event_type)
     arrived: dict[str, list[str]] = defaultdict(list)
     wanted = {m.event_type for m in sent}
+    read: dict[int, list[int]] = defaultdict(list)  # partition -> offsets read
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest"
     )
@@ -78,13 +79,20 @@ async def assert_all_arrived_in_order(
             while wanted:
                 for batch in (await consumer.getmany(timeout_ms=500)).values():
                     for record in batch:
+                        read[record.partition].append(record.offset)
                         message = decode(record.value, UserEventMessage)
                         seen = arrived[str(message.user_id)]
                         if message.event_type not in seen:
                             seen.append(message.event_type)
                         wanted.discard(message.event_type)
     except TimeoutError:
-        raise AssertionError(f"{len(wanted)} of {len(sent)} messages never arrived") from None
+        # Whether they are on the topic at all: what each partition holds, and what was read.
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        held = {tp.partition: end for tp, end in sorted(ends.items())}
+        raise AssertionError(
+            f"{len(wanted)} of {len(sent)} messages never arrived ({sorted(wanted)}); "
+            f"partition end offsets {held}, offsets read {dict(sorted(read.items()))}"
+        ) from None
     finally:
         await consumer.stop()
     assert {user: [e for e in seen if e in expected[user]] for user, seen in arrived.items()} == (

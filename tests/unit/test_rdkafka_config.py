@@ -7,6 +7,7 @@ import dataclasses
 import confluent_kafka
 import pytest
 
+from dawning_streams.bus import rdkafka
 from dawning_streams.bus.publisher import BrokerUnavailable, RefusedError
 from dawning_streams.bus.rdkafka import producer_config, translated
 from dawning_streams.core.settings import KafkaSecuritySettings, Secret, Settings
@@ -19,6 +20,18 @@ def config_for(**kafka: object) -> dict[str, object]:
     )
 
 
+def test_more_than_one_request_in_flight_is_allowed_with_a_warning_naming_the_risk(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = Settings()
+    producer = dataclasses.replace(settings.kafka.producer, max_in_flight=5)
+    rdkafka._warn_in_flight.cache_clear()  # said once per process
+    config = config_for(producer=producer)
+    assert config["max.in.flight.requests.per.connection"] == 5
+    [warning] = [r for r in caplog.records if "MaxInFlight" in r.getMessage()]
+    assert warning.levelname == "WARNING" and "implicit acks" in warning.getMessage()
+
+
 def test_every_producer_setting_reaches_librdkafka() -> None:
     config = config_for()
     assert {k: v for k, v in config.items() if k not in ("logger", "error_cb")} == {
@@ -26,7 +39,7 @@ def test_every_producer_setting_reaches_librdkafka() -> None:
         "client.id": "me",
         "acks": "all",
         "enable.idempotence": True,
-        "max.in.flight.requests.per.connection": 5,
+        "max.in.flight.requests.per.connection": 1,
         "linger.ms": 5,
         "batch.size": 16384,
         "compression.type": "snappy",

@@ -60,7 +60,8 @@ def test_defaults_are_the_seeds(tmp_cwd: Path) -> None:
         15000,
         300000,
     )
-    assert dataclasses.astuple(kafka.producer) == ("all", True, 5, 5, 16384, "snappy", 1048576)
+    # MaxInFlight is 1, not the gateway's 5: see ProducerSettings.max_in_flight.
+    assert dataclasses.astuple(kafka.producer) == ("all", True, 1, 5, 16384, "snappy", 1048576)
     assert kafka.topics.all() == (
         "dawning.audit-log",
         "dawning.alert-notification",
