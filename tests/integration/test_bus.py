@@ -260,7 +260,7 @@ async def test_the_workers_bus_producer_has_every_setting(settings: Settings) ->
 EXPECTED_PRODUCER_CONFIG = {
     "acks": "all",
     "enable.idempotence": True,
-    "max.in.flight.requests.per.connection": 5,
+    "max.in.flight.requests.per.connection": 1,
     "linger.ms": 5,
     "batch.size": 16384,
     "compression.type": "snappy",
