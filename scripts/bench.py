@@ -12,7 +12,8 @@ and the same ~300-byte AuditLogMessage:
 - consume: a raw aiokafka consumer loop (getmany, decode, commit after
   processing), and librdkafka's (consume 1,000 at a time, decode, commit
   asynchronously after processing), against a do-nothing ``@app.handler``;
-- end to end: p50/p99 from publish to handled at 20% of the measured maximum;
+- end to end: p50/p99 from a message's creation to its handler, in one process
+  that publishes and handles, at 20% of what that process reaches doing both;
 - audit store: rows per second the audit agent persists (SQLite, PostgreSQL,
   MariaDB);
 - email: mails per second the email agent delivers to the SMTP sink;
