@@ -229,11 +229,21 @@ class _Repeats(logging.Filter):
         super().__init__()
         self._last: dict[tuple[str, str], float] = {}
         self._held: dict[tuple[str, str], int] = {}
+        #: The last INFO line let through, and when.
+        self._said: tuple[str, str] | None = None
+        self._said_at = 0.0
         self._lock = threading.Lock()  # the consumer logs from its own thread
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
-            return True  # the clients' INFO lines (rebalances, assignments) stay
+            # The clients' INFO lines (rebalances, assignments) stay, but not the
+            # same line again within a second (a failed commit, retried by each of
+            # the commits waiting on it, says so once per waiter).
+            said, now = (record.name, record.getMessage()), time.monotonic()
+            with self._lock:
+                again = said == self._said and now - self._said_at < 1.0
+                self._said, self._said_at = said, now
+            return not again
         if _expected_at_first_start(record):
             # A broker creating its group metadata (``__consumer_offsets``) on the
             # first group ever: aiokafka retries at once, and it is no error.

@@ -27,3 +27,21 @@ def test_a_coordinator_a_new_broker_cannot_name_yet_is_no_error(
         ("INFO", "GroupCoordinatorNotAvailableError"),
         ("ERROR", "KafkaConnectionError"),
     ]
+
+
+def test_an_info_line_said_again_at_once_is_shown_once(caplog: pytest.LogCaptureFixture) -> None:
+    quiet_client_logs()
+    log = logging.getLogger(COORDINATOR)
+    line = "OffsetCommit failed for group %s due to a coordinator error (%s), will retry"
+    with caplog.at_level(logging.DEBUG, logger=COORDINATOR):
+        for _ in range(3):  # one per commit waiting on the failed one
+            log.info(line, "g", "NotCoordinatorForGroupError")
+        log.info(line, "g", "CoordinatorLoadInProgressError")
+        log.info("Joined group 'g' (generation 2)")
+        log.info("Joined group 'g' (generation 3)")
+    assert [r.getMessage() for r in caplog.records] == [
+        line % ("g", "NotCoordinatorForGroupError"),
+        line % ("g", "CoordinatorLoadInProgressError"),
+        "Joined group 'g' (generation 2)",
+        "Joined group 'g' (generation 3)",
+    ]
