@@ -235,6 +235,11 @@ class _Repeats(logging.Filter):
         self._lock = threading.Lock()  # the consumer logs from its own thread
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if _expected_at_first_start(record):
+            # A broker creating its group metadata (``__consumer_offsets``) on the
+            # first group ever, or handing it over as it stops: aiokafka retries
+            # every 100 ms, and it is no error.
+            record.levelno, record.levelname = logging.INFO, "INFO"
         if record.levelno < logging.WARNING:
             # The clients' INFO lines (rebalances, assignments) stay, but not the
             # same line again within a second (a failed commit, retried by each of
@@ -244,11 +249,6 @@ class _Repeats(logging.Filter):
                 again = said == self._said and now - self._said_at < 1.0
                 self._said, self._said_at = said, now
             return not again
-        if _expected_at_first_start(record):
-            # A broker creating its group metadata (``__consumer_offsets``) on the
-            # first group ever: aiokafka retries at once, and it is no error.
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            return True
         text = record.msg if isinstance(record.msg, str) else str(record.msg)
         kind = (record.name, self._DIGITS.sub("#", text)[:120])
         now = time.monotonic()

@@ -29,6 +29,23 @@ def test_a_coordinator_a_new_broker_cannot_name_yet_is_no_error(
     ]
 
 
+def test_a_coordinator_lookup_retried_every_100_ms_is_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    quiet_client_logs()
+    log = logging.getLogger(COORDINATOR)
+    with caplog.at_level(logging.DEBUG, logger=COORDINATOR):
+        log.info("Revoking previously assigned partitions")  # what came before
+        for _ in range(15):  # a broker stopping: aiokafka asks again every 100 ms
+            log.error(
+                "Group Coordinator Request failed: %s", errors.GroupCoordinatorNotAvailableError()
+            )
+    assert [(r.levelname, r.getMessage()[:33]) for r in caplog.records] == [
+        ("INFO", "Revoking previously assigned part"),
+        ("INFO", "Group Coordinator Request failed:"),
+    ]
+
+
 def test_an_info_line_said_again_at_once_is_shown_once(caplog: pytest.LogCaptureFixture) -> None:
     quiet_client_logs()
     log = logging.getLogger(COORDINATOR)
