@@ -144,6 +144,7 @@ class App(OpsHost):
         self.kafka_watch = KafkaWatch(kafka, self.kafka_state)
         self._stop_deadline = StopDeadline(settings.worker.stop_timeout_s, self._stopping_state)
         quiet_client_logs()
+        faust_compat.pace_metadata_retries()
         self.on_partitions_revoked.connect(self._timers_revoked, weak=False)  # type: ignore[arg-type]
         # Faust's own sensor records into the same provider, so /metrics and
         # OTLP carry its faust.* metrics too.
