@@ -238,7 +238,7 @@ class KafkaMessageBus(Service):
         if key is None:
             key = message.partition_key()
         assert message.timestamp is not None  # set by MessageBase.__post_init__
-        return Outgoing(
+        return Outgoing.of(
             topic,
             key.encode() if key is not None else None,
             # Stamped here, in the caller's context (its trace).

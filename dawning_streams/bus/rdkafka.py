@@ -70,6 +70,9 @@ REFUSED_FOR_GOOD = frozenset(
     }
 )
 
+#: A named tuple made without its generated ``__new__``, a Python function (once per record).
+_new_tuple = tuple.__new__
+
 _PARTITIONERS = {"consistent_random": "consistent_random", "murmur2": "murmur2_random"}
 
 
@@ -371,18 +374,11 @@ class RdkafkaPort:
         tp = self._partitions.get((topic, partition))
         if tp is None:
             tp = self._partitions[(topic, partition)] = TopicPartition(topic, partition)
-        kind, timestamp = msg.timestamp()
-        ack.set_result(
-            RecordMetadata(
-                topic,
-                partition,
-                tp,
-                msg.offset(),
-                timestamp if kind != confluent_kafka.TIMESTAMP_NOT_AVAILABLE else None,
-                1 if kind == confluent_kafka.TIMESTAMP_LOG_APPEND_TIME else 0,
-                None,
-            )
-        )
+        kind, stamped = msg.timestamp()
+        timestamp = None if kind == confluent_kafka.TIMESTAMP_NOT_AVAILABLE else stamped
+        appended = int(kind == confluent_kafka.TIMESTAMP_LOG_APPEND_TIME)
+        receipt = (topic, partition, tp, msg.offset(), timestamp, appended, None)
+        ack.set_result(_new_tuple(RecordMetadata, receipt))
 
 
 class _Ack(asyncio.Future[RecordMetadata]):
