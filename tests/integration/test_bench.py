@@ -123,4 +123,5 @@ def test_the_smoke_benchmark_measures_every_pair_and_writes_its_result(
     ):
         figures = result["ratios"][pair]
         assert figures["ratio"] > 0 and figures["cpu_ratio"] > 0, figures
+        assert isinstance(figures["cpu_us_added"], float), figures
     assert "handler_consume" in run.stdout and "rate ratio" in run.stdout
