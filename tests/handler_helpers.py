@@ -37,9 +37,15 @@ class Calls:
                 await self.changed.wait()
 
 
-async def eventually(check: Callable[[], object], timeout_s: float = 90, what: str = "") -> Any:
+async def eventually(
+    check: Callable[[], object],
+    timeout_s: float = 90,
+    what: str = "",
+    explain: Callable[[], str] | None = None,
+) -> Any:
     """Poll ``check`` (plain or async) until it gives something true, and return
-    that; fail after ``timeout_s``, saying ``what`` was awaited."""
+    that; fail after ``timeout_s``, saying ``what`` was awaited (and what
+    ``explain`` then says)."""
     try:
         async with asyncio.timeout(timeout_s):
             while True:
@@ -50,7 +56,35 @@ async def eventually(check: Callable[[], object], timeout_s: float = 90, what: s
                     return result
                 await asyncio.sleep(0.2)
     except TimeoutError:
-        raise AssertionError(f"not within {timeout_s} s: {what or check!r}") from None
+        said = f"\n{explain()}" if explain is not None else ""
+        raise AssertionError(f"not within {timeout_s} s: {what or check!r}{said}") from None
+
+
+def consumer_state(app: App) -> str:
+    """Where ``app``'s consumer and table recovery stand, for a test that waited in vain."""
+    consumer: Any = app.consumer
+    recovery: Any = app.tables.recovery
+    client = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    lines = [
+        f"{app.conf.id} ({app.conf.broker_client_id}): flow_active={consumer.flow_active}"
+        f" in_recovery={recovery.in_recovery} assignment={sorted(consumer.assignment())}",
+        f"  Faust paused={sorted(consumer._paused_partitions)}"
+        f" active={sorted(consumer._active_partitions or ())}",
+        f"  aiokafka paused={sorted(client.paused()) if client is not None else '?'}",
+        f"  recovery active_tps={sorted(recovery.active_tps)}"
+        f" offsets={dict(recovery.active_offsets)} highwaters={dict(recovery.active_highwaters)}",
+    ]
+    if client is not None:
+        subscription = client._subscription.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        if assignment is not None:
+            for tp in sorted(assignment.tps):
+                state = assignment.state_value(tp)
+                lines.append(
+                    f"  {tp.topic}[{tp.partition}] position={state._position}"
+                    f" paused={state.paused} awaiting_reset={state.awaiting_reset}"
+                )
+    return "\n".join(lines)
 
 
 @asynccontextmanager

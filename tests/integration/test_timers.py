@@ -30,7 +30,7 @@ from dawning_streams.handlers.timers import pending_timers
 from dawning_streams.kafka.reading import read_to_end
 from dawning_streams.observability.health import readiness
 
-from ..handler_helpers import Calls, eventually, running, same_partition_users
+from ..handler_helpers import Calls, consumer_state, eventually, running, same_partition_users
 from ..kafka_helpers import read_topic
 
 pytestmark = pytest.mark.kafka
@@ -253,6 +253,7 @@ async def test_timers_move_with_their_partitions_when_a_worker_joins(settings: S
                 lambda: set(first.items) | set(second.items) >= set(due),
                 timeout_s=60,
                 what="every timer fired",
+                explain=lambda: "\n".join(map(consumer_state, (first_app, second_app))),
             )
     assert second.items, "the joining worker was given no timer partition"
     for calls in (first, second):
