@@ -73,6 +73,8 @@ def consumer_state(app: App) -> str:
         f"  aiokafka paused={sorted(client.paused()) if client is not None else '?'}",
         f"  recovery active_tps={sorted(recovery.active_tps)}"
         f" offsets={dict(recovery.active_offsets)} highwaters={dict(recovery.active_highwaters)}",
+        # Faust drops a fetched record below the offset it last read.
+        f"  Faust read offsets={dict(consumer._read_offset)}",
     ]
     if client is not None:
         subscription = client._subscription.subscription
