@@ -15,12 +15,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-
-import redis.asyncio as redis
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING
 
 from dawning_streams.core.records import CacheInvalidationMessage
-from dawning_streams.services.redis_pool import RedisPool
+from dawning_streams.services.redis_pool import RedisPool, unreachable
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
 
 __all__ = ["DistributedCache", "LocalCache", "redis_key", "unlink_matching"]
 
@@ -109,7 +110,7 @@ class DistributedCache:
             if stored is None:
                 return None
             ttl_ms = await self.client.pttl(full)
-        except (RedisError, OSError) as exc:
+        except unreachable() as exc:
             self.pool.reachability.down(exc)
             logger.debug("cache: Redis unreachable, %s is a miss: %s", full, exc)
             return None
@@ -127,7 +128,7 @@ class DistributedCache:
         try:
             await self.client.set(full, value, px=int(ttl_s * 1000))
             self.pool.reachability.up()
-        except (RedisError, OSError) as exc:
+        except unreachable() as exc:
             self.pool.reachability.down(exc)
             logger.debug("cache: Redis unreachable, %s kept in this process only: %s", full, exc)
 

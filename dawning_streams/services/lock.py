@@ -22,13 +22,14 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-
-import redis.asyncio as redis
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING
 
 from dawning_streams.core.errors import DawningError
 from dawning_streams.core.names import lock_key
-from dawning_streams.services.redis_pool import RedisPool
+from dawning_streams.services.redis_pool import RedisPool, unreachable
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
 
 __all__ = ["DistributedLock", "LockHandle", "LockUnavailable"]
 
@@ -89,7 +90,7 @@ class DistributedLock:
         ttl_ms = max(1, int(ttl_s * 1000))
         try:
             fence = int(await self._client.eval(_ACQUIRE, 2, key, fence_key, token, ttl_ms))
-        except (RedisError, OSError) as exc:
+        except unreachable() as exc:
             raise LockUnavailable(f"cannot reach Redis for lock {name!r}: {exc}") from exc
         if not fence:
             yield None
@@ -104,7 +105,7 @@ class DistributedLock:
                 await renewal
             try:
                 await self._client.eval(_RELEASE, 1, key, token)
-            except (RedisError, OSError):
+            except unreachable():
                 logger.warning("could not release lock %r; it expires in %.0f s", name, ttl_s)
 
     async def _renew(self, handle: LockHandle, key: str, ttl_ms: int) -> None:
@@ -112,7 +113,7 @@ class DistributedLock:
             await asyncio.sleep(handle.ttl_s / 3)
             try:
                 renewed = await self._client.eval(_RENEW, 1, key, handle.token, ttl_ms)
-            except (RedisError, OSError) as exc:
+            except unreachable() as exc:
                 logger.warning("could not renew lock %r: %s", handle.name, exc)
                 continue
             if not renewed:

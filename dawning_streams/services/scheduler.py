@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mode import Service
-from redis.exceptions import RedisError
 
 from dawning_streams.core.names import scheduled_key, valid_name
 from dawning_streams.services.lock import DistributedLock, LockUnavailable
-from dawning_streams.services.redis_pool import RedisPool
+from dawning_streams.services.redis_pool import RedisPool, unreachable
 
 __all__ = ["ScheduledTask", "Scheduler"]
 
@@ -103,7 +102,7 @@ class Scheduler(Service):
                     return False
                 await self.redis.client.set(scheduled_key(self._group, task.name), repr(started))
                 return True
-        except (LockUnavailable, RedisError, OSError) as exc:
+        except unreachable(LockUnavailable) as exc:
             # Logged once per outage (and a line a minute), not once per tick.
             self.redis.reachability.down(exc)
             logger.debug("scheduled task %s skipped this tick: %s", task.name, exc)

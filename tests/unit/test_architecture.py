@@ -7,6 +7,8 @@ function; those under ``if TYPE_CHECKING:`` only name types and run nothing).
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from ..conftest import ROOT
@@ -163,3 +165,20 @@ def test_the_app_implements_each_layers_interface() -> None:
         if getattr(App, name) is member
     ]
     assert not abstract, f"the App does not implement {abstract}"
+
+
+def test_a_process_that_only_sends_does_not_load_redis_py(tmp_path: Path) -> None:
+    """redis-py (8 MB) is loaded by the first Redis client, which only a worker makes."""
+    script = (
+        "import sys\n"
+        "from dawning_streams import UserEventMessage, create_app\n"
+        "app = create_app()\n"
+        "@app.handler(UserEventMessage, name='sent_only')\n"
+        "async def sent_only(message: UserEventMessage) -> None: ...\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'redis'))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]", run.stdout
