@@ -134,7 +134,7 @@ def decode_mapping(
             if f.required:
                 raise fail(f"missing required field {f.wire}")
             continue
-        if value.__class__ is not f.kind:  # a string for a str field is taken as it is
+        if f.kind is not str or value.__class__ is not str:  # a string is taken as it is
             try:
                 value = _convert(f, value)
             except (TypeError, ValueError) as exc:
