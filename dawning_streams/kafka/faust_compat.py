@@ -55,9 +55,11 @@ __all__ = [
     "committed_offsets",
     "list_offsets",
     "new_producer",
+    "on_metadata_update",
     "pace_metadata_retries",
     "record_metadata_included",
     "recovery_progress",
+    "refresh_metadata",
     "set_current_event",
     "set_fetch_max_wait",
     "worker_consumer",
@@ -92,6 +94,8 @@ OVERRIDDEN: tuple[tuple[type, str, tuple[str, ...]], ...] = (
     (ProducerBuffer, "put", ("self", "fut")),
     (faust.App, "_new_producer", ("self",)),
     (aiokafka.AIOKafkaClient, "fetch_all_metadata", ("self",)),
+    (aiokafka.AIOKafkaClient, "force_metadata_update", ("self",)),
+    (ClusterMetadata, "add_listener", ("self", "listener")),
     (aiokafka.AIOKafkaClient, "_metadata_update", ("self", "cluster_metadata", "topics")),
     (AIOKafkaAdminClient, "_send_request", ("self", "request", "node_id")),
     (MetricReader, "_receive_metrics", ("self", "metrics_data", "timeout_millis", "kwargs")),
@@ -213,6 +217,18 @@ def pace_metadata_retries() -> None:
 def worker_consumer(app: object) -> Any:
     """A Faust app's consumer if one was made, without making one (``app.consumer`` would)."""
     return app._consumer  # type: ignore[attr-defined]
+
+
+def on_metadata_update(
+    consumer: aiokafka.AIOKafkaConsumer, listener: Callable[[ClusterMetadata], None]
+) -> None:
+    """Call ``listener`` with the metadata after each update of ``consumer``'s (on its loop)."""
+    consumer._client.cluster.add_listener(listener)
+
+
+def refresh_metadata(consumer: aiokafka.AIOKafkaConsumer) -> None:
+    """Ask ``consumer``'s client for a metadata update now, in the background."""
+    consumer._client.force_metadata_update()
 
 
 async def cluster_metadata(consumer: aiokafka.AIOKafkaConsumer) -> ClusterMetadata:

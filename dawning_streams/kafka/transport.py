@@ -16,6 +16,11 @@ Faust only queues, and the bus's sends) is acknowledged. Its aiokafka consumer
 lets the broker hold an empty fetch for ``Kafka:FetchMaxWaitMs`` instead of
 Faust's fixed 1.5 s, which a partition resumed meanwhile would otherwise sit out.
 
+Its aiokafka consumer also asks for the cluster's metadata again every second
+while a topic it subscribes to is missing from it (:class:`MissingTopicsWatch`),
+so a group leader that assigned without that topic rejoins as soon as the topic
+shows.
+
 Faust queues a table's changelog writes in the producer's buffer, since
 ``table[key] = value`` cannot wait. When the buffer outgrows
 ``ProducerBuffer.max_messages`` (an outage, or a handler writing faster than
@@ -26,10 +31,12 @@ Faust's warning per message. Its high-water mark is a metric.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any
 
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.structs import RecordMetadata
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
@@ -38,7 +45,9 @@ from faust.types import TP
 from dawning_streams.kafka import faust_compat
 from dawning_streams.kafka.lanes import Lane
 
-__all__ = ["Consumer", "Producer", "ProducerBuffer", "Transport"]
+__all__ = ["Consumer", "MissingTopicsWatch", "Producer", "ProducerBuffer", "Transport"]
+
+logger = logging.getLogger(__name__)
 
 _PAUSED_FETCH_TIMEOUT_S = 0.01
 
@@ -130,13 +139,62 @@ class Producer(faust_aiokafka.Producer):
         return future
 
 
+class MissingTopicsWatch:
+    """Asks for ``consumer``'s metadata again every ``every_s`` while a topic it
+    subscribes to is missing from it.
+
+    A group's leader assigns the partitions its metadata shows, and leaves out a
+    subscribed topic it does not know (Faust logs "Ignoring missing topic"). It
+    rejoins when its metadata changes, but aiokafka asks for metadata only every
+    ``metadata_max_age_ms`` (Faust: five minutes) unless something else needs
+    it. A topic created a moment before the group joined (a table's changelog,
+    made by another worker starting at the same time) can be missing from the
+    broker's answer, and its partitions, with every handler waiting on that
+    table, would stay unassigned for minutes. Kafka's Java client asks again
+    after ``retry.backoff.ms`` in that case; this does the same.
+    """
+
+    def __init__(self, consumer: Any, every_s: float = 1.0) -> None:
+        self.consumer = consumer
+        self.every_s = every_s
+        self.missing: frozenset[str] = frozenset()
+        self._asking: asyncio.TimerHandle | None = None
+        faust_compat.on_metadata_update(consumer, self._updated)
+
+    def _updated(self, cluster: ClusterMetadata) -> None:
+        missing = frozenset(
+            topic
+            for topic in self.consumer.subscription()
+            if not cluster.partitions_for_topic(topic)
+        )
+        if missing != self.missing:
+            if missing:
+                logger.warning(
+                    "subscribed topics missing from the cluster's metadata, asked again every "
+                    "%g s (their partitions are not assigned until they show): %s",
+                    self.every_s,
+                    ", ".join(sorted(missing)),
+                )
+            else:
+                logger.info("subscribed topics now in the metadata: %s", ", ".join(self.missing))
+            self.missing = missing
+        if missing and self._asking is None:
+            self._asking = asyncio.get_running_loop().call_later(self.every_s, self._ask)
+
+    def _ask(self) -> None:
+        self._asking = None
+        faust_compat.refresh_metadata(self.consumer)
+
+
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread, whose aiokafka consumer honours ``Kafka:FetchMaxWaitMs``."""
+    """Faust's consumer thread, whose aiokafka consumer honours ``Kafka:FetchMaxWaitMs``
+    and asks again for the metadata of a subscribed topic it is missing."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         settings = self.app.dawning_settings  # type: ignore[attr-defined]
         faust_compat.set_fetch_max_wait(consumer, settings.kafka.fetch_max_wait_ms)
+        self.missing_topics = MissingTopicsWatch(consumer)
         return consumer
 
 
