@@ -28,7 +28,6 @@ from contextvars import ContextVar, Token
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -93,6 +92,9 @@ class Tracing:
     def __init__(self, settings: TelemetrySettings, resource: Resource) -> None:
         self.provider = _Provider(resource=resource, shutdown_on_exit=False)
         if settings.otlp_endpoint is not None:
+            # Imported here, as the metric exporter is (see Metrics).
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
             exporter = OTLPSpanExporter(
                 endpoint=settings.otlp_endpoint.rstrip("/") + "/v1/traces",
                 headers=otlp_headers(settings),
