@@ -25,6 +25,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable
+from contextlib import suppress
 from typing import NamedTuple, Protocol
 
 from aiokafka.structs import RecordMetadata
@@ -187,6 +188,13 @@ class Publisher(Service):
         #: Set while the spool holds records: new messages queue up behind them.
         self._spooling = False
         self._spool_waiting = asyncio.Event()
+        #: Set while nothing is spooled: a publish goes straight to the broker.
+        self._direct = asyncio.Event()
+        self._direct.set()
+        #: Whether the broker answered the last attempt to reach it.
+        self._reachable = True
+        #: One drain at a time: two would read the same oldest records and send them twice.
+        self._draining = asyncio.Lock()
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     async def on_start(self) -> None:
@@ -206,6 +214,7 @@ class Publisher(Service):
                 reason(exc),
                 self.spool.path,
             )
+            self._reachable = False
             self._start_spooling()
 
     async def on_shutdown(self) -> None:
@@ -224,6 +233,7 @@ class Publisher(Service):
         async with asyncio.timeout(self._send_timeout_s):
             await self.port.connect()
         self._connected = True
+        self._reachable = True
 
     async def send(self, record: Outgoing) -> Awaitable[RecordMetadata]:
         """Hand ``record`` to the producer; no spool, no timeout."""
@@ -252,6 +262,13 @@ class Publisher(Service):
         refused: dict[int, str] = {}
         unencodable: dict[int, str] = {}
         confirmed = 0  # records[:confirmed] are acknowledged or refused
+        if self._spooling and self._reachable:
+            # The broker is taking what an earlier run or outage spooled: wait
+            # for it (within the send timeout) and publish directly after it,
+            # rather than queue behind it in the spool and return no receipt.
+            with suppress(TimeoutError):
+                async with asyncio.timeout(self._send_timeout_s):
+                    await self._direct.wait()
         if not self._spooling:
             port = self.port
             # In this loop rather than a coroutine per step: this is every message's path.
@@ -317,6 +334,7 @@ class Publisher(Service):
                     reason(exc),
                     self.spool.wanted,
                 )
+                self._reachable = False
                 self._start_spooling()
         for n in range(confirmed, len(records)):
             if n in refused or n in unencodable:
@@ -348,6 +366,7 @@ class Publisher(Service):
 
     def _start_spooling(self) -> None:
         self._spooling = True
+        self._direct.clear()
         self._spool_waiting.set()
 
     @Service.task
@@ -362,6 +381,7 @@ class Publisher(Service):
                 await self.drain()
                 pause_s = 0.5
             except (*UNREACHABLE, PublishError) as exc:
+                self._reachable = False
                 # Said once; the app's Kafka watch sums an outage up once a minute.
                 logger.log(
                     logging.INFO if pause_s == 0.5 else logging.DEBUG,
@@ -372,21 +392,29 @@ class Publisher(Service):
                 pause_s = min(pause_s * 2, 10.0)
 
     async def drain(self) -> None:
-        """Deliver the spool, oldest first; raises while the broker is unreachable."""
-        while self.spool.count:
-            batch = await self.spool.oldest(_DRAIN_BATCH)
-            delivered: list[SpooledRecord] = []
-            try:
-                await self._deliver(batch, delivered)
-            finally:
-                if delivered:
-                    await self.spool.remove(delivered)
-        # Nothing awaits between the check above and here: a publish that
-        # starts now sees the flag down and goes straight to the broker.
-        if self._spooling:
-            logger.info("spool: everything delivered; publishing directly again")
-        self._spooling = False
-        self._spool_waiting.clear()
+        """Deliver the spool, oldest first; raises while the broker is unreachable.
+
+        One drain runs at a time (the spool's delivery task, and a sender
+        closing, both drain); a second waits for the first, then delivers
+        whatever is left.
+        """
+        async with self._draining:
+            while self.spool.count:
+                batch = await self.spool.oldest(_DRAIN_BATCH)
+                delivered: list[SpooledRecord] = []
+                try:
+                    await self._deliver(batch, delivered)
+                finally:
+                    if delivered:
+                        self._reachable = True
+                        await self.spool.remove(delivered)
+            # Nothing awaits between the check above and here: a publish that
+            # starts now sees the flag down and goes straight to the broker.
+            if self._spooling:
+                logger.info("spool: everything delivered; publishing directly again")
+            self._spooling = False
+            self._spool_waiting.clear()
+            self._direct.set()
 
     async def _deliver(self, batch: list[SpooledRecord], delivered: list[SpooledRecord]) -> None:
         """Send ``batch`` pipelined; collect what the broker acknowledged in ``delivered``."""

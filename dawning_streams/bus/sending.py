@@ -14,7 +14,8 @@ test, a thread) gets a producer of its own, with no set-up call:
   in one WARNING line anything left in the spool.
 * :class:`BlockingSender`: one per process, for code with no event loop
   (``publish_blocking``, ``delay_blocking``): a loop on a thread of its own,
-  safe to call from any number of threads, closed at process exit.
+  safe to call from any number of threads, closed when the main thread ends
+  (delivering its spool, or naming what is left in it, as a loop's sender does).
 
 A sender declares the app's message and timer topics it finds missing, with
 the configured partitions, before its first send: a script may run before any
@@ -25,7 +26,6 @@ that has not started yet starts, it does not spool.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
 import threading
 import weakref
@@ -41,6 +41,7 @@ from dawning_streams.bus.publisher import BrokerUnavailable, Publisher
 from dawning_streams.bus.rdkafka import RdkafkaPort
 from dawning_streams.bus.spool import Spool
 from dawning_streams.core.errors import DawningError
+from dawning_streams.kafka import faust_compat
 from dawning_streams.kafka.security import client_options
 
 __all__ = ["AdminTopics", "BlockingSender", "LoopSender", "Senders"]
@@ -199,7 +200,7 @@ class BlockingSender:
         self._thread.start()
         self.sender = LoopSender(app, self.loop)
         self._stop_timeout_s = app.dawning_settings.worker.stop_timeout_s
-        atexit.register(self.close)
+        faust_compat.at_main_thread_exit(self.close)
 
     @property
     def spool(self) -> Spool:

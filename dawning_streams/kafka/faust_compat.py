@@ -22,7 +22,9 @@ Faust drivers, registered by entry points (``faust.transports`` and
 from __future__ import annotations
 
 import asyncio
+import atexit
 import inspect
+import threading
 import weakref
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -48,6 +50,7 @@ from dawning_streams.core.errors import DawningError
 __all__ = [
     "FaustCompatError",
     "ReceiveMetricsHook",
+    "at_main_thread_exit",
     "broker_connected",
     "call_in_consumer_thread",
     "check",
@@ -162,6 +165,8 @@ def problems() -> list[str]:
             found.append(f"{owner.__module__}.{owner.__qualname__} no longer has {attribute}")
     if not isinstance(getattr(faust.streams, "_current_event", None), ContextVar):
         found.append("faust.streams._current_event is no longer a ContextVar")
+    if not callable(getattr(threading, "_register_atexit", None)):
+        found.append("threading._register_atexit is gone")
     return found
 
 
@@ -178,6 +183,22 @@ def check() -> None:
 
 
 # -- private reads ---------------------------------------------------------------
+
+
+def at_main_thread_exit(function: Callable[[], None]) -> None:
+    """Call ``function`` when the main thread ends, before ``concurrent.futures``
+    stops taking work.
+
+    ``atexit`` runs too late for anything that hands work to a thread pool
+    (SQLite calls, asyncio's name lookups): by then every executor refuses new
+    work ("cannot schedule new futures after interpreter shutdown").
+    ``threading._register_atexit`` is the hook concurrent.futures itself uses;
+    a function registered later runs earlier, so before the executors stop.
+    """
+    try:
+        threading._register_atexit(function)  # type: ignore[attr-defined]
+    except RuntimeError:  # the interpreter is already shutting down
+        atexit.register(function)
 
 
 def committed_offsets(consumer: Any) -> Mapping[TP, int | None]:

@@ -173,23 +173,36 @@ async def test_tasks_sent_from_asyncio_run_an_aiohttp_server_and_threads_all_rea
     assert list(work.iterdir()) == []
 
 
-async def test_a_script_that_ends_with_messages_spooled_says_so_with_the_count_and_path(
-    settings: Settings, tmp_path: Path
+@pytest.mark.parametrize("script", [ASYNCIO_RUN, THREADS], ids=["asyncio.run", "threads"])
+async def test_a_script_that_ends_with_messages_spooled_says_so_and_the_next_delivers_each_once(
+    settings: Settings, tmp_path: Path, script: str
 ) -> None:
+    topic = f"{settings.kafka.topics.user_event}.spooled"
     (tmp_path / "tasks.py").write_text(TASKS)
     spool = tmp_path / "spool" / "script.sqlite3"
     env = {
-        **client_env(settings, tmp_path, "never.reached"),
-        "DAWNING_KAFKA__BOOTSTRAPSERVERS": f"127.0.0.1:{free_port()}",  # nothing listens
+        **client_env(settings, tmp_path, topic),
         "DAWNING_KAFKA__SPOOL__PATH": str(spool),
         "DAWNING_KAFKA__SPOOL__SENDTIMEOUTMS": "1000",
         "DAWNING_WORKER__STOPTIMEOUTS": "2",
     }
-    code, out, err = await run_client(ASYNCIO_RUN, "5", env=env, cwd=tmp_path)
+    unreachable = {**env, "DAWNING_KAFKA__BOOTSTRAPSERVERS": f"127.0.0.1:{free_port()}"}
+    code, out, err = await run_client(script, "5", env=unreachable, cwd=tmp_path)
     assert code == 0, err
     assert json.loads(out) == [False] * 5, "unreachable: every message spooled"
     assert f"5 messages were not delivered and wait in the spool {spool}" in err, err
-    assert spool.exists()
+
+    # The next script, with the broker up, delivers the five first, then its
+    # own three straight to the broker (receipts, not the spool).
+    code, out, err = await run_client(script, "3", env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out) == [True] * 3, err
+    assert "wait in the spool" not in err, err
+    bootstrap = settings.kafka.bootstrap_servers[0]
+    ids = [
+        decode(r.value, UserEventMessage).message_id for r in await read_to_end(bootstrap, topic)
+    ]
+    assert len(ids) == 8 and len(set(ids)) == 8, ids
 
 
 async def test_a_blocking_send_on_a_running_loop_is_refused_with_what_to_do(
