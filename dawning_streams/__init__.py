@@ -10,6 +10,7 @@ from dawning_streams.core.codec import decode, encode
 from dawning_streams.core.dedupe import Dedupe
 from dawning_streams.core.errors import (
     DawningError,
+    KafkaUnavailable,
     MessageDecodeError,
     MessageEncodeError,
     PublishError,
@@ -45,6 +46,7 @@ __all__ = [
     "Handler",
     "HandlerError",
     "KafkaMessageBus",
+    "KafkaUnavailable",
     "MessageBase",
     "MessageBus",
     "MessageDecodeError",

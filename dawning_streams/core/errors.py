@@ -54,3 +54,7 @@ class MessageEncodeError(DawningError, ValueError):
 
 class PublishError(DawningError):
     """A message could not be handed to Kafka or was not acknowledged."""
+
+
+class KafkaUnavailable(DawningError):
+    """Kafka did not answer a read of its topics (a web view's, a command's)."""

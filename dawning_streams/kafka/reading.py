@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
+from dawning_streams.core.errors import KafkaUnavailable
 from dawning_streams.core.settings import KafkaSettings
 from dawning_streams.kafka import faust_compat
 from dawning_streams.kafka.security import client_options
@@ -21,23 +24,30 @@ __all__ = ["Scan", "read_to_end", "scan"]
 _READ_WAIT_MS = 20
 
 
-def _reader(settings: KafkaSettings) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
+@asynccontextmanager
+async def _reader(settings: KafkaSettings) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started consumer of no group, stopped afterwards (also when its start
+    failed); :class:`KafkaUnavailable` when Kafka does not answer."""
+    consumer = AIOKafkaConsumer(
         **client_options(settings),
         enable_auto_commit=False,
         group_id=None,
         fetch_max_wait_ms=_READ_WAIT_MS,
     )
+    try:
+        await consumer.start()
+        yield consumer
+    except (KafkaError, OSError) as exc:
+        servers = ",".join(settings.bootstrap_servers)
+        raise KafkaUnavailable(f"Kafka ({servers}) did not answer: {exc}") from exc
+    finally:
+        await consumer.stop()
 
 
 async def existing_topics(settings: KafkaSettings, topics: Iterable[str]) -> set[str]:
     """Those of ``topics`` the cluster has (asked without creating any)."""
-    consumer = _reader(settings)
-    await consumer.start()
-    try:
+    async with _reader(settings) as consumer:
         cluster = await faust_compat.cluster_metadata(consumer)
-    finally:
-        await consumer.stop()
     return {name for name in topics if cluster.partitions_for_topic(name)}
 
 
@@ -48,10 +58,8 @@ async def read_to_end(settings: KafkaSettings, topics: Iterable[str]) -> list[An
     exist reads as empty. Records come partition by partition, each in offset order.
     """
     names = list(topics)
-    consumer = _reader(settings)
-    await consumer.start()
     records: list[Any] = []
-    try:
+    async with _reader(settings) as consumer:
         cluster = await faust_compat.cluster_metadata(consumer)
         partitions = [
             TopicPartition(name, p)
@@ -70,8 +78,6 @@ async def read_to_end(settings: KafkaSettings, topics: Iterable[str]) -> list[An
                 records.extend(record for record in batch if record.offset < end[tp])
                 if await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
-    finally:
-        await consumer.stop()
     return records
 
 
@@ -100,9 +106,7 @@ async def scan(
     are read in all. No consumer group: nothing is moved or committed.
     """
     result = Scan()
-    consumer = _reader(settings)
-    await consumer.start()
-    try:
+    async with _reader(settings) as consumer:
         cluster = await faust_compat.cluster_metadata(consumer)
         partitions = [
             TopicPartition(name, p)
@@ -141,8 +145,6 @@ async def scan(
             if result.scanned >= limit and remaining:
                 result.truncated = True
                 break
-    finally:
-        await consumer.stop()
     return result
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from faust.cli import AppCommand, option
 
-from dawning_streams.core.errors import DawningError
+from dawning_streams.core.errors import DawningError, KafkaUnavailable
 from dawning_streams.core.names import Header
 from dawning_streams.handlers.timers import pending_timers
 from dawning_streams.ops import dlq
@@ -91,6 +91,15 @@ def _handlers(command: AppCommand, chosen: tuple[str, ...]) -> list[str]:
     return list(chosen) or sorted(known)
 
 
+async def _pending(command: AppCommand, names: list[str]) -> dict[str, Any]:
+    """The timers report of ``names``; Kafka not answering exits with 1, in one line."""
+    try:
+        return await pending_timers(command.app, names)  # type: ignore[arg-type]
+    except KafkaUnavailable as exc:
+        command.say(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def register_commands(app: OpsHost) -> None:
     """Add the dead-letter and timer commands to ``app``'s command line."""
 
@@ -101,7 +110,7 @@ def register_commands(app: OpsHost) -> None:
     async def timers(self: AppCommand, handlers: tuple[str, ...], as_json: bool) -> None:
         """Pending timers per handler, the next due time, and the keys held by a retry."""
         names = _handlers(self, handlers)
-        report = await pending_timers(self.app, names)  # type: ignore[arg-type]
+        report = await _pending(self, names)
         if as_json:
             self.say(json.dumps(report, indent=2))
             return
@@ -124,7 +133,7 @@ def register_commands(app: OpsHost) -> None:
     async def held_release(self: AppCommand, handler: str, key: str) -> None:
         """Dead-letter the message a held key waits on; what is parked behind it then runs."""
         (name,) = _handlers(self, (handler,))
-        report = await pending_timers(self.app, [name])  # type: ignore[arg-type]
+        report = await _pending(self, [name])
         held = report[name]["held"].get(key)
         if held is None:
             self.say(f"Error: {name} holds no key {key!r}", file=sys.stderr)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from faust.web import Request, Response, View
 from faust.web.drivers.aiohttp import Web
 
+from dawning_streams.core.errors import KafkaUnavailable, PublishError
 from dawning_streams.observability import health
 from dawning_streams.observability.metrics import CONTENT_TYPE
 from dawning_streams.ops import dashboard, dashboard_html, search
@@ -195,6 +196,9 @@ def install(app: OpsHost) -> None:
             except BadRequest as exc:
                 page = dashboard_html.render_search(header, None, str(exc))
                 return self.html(page, status=400)
+            except KafkaUnavailable as exc:
+                page = dashboard_html.render_search(header, None, str(exc))
+                return self.html(page, status=503)
             return self.html(dashboard_html.render_search(header, found, None))
 
     @app.page("/api/messages")
@@ -206,6 +210,8 @@ def install(app: OpsHost) -> None:
                 found = await _search(app, request)
             except BadRequest as exc:
                 return error(self, 400, str(exc))
+            except KafkaUnavailable as exc:
+                return error(self, 503, str(exc))
             return self.json(search.as_json(found))
 
     @app.page("/dead-letters/{topic}")
@@ -215,7 +221,10 @@ def install(app: OpsHost) -> None:
         async def get(self, request: Request, topic: str) -> Response:
             if topic not in dashboard.dead_letter_topics(app):
                 return self.json({"error": f"{topic!r} is not a dead-letter topic"}, status=404)
-            letters = await dashboard.browse(app, topic)
+            try:
+                letters = await dashboard.browse(app, topic)
+            except KafkaUnavailable as exc:
+                return error(self, 503, str(exc))
             return self.html(dashboard_html.render_dead_letters(topic, letters))
 
     @app.page("/api/dead-letters/replay")
@@ -233,4 +242,6 @@ def install(app: OpsHost) -> None:
                 replayed = await dashboard.replay(app, body)
             except dashboard.BadReplay as exc:
                 return self.json({"error": str(exc)}, status=400)
+            except (KafkaUnavailable, PublishError) as exc:
+                return error(self, 503, f"the replay did not finish: {exc}")
             return self.json({"replayed": replayed})
