@@ -10,29 +10,59 @@ its handlers, tables, pages and scheduled tasks on this app::
     @app.handler(InvoicePaid, retry=Retry(max_retries=5))
     async def book_invoice(message: InvoicePaid) -> None: ...
 
-and a module with an ``install(app)`` function has it called. A module that
-cannot be imported stops the worker here, naming it and the error.
+and a module with an ``install(app)`` function has it called.
+
+A bad setting, or a module that cannot be imported, stops the worker here
+with exit code 2 and one line naming it (``Error: Kafka:Partitions='abc' ...``);
+an error raised inside a module that exists comes with its traceback first,
+since it is in the module's own code.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import traceback
+from typing import NoReturn
 
 from dawning_streams.application import create_app
 from dawning_streams.core.errors import SettingsError
 from dawning_streams.core.settings import Settings
 
-settings = Settings.load()
+
+def _stop(error: SettingsError) -> NoReturn:
+    print(f"Error: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+try:
+    settings = Settings.load()
+except SettingsError as exc:
+    _stop(exc)
 app = create_app(settings)
+
+
+def _missing(name: str, exc: Exception) -> bool:
+    """Whether ``exc`` says the module ``name`` (or a package above it) does not exist."""
+    missing = getattr(exc, "name", None)
+    return (
+        isinstance(exc, ModuleNotFoundError)
+        and missing is not None
+        and (name == missing or name.startswith(f"{missing}."))
+    )
 
 
 def _load(name: str) -> None:
     try:
         module = importlib.import_module(name)
     except Exception as exc:
-        raise SettingsError(
-            "Worker:Modules", name, f"cannot be imported: {type(exc).__name__}: {exc}"
-        ) from exc
+        if not _missing(name, exc):
+            traceback.print_exc()
+        _stop(
+            SettingsError(
+                "Worker:Modules", name, f"cannot be imported: {type(exc).__name__}: {exc}"
+            )
+        )
     install = getattr(module, "install", None)
     if callable(install):
         install(app)

@@ -1,0 +1,63 @@
+"""A worker that cannot start says why in one line, with exit code 2, both ways
+the README starts it (no broker needed: it stops before connecting)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FAUST = Path(sys.executable).with_name("faust")
+COMMANDS = {
+    "python -m": [sys.executable, "-m", "dawning_streams", "worker"],
+    "faust -A": [str(FAUST), "-A", "dawning_streams.app", "worker"],
+}
+
+
+def start(command: str, folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        COMMANDS[command],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(folder), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        (
+            {"DAWNING_KAFKA__PARTITIONS": "abc"},
+            "Error: Kafka:Partitions='abc' (from DAWNING_KAFKA__PARTITIONS): must be an integer",
+        ),
+        (
+            {"DAWNING_WORKER__MODULES": "billing.tasks"},
+            "Error: Worker:Modules='billing.tasks': cannot be imported: "
+            "ModuleNotFoundError: No module named 'billing'",
+        ),
+    ],
+    ids=["bad setting", "missing module"],
+)
+def test_a_bad_setting_or_a_missing_module_stops_the_worker_in_one_line(
+    command: str, env: dict[str, str], said: str, tmp_path: Path
+) -> None:
+    run = start(command, tmp_path, **env)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == said, run.stderr
+
+
+def test_an_error_inside_a_module_comes_with_its_traceback_then_the_line(tmp_path: Path) -> None:
+    (tmp_path / "billing.py").write_text("import os\n\nvalue = 1 / 0\n")
+    run = start("python -m", tmp_path, DAWNING_WORKER__MODULES="billing")
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert lines[-1] == (
+        "Error: Worker:Modules='billing': cannot be imported: ZeroDivisionError: division by zero"
+    ), run.stderr
+    assert 'billing.py", line 3, in <module>' in run.stderr, run.stderr
