@@ -332,6 +332,11 @@ async def browse(app: OpsHost, topic: str) -> list[dlq.DeadLetter]:
     return list(reversed(letters))[:BROWSE_LIMIT]
 
 
+def _integer(value: object) -> bool:
+    """An integer in JSON: ``true`` is a bool, which Python counts as an int."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 async def replay(app: OpsHost, request: Any) -> int:
     """Replay what ``request`` names.
 
@@ -345,13 +350,14 @@ async def replay(app: OpsHost, request: Any) -> int:
     topic = request["topic"]
     if topic not in dead_letter_topics(app):
         raise BadReplay(f"{topic!r} is not a dead-letter topic of this app")
+    everything = request.get("all") is True
+    partition, offset = request.get("partition"), request.get("offset")
+    if not everything and not (_integer(partition) and _integer(offset)):
+        raise BadReplay('partition and offset must be integers (or give "all": true)')
     letters = await dlq.read_dead_letters(app, [topic])
-    if request.get("all") is True:
+    if everything:
         chosen = letters
     else:
-        partition, offset = request.get("partition"), request.get("offset")
-        if not isinstance(partition, int) or not isinstance(offset, int):
-            raise BadReplay('partition and offset must be integers (or give "all": true)')
         chosen = [x for x in letters if (x.partition, x.offset) == (partition, offset)]
         if not chosen:
             raise BadReplay(f"no dead letter at {topic}/{partition}/{offset}")

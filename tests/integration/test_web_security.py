@@ -112,6 +112,13 @@ async def test_replay_needs_the_bearer_token_and_does_nothing_without_it(
         async with http.post(url, json={"topic": "nope"}, headers=authorized) as response:
             assert response.status == 400
             assert "'nope' is not a dead-letter topic" in (await response.json())["error"]
+        # JSON's true is not partition 1, nor a float an offset: refused, nothing replayed.
+        for bad in ({"partition": True, "offset": 0}, {"partition": 0, "offset": 0.0}):
+            request = {"topic": f"{topic}.dlq", **bad}
+            async with http.post(url, json=request, headers=authorized) as response:
+                assert response.status == 400
+                assert "must be integers" in (await response.json())["error"]
+        assert await end_offset(bootstrap, topic) == 2
 
 
 async def test_without_a_configured_token_every_admin_request_is_401(settings: Settings) -> None:
