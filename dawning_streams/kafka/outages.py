@@ -199,12 +199,16 @@ async def wait_for_kafka(
             kafka.up()
             return
         waited = time.monotonic() - started
-        if timeout_s is not None and waited + pause_s > timeout_s:
-            raise KafkaUnreachable(
-                f"Kafka is unreachable at {kafka.address} ({kafka.error}); "
-                f"gave up after {waited:.0f} s (Worker:StartTimeoutS={timeout_s:g})"
-            )
-        await asyncio.sleep(pause_s)
+        pause = pause_s
+        if timeout_s is not None:
+            if waited >= timeout_s:
+                raise KafkaUnreachable(
+                    f"Kafka is unreachable at {kafka.address} ({kafka.error}); "
+                    f"gave up after {waited:.0f} s (Worker:StartTimeoutS={timeout_s:g})"
+                )
+            # The last try comes at the timeout, not a whole pause before it.
+            pause = min(pause, timeout_s - waited)
+        await asyncio.sleep(pause)
         pause_s = min(pause_s * 2, 30.0)
 
 
