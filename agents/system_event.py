@@ -68,9 +68,11 @@ def install(app: App) -> Handler[SystemEventMessage]:
     app.add_dependency(reporter)
 
     # Sent while the producer still runs: after the consumer stops, before the rest.
+    # Not with Kafka unreachable: it would wait the send timeout, then be spooled
+    # and reported by the next start, stopped at a time that is no longer true.
     @app.on_before_shutdown.connect
     async def report_stopped(sender: App, **kwargs: Any) -> None:
-        if reporter.reported_start:
+        if reporter.reported_start and app.kafka_state.down_since is None:
             await reporter.report("instance.stopped")
 
     @app.shared_config.on_change

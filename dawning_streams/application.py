@@ -70,6 +70,11 @@ _SEED_TYPES = [cls for cls in message_types().values() if cls.topic_setting]
 
 logger = logging.getLogger(__name__)
 
+#: How long a stop that begins with Kafka unreachable may take (at most
+#: ``Worker:StopTimeoutS``): nothing can be committed or acknowledged then, so a
+#: longer wait only delays the exit, unless Kafka comes back within it.
+STOP_WITHOUT_KAFKA_S = 5.0
+
 
 def _forbid_pickle() -> None:
     """Take Faust's pickle codecs out of its registry.
@@ -353,8 +358,18 @@ class App(OpsHost):
     async def on_stop(self) -> None:
         if self.in_worker:
             # However the stop goes (a broker that never answers), the process
-            # ends within Worker:StopTimeoutS.
-            self._stop_deadline.arm()
+            # ends within Worker:StopTimeoutS; with Kafka already unreachable,
+            # where nothing can be committed or acknowledged, much sooner.
+            timeout_s = float(self.dawning_settings.worker.stop_timeout_s)
+            if self.kafka_state.down_since is not None:
+                timeout_s = min(timeout_s, STOP_WITHOUT_KAFKA_S)
+                logger.info(
+                    "stopping with Kafka unreachable for %.0f s: within %g s, and what is not "
+                    "committed is handled again by its partitions' next owner",
+                    self.kafka_state.down_s,
+                    timeout_s,
+                )
+            self._stop_deadline.arm(timeout_s)
         await super().on_stop()
         # A process that goes on (tests, the benchmark) may collect it again.
         gc.unfreeze()

@@ -607,7 +607,8 @@ class WorkerSettings:
     #: ``dawning_streams.agents`` is the Dawning application's seven agents.
     modules: tuple[str, ...] = _setting("Modules", _modules, ("dawning_streams.agents",))
 
-    #: After SIGTERM or SIGINT the process ends within this, reachable services or not.
+    #: After SIGTERM or SIGINT the process ends within this, reachable services or
+    #: not; within 5 s when Kafka is unreachable as the stop begins.
     stop_timeout_s: int = _setting("StopTimeoutS", _int(1, 3600), 30)
     #: A worker started while Kafka is unreachable waits for it this long, then
     #: exits with code 1; unset: it waits for as long as it takes.

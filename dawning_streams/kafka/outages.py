@@ -297,10 +297,13 @@ class StopDeadline:
         self.timeout_s = timeout_s
         self.describe = describe
         self._timer: threading.Timer | None = None
+        self._armed_s = timeout_s
 
-    def arm(self) -> None:
+    def arm(self, timeout_s: float | None = None) -> None:
+        """Start counting: ``timeout_s``, or the ``Worker:StopTimeoutS`` given at first."""
         if self._timer is None:
-            self._timer = threading.Timer(self.timeout_s, self._overdue)
+            self._armed_s = self.timeout_s if timeout_s is None else timeout_s
+            self._timer = threading.Timer(self._armed_s, self._overdue)
             self._timer.daemon = True
             self._timer.start()
 
@@ -314,7 +317,8 @@ class StopDeadline:
         except Exception as exc:  # the description must not keep the process alive
             state = f"(state unknown: {exc!r})"
         logger.error(
-            "the stop did not finish within Worker:StopTimeoutS=%g s; exiting now. %s",
+            "the stop did not finish within %g s (Worker:StopTimeoutS=%g); exiting now. %s",
+            self._armed_s,
             self.timeout_s,
             state,
         )
