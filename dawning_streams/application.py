@@ -46,6 +46,7 @@ from dawning_streams.kafka.outages import (
     KafkaWatch,
     StopDeadline,
     flush_logs,
+    log_thread_exceptions,
     quiet_client_logs,
     wait_for_kafka,
 )
@@ -294,6 +295,7 @@ class App(OpsHost):
         self.bus.bind_worker(asyncio.get_running_loop())
         await super().on_start()
         if self.in_worker:
+            log_thread_exceptions()
             await self._wait_for_kafka()
             await self._check_replication()
         # Declare every topic with its partition count before any consumer

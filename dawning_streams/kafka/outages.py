@@ -14,6 +14,9 @@
   with exponential backoff, instead of exiting at once.
 - :class:`StopDeadline` ends the process ``Worker:StopTimeoutS`` after a stop
   began, whatever it still waits for.
+- :func:`log_thread_exceptions` logs what ends a thread as one record, not as
+  a traceback written to stderr, which a worker logs line by line (a consumer
+  thread cancelled by a stop made a hundred WARNING lines of fragments).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "KafkaWatch",
     "StopDeadline",
     "flush_logs",
+    "log_thread_exceptions",
     "quiet_client_logs",
     "wait_for_kafka",
 ]
@@ -324,6 +328,25 @@ class StopDeadline:
         )
         flush_logs()
         os._exit(0)
+
+
+def log_thread_exceptions() -> None:
+    """Log an exception that ends a thread as one record (once per process):
+    a cancellation, which a stop does, in one INFO line; anything else at
+    ERROR with its traceback."""
+    if getattr(threading.excepthook, "logs", False):
+        return
+
+    def excepthook(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread is not None else "?"
+        if args.exc_type is asyncio.CancelledError:
+            logger.info("thread %s was cancelled", name)
+        elif args.exc_type is not SystemExit:
+            exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+            logger.error("thread %s ended with an exception", name, exc_info=exc_info)  # type: ignore[arg-type]
+
+    excepthook.logs = True  # type: ignore[attr-defined]
+    threading.excepthook = excepthook
 
 
 def flush_logs() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 
 import pytest
 from aiokafka import errors
 
-from dawning_streams.kafka.outages import quiet_client_logs
+from dawning_streams.kafka.outages import log_thread_exceptions, quiet_client_logs
 
 COORDINATOR = "aiokafka.consumer.group_coordinator"
 
@@ -62,3 +64,30 @@ def test_an_info_line_said_again_at_once_is_shown_once(caplog: pytest.LogCapture
         "Joined group 'g' (generation 2)",
         "Joined group 'g' (generation 3)",
     ]
+
+
+def test_what_ends_a_thread_is_one_record_not_stderr_lines(
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # restored afterwards
+    log_thread_exceptions()
+
+    def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    def broken() -> None:
+        raise ValueError("broken")
+
+    with caplog.at_level(logging.INFO, logger="dawning_streams.kafka.outages"):
+        for target, name in ((cancelled, "consumer"), (broken, "exporter")):
+            thread = threading.Thread(target=target, name=name)
+            thread.start()
+            thread.join()
+    said = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert said == [
+        ("INFO", "thread consumer was cancelled", False),
+        ("ERROR", "thread exporter ended with an exception", True),
+    ]
+    assert capsys.readouterr().err == ""
