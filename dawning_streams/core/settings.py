@@ -13,7 +13,8 @@ Sources, first match wins:
    when it exists, so the .NET gateway's file works unchanged;
 4. the defaults below, which are the seed's.
 
-An unknown ``DAWNING_*`` or ``Kafka__*`` variable is an error. Other
+An unknown ``DAWNING_*`` or ``Kafka__*`` variable is an error, and so is an
+unknown key in the file's ``Kafka`` section (a misspelt ``Kafka:Partitons``). Other
 .NET-style variables of a section this project also has (``Redis__*``,
 ``Smtp__*``...) are read when they name one of its settings and otherwise left
 alone: in the gateway's deployment those sections configure its own clients.
@@ -34,7 +35,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -669,6 +670,18 @@ class Settings:
                 "is not a dawning-streams setting",
                 source="environment",
             )
+        # The file's Kafka section is as strict as the Kafka__ variables: a
+        # misspelt key would otherwise leave its setting at the default unnoticed.
+        strict = STRICT_DOTNET.removesuffix("__").lower()
+        for section, node in document.items():
+            if section.lower() == strict and isinstance(node, Mapping):
+                for key_path, value in _unknown_keys(KafkaSettings, node, (section,)):
+                    raise SettingsError(
+                        ":".join(key_path),
+                        value,
+                        "is not a dawning-streams setting",
+                        source=str(path),
+                    )
         return settings
 
     def to_environ(self) -> dict[str, str]:
@@ -705,6 +718,19 @@ def _read_file(file: str | Path | None) -> tuple[Path | None, Mapping[str, Any]]
     if not isinstance(document, dict):
         raise SettingsError(SETTINGS_FILE_VAR, str(path), "must hold a JSON object")
     return path, document
+
+
+def _unknown_keys(
+    cls: type, node: Mapping[str, Any], path: tuple[str, ...]
+) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """The keys of ``node`` (and of its sections) that name no field of ``cls``."""
+    fields = {f.metadata["key"].lower(): f for f in dataclasses.fields(cls)}
+    for key, value in node.items():
+        found = fields.get(key.lower())
+        if found is None:
+            yield (*path, key), value
+        elif "section" in found.metadata and isinstance(value, Mapping):
+            yield from _unknown_keys(found.metadata["section"], value, (*path, key))
 
 
 class _Sources:

@@ -369,3 +369,21 @@ def test_settings_survive_the_trip_through_the_environment(tmp_cwd: Path) -> Non
     environ = original.to_environ()
     assert environ["DAWNING_KAFKA__BOOTSTRAPSERVERS"] == "a:1,b:2"
     assert load(environ) == original
+
+
+@pytest.mark.parametrize(
+    ("kafka", "named"),
+    [
+        ({"Partitons": 6}, "Kafka:Partitons"),
+        ({"Producer": {"Acks": "all", "LingrMs": 5}}, "Kafka:Producer:LingrMs"),
+    ],
+)
+def test_a_misspelt_kafka_key_in_the_file_is_refused_by_its_path(
+    tmp_cwd: Path, kafka: dict[str, object], named: str
+) -> None:
+    document = {**SEED_APPSETTINGS, "Kafka": {"Partitions": 6, **kafka}}
+    (tmp_cwd / "appsettings.json").write_text(json.dumps(document))
+    with pytest.raises(SettingsError) as refused:
+        load()
+    assert refused.value.key == named
+    assert "(from appsettings.json): is not a dawning-streams setting" in str(refused.value)
