@@ -77,6 +77,11 @@ def install(app: App) -> Handler[AuditLogMessage]:
                     until=query.time("until"),
                     limit=query.integer("limit", default=100, low=1, high=1000),
                 )
+                if wanted.since and wanted.until and wanted.since > wanted.until:
+                    raise BadRequest(
+                        f"since ({wanted.since.isoformat()}) is after until "
+                        f"({wanted.until.isoformat()})"
+                    )
             except BadRequest as exc:
                 return error(self, 400, str(exc))
             return self.json({"entries": await store.query(wanted)})

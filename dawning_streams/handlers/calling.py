@@ -174,7 +174,12 @@ class Calling(Generic[M]):
         ``timeout_s`` (through Redis); the revocation still applies when they
         read it.
         """
-        timer_id = str(message_id).lower()
+        try:
+            timer_id = str(uuid.UUID(str(message_id)))
+        except ValueError:
+            raise ValueError(
+                f"revoke takes a message's MessageId (a GUID), got {message_id!r}"
+            ) from None
         nonce = uuid.uuid4().hex
         partitions = self.app.dawning_settings.kafka.partitions
         headers = [(Header.REVOKE, timer_id.encode()), (Header.REPLY_TO, nonce.encode())]

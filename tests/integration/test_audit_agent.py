@@ -156,6 +156,10 @@ async def test_get_audit_filters_and_answers_newest_first(settings: Settings) ->
             ("limit=ten", "limit='ten' is not an integer"),
             ("user=x", "unknown parameter 'user'"),
             ("action=a&action=b", "parameter 'action' is given more than once"),
+            (
+                "since=2030-01-01&until=2020-01-01",
+                "since (2030-01-01T00:00:00+00:00) is after until (2020-01-01T00:00:00+00:00)",
+            ),
         ]:
             status, body = await get(query)
             assert (status, body["error"].split(";")[0]) == (400, message)

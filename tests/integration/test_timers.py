@@ -109,6 +109,8 @@ async def test_revoke_cancels_a_pending_countdown_for_good_and_says_when_nothing
         assert await remind.revoke(doomed.message_id) is True
         assert await remind.revoke(doomed.message_id) is False  # already revoked
         assert await remind.revoke(uuid.uuid4()) is False  # never known
+        with pytest.raises(ValueError, match="revoke takes a message's MessageId"):
+            await remind.revoke("not-a-guid")
     # A worker that starts afresh recovers the table without it.
     again, seen = reminders(settings)
     async with running(again):
