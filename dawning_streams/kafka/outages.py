@@ -51,6 +51,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: The longest pause between two tries of a worker waiting for Kafka to start.
+_START_PAUSE_MAX_S = 5.0
+
 #: How often a dependency that stays down is summed up in the log.
 SUMMARY_EVERY_S = 60.0
 #: How often the watch asks the brokers, and how long it gives them to answer.
@@ -190,8 +193,9 @@ class KafkaWatch(Service):
 async def wait_for_kafka(
     settings: KafkaSettings, kafka: Dependency, timeout_s: float | None
 ) -> None:
-    """Return once a broker answers; back off exponentially (1 s doubling to 30 s)
-    meanwhile. Raises :class:`KafkaUnreachable` after ``timeout_s``."""
+    """Return once a broker answers, backing off meanwhile from 1 s, doubling, to
+    5 s (a try is one connection; a longer pause would be time a worker sits
+    idle after Kafka is back). Raises :class:`KafkaUnreachable` after ``timeout_s``."""
     started = time.monotonic()
     pause_s = 1.0
     while True:
@@ -213,7 +217,7 @@ async def wait_for_kafka(
             # The last try comes at the timeout, not a whole pause before it.
             pause = min(pause, timeout_s - waited)
         await asyncio.sleep(pause)
-        pause_s = min(pause_s * 2, 30.0)
+        pause_s = min(pause_s * 2, _START_PAUSE_MAX_S)
 
 
 def _expected_at_first_start(record: logging.LogRecord) -> bool:
