@@ -50,6 +50,7 @@ from dawning_streams.core.errors import DawningError
 __all__ = [
     "FaustCompatError",
     "ReceiveMetricsHook",
+    "active_events_received",
     "at_main_thread_exit",
     "broker_connected",
     "call_in_consumer_thread",
@@ -306,6 +307,12 @@ def recovery_progress(recovery: Recovery) -> tuple[float | None, list[float]]:
     """(monotonic time the current recovery started, when each active
     partition last received a changelog record): Faust has no public view of them."""
     return recovery._recovery_started_at, list(recovery._active_events_received_at.values())
+
+
+def active_events_received(recovery: Recovery) -> Mapping[TP, float]:
+    """When each active changelog partition of the current recovery last received
+    a record (monotonic); a partition that has received none is missing."""
+    return recovery._active_events_received_at  # type: ignore[no-any-return]
 
 
 def broker_connected(producer: Any) -> bool:

@@ -17,9 +17,17 @@ lets the broker hold an empty fetch for ``Kafka:FetchMaxWaitMs`` instead of
 Faust's fixed 1.5 s, which a partition resumed meanwhile would otherwise sit out.
 
 Its aiokafka consumer also asks for the cluster's metadata again every second
-while a topic it subscribes to is missing from it (:class:`MissingTopicsWatch`),
-so a group leader that assigned without that topic rejoins as soon as the topic
-shows.
+while a topic it subscribes to is missing from it
+(:class:`~dawning_streams.kafka.watches.MissingTopicsWatch`), so a group leader
+that assigned without that topic rejoins as soon as the topic shows.
+
+And it watches the tables' recovery
+(:func:`~dawning_streams.kafka.watches.stalled_changelogs`): an active
+changelog partition that has received nothing for ``RECOVERY_STALL_S`` since
+the recovery began, while records wait below its highwater, is read again
+from the recovery's offset. A fetch that landed just as the group rebalanced
+again could leave the consumer past records the recovery never got, and the
+worker in recovery, firing no timer, for good.
 
 Faust queues a table's changelog writes in the producer's buffer, since
 ``table[key] = value`` cannot wait. When the buffer outgrows
@@ -36,16 +44,17 @@ import time
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any
 
-from aiokafka.cluster import ClusterMetadata
 from aiokafka.structs import RecordMetadata
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from faust.types import TP
+from mode import Service
 
 from dawning_streams.kafka import faust_compat
 from dawning_streams.kafka.lanes import Lane
+from dawning_streams.kafka.watches import MissingTopicsWatch, stalled_changelogs
 
-__all__ = ["Consumer", "MissingTopicsWatch", "Producer", "ProducerBuffer", "Transport"]
+__all__ = ["Consumer", "Producer", "ProducerBuffer", "Transport"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,51 +148,9 @@ class Producer(faust_aiokafka.Producer):
         return future
 
 
-class MissingTopicsWatch:
-    """Asks for ``consumer``'s metadata again every ``every_s`` while a topic it
-    subscribes to is missing from it.
-
-    A group's leader assigns the partitions its metadata shows, and leaves out a
-    subscribed topic it does not know (Faust logs "Ignoring missing topic"). It
-    rejoins when its metadata changes, but aiokafka asks for metadata only every
-    ``metadata_max_age_ms`` (Faust: five minutes) unless something else needs
-    it. A topic created a moment before the group joined (a table's changelog,
-    made by another worker starting at the same time) can be missing from the
-    broker's answer, and its partitions, with every handler waiting on that
-    table, would stay unassigned for minutes. Kafka's Java client asks again
-    after ``retry.backoff.ms`` in that case; this does the same.
-    """
-
-    def __init__(self, consumer: Any, every_s: float = 1.0) -> None:
-        self.consumer = consumer
-        self.every_s = every_s
-        self.missing: frozenset[str] = frozenset()
-        self._asking: asyncio.TimerHandle | None = None
-        faust_compat.on_metadata_update(consumer, self._updated)
-
-    def _updated(self, cluster: ClusterMetadata) -> None:
-        missing = frozenset(
-            topic
-            for topic in self.consumer.subscription()
-            if not cluster.partitions_for_topic(topic)
-        )
-        if missing != self.missing:
-            if missing:
-                logger.warning(
-                    "subscribed topics missing from the cluster's metadata, asked again every "
-                    "%g s (their partitions are not assigned until they show): %s",
-                    self.every_s,
-                    ", ".join(sorted(missing)),
-                )
-            else:
-                logger.info("subscribed topics now in the metadata: %s", ", ".join(self.missing))
-            self.missing = missing
-        if missing and self._asking is None:
-            self._asking = asyncio.get_running_loop().call_later(self.every_s, self._ask)
-
-    def _ask(self) -> None:
-        self._asking = None
-        faust_compat.refresh_metadata(self.consumer)
+def _seek(consumer: Any, offsets: Mapping[TP, int]) -> None:
+    for tp, offset in offsets.items():
+        consumer.seek(tp, offset)
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -216,6 +183,36 @@ class Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    #: The start of the recovery whose stall was last logged.
+    _unstalled_at: float | None = None
+
+    @Service.timer(5.0)
+    async def _unstall_recovery(self) -> None:
+        recovery: Any = self.app.tables.recovery  # type: ignore[attr-defined]
+        if not recovery.in_recovery:
+            return
+        started_at, _ = faust_compat.recovery_progress(recovery)
+        stalled = stalled_changelogs(
+            started_at,
+            time.monotonic(),
+            dict(recovery.active_offsets),
+            dict(recovery.active_highwaters),
+            faust_compat.active_events_received(recovery),
+        )
+        if not stalled:
+            return
+        if self._unstalled_at != started_at:  # said once per recovery
+            self._unstalled_at = started_at
+            logger.warning(
+                "table recovery: no record received from %s since the recovery began %.0f s "
+                "ago; reading them again from the recovery's offsets",
+                ", ".join(f"{tp.topic}[{tp.partition}]@{n}" for tp, n in stalled.items()),
+                time.monotonic() - started_at,  # type: ignore[operator]
+            )
+        await faust_compat.call_in_consumer_thread(
+            self._thread, lambda consumer: _seek(consumer, stalled), wait=True
+        )
 
     @property
     def _lanes(self) -> Mapping[str, Lane]:

@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from dawning_streams import Settings
-from dawning_streams.kafka.transport import MissingTopicsWatch
+from dawning_streams.kafka.watches import MissingTopicsWatch
 
 pytestmark = pytest.mark.kafka
 
@@ -30,7 +30,7 @@ async def test_a_topic_the_leader_did_not_know_is_assigned_once_the_metadata_has
         auto_offset_reset="earliest",
     )
     watch = MissingTopicsWatch(consumer, every_s=0.5)
-    caplog.set_level(logging.INFO, logger="dawning_streams.kafka.transport")
+    caplog.set_level(logging.INFO, logger="dawning_streams.kafka.watches")
     await producer.start()
     try:
         await producer.send_and_wait(known, b"known")
@@ -46,7 +46,7 @@ async def test_a_topic_the_leader_did_not_know_is_assigned_once_the_metadata_has
     finally:
         await consumer.stop()
         await producer.stop()
-    said = [r.getMessage() for r in caplog.records if r.name == "dawning_streams.kafka.transport"]
+    said = [r.getMessage() for r in caplog.records if r.name == "dawning_streams.kafka.watches"]
     assert any("missing from the cluster's metadata" in m and new in m for m in said), said
     assert any(m == f"subscribed topics now in the metadata: {new}" for m in said), said
     assert watch.missing == frozenset()
