@@ -50,7 +50,6 @@ from dawning_streams.core.errors import DawningError
 __all__ = [
     "FaustCompatError",
     "ReceiveMetricsHook",
-    "active_events_received",
     "at_main_thread_exit",
     "broker_connected",
     "call_in_consumer_thread",
@@ -303,16 +302,11 @@ async def list_offsets(
     }
 
 
-def recovery_progress(recovery: Recovery) -> tuple[float | None, list[float]]:
-    """(monotonic time the current recovery started, when each active
-    partition last received a changelog record): Faust has no public view of them."""
-    return recovery._recovery_started_at, list(recovery._active_events_received_at.values())
-
-
-def active_events_received(recovery: Recovery) -> Mapping[TP, float]:
-    """When each active changelog partition of the current recovery last received
-    a record (monotonic); a partition that has received none is missing."""
-    return recovery._active_events_received_at  # type: ignore[no-any-return]
+def recovery_progress(recovery: Recovery) -> tuple[float | None, Mapping[TP, float]]:
+    """(monotonic time the current recovery started, when each active partition
+    last received a changelog record; one that has received none is missing):
+    Faust has no public view of them."""
+    return recovery._recovery_started_at, recovery._active_events_received_at
 
 
 def broker_connected(producer: Any) -> bool:

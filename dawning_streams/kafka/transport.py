@@ -192,13 +192,13 @@ class Consumer(faust_aiokafka.Consumer):
         recovery: Any = self.app.tables.recovery  # type: ignore[attr-defined]
         if not recovery.in_recovery:
             return
-        started_at, _ = faust_compat.recovery_progress(recovery)
+        started_at, received = faust_compat.recovery_progress(recovery)
         stalled = stalled_changelogs(
             started_at,
             time.monotonic(),
             dict(recovery.active_offsets),
             dict(recovery.active_highwaters),
-            faust_compat.active_events_received(recovery),
+            received,
         )
         if not stalled:
             return

@@ -130,7 +130,7 @@ def recovery_state(app: HealthHost) -> RecoveryState:
         in_recovery=bool(recovery.in_recovery),
         remaining=int(recovery.active_remaining_total()) if recovery.in_recovery else 0,
         running_s=now - started if started is not None else None,
-        idle_s=now - max(received) if received else None,
+        idle_s=now - max(received.values()) if received else None,
         rebalancing_s=now - rebalance_started if rebalance_started is not None else None,
     )
 
