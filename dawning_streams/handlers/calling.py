@@ -1,7 +1,9 @@
 """A handler's calling API, as Celery's: ``delay``, ``apply_async``, their blocking
 forms for code without an event loop, and ``revoke``.
 
-Any process can call it: a web app, a script, another handler. A message with
+Any process can call it: a web app, a script, another handler. ``delay`` sends
+at once whether or not it is awaited, as Celery's does: in a running loop it
+returns the send's task, and with no loop it sends before it returns. A message with
 a countdown, an eta or an expiry goes through the handler's timers topic, into
 its durable timer table; any other goes straight to the handler's topic.
 """
@@ -9,10 +11,13 @@ its durable timer table; any other goes straight to the handler's topic.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import uuid
+from collections.abc import Generator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Generic, TypeVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from aiokafka.structs import RecordMetadata
 
@@ -23,9 +28,42 @@ from dawning_streams.handlers.timers import due_ms_in, now_ms
 if TYPE_CHECKING:
     from dawning_streams.handlers.host import HandlerHost
 
-__all__ = ["Calling"]
+__all__ = ["Calling", "Sending", "Sent"]
+
+logger = logging.getLogger(__name__)
 
 M = TypeVar("M")
+
+#: The sends started by ``delay`` in a running loop and not finished yet.
+_sending: set[asyncio.Task[RecordMetadata | None]] = set()
+
+
+class Sent:
+    """A send that is done: what ``delay`` returns with no event loop. Awaiting
+    it, or :meth:`result`, gives the receipt (``None``: spooled)."""
+
+    __slots__ = ("_receipt",)
+
+    def __init__(self, receipt: RecordMetadata | None) -> None:
+        self._receipt = receipt
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> RecordMetadata | None:
+        return self._receipt
+
+    def __await__(self) -> Generator[Any, None, RecordMetadata | None]:
+        return self._receipt
+        yield  # a generator, so that ``await`` works
+
+    def __repr__(self) -> str:
+        return f"<Sent {self._receipt!r}>"
+
+
+#: What ``delay`` and ``apply_async`` return: a send under way in the running
+#: loop, or one already done. Both have ``done()`` and ``result()``, and can be awaited.
+Sending = asyncio.Task[RecordMetadata | None] | Sent
 
 
 class Calling(Generic[M]):
@@ -37,15 +75,18 @@ class Calling(Generic[M]):
     timers_topic: str
     message_type: type[M]
 
-    async def delay(self, message: M) -> RecordMetadata | None:
+    def delay(self, message: M) -> Sending:
         """Publish ``message`` to this handler's topic (Celery's ``delay``).
 
-        Works in any running event loop. Returns the broker's receipt, or
-        ``None`` if Kafka was unreachable and the message went to the spool.
+        The send starts at once, awaited or not. In a running event loop the
+        result is a task: ``await`` it for the broker's receipt, or ``None``
+        if Kafka was unreachable and the message went to the spool. With no
+        event loop (a script, a Flask view) the call sends as
+        :meth:`delay_blocking` does, and returns once it is done.
         """
-        return await self.apply_async(message)
+        return self.apply_async(message)
 
-    async def apply_async(
+    def apply_async(
         self,
         message: M,
         *,
@@ -53,8 +94,8 @@ class Calling(Generic[M]):
         eta: datetime | None = None,
         expires: float | datetime | None = None,
         key: str | None = None,
-    ) -> RecordMetadata | None:
-        """Publish ``message``, as Celery's ``apply_async``.
+    ) -> Sending:
+        """Publish ``message``, as Celery's ``apply_async``; returns as :meth:`delay`.
 
         ``countdown_s`` (seconds from now) or ``eta`` (an aware ``datetime``):
         handled no earlier than that. ``expires`` (seconds from now, or an aware
@@ -63,11 +104,33 @@ class Calling(Generic[M]):
         A bad value raises ``ValueError`` naming it, and nothing is published.
         """
         target, headers = self._addressed(message, countdown_s, eta, expires)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return Sent(self._send_blocking(message, target, key, headers))
+        task = loop.create_task(self._send(message, target, key, headers))
+        # Held until done: a task nobody awaits must not be collected mid-send.
+        _sending.add(task)
+        task.add_done_callback(partial(_sent, self.name, target))
+        return task
+
+    async def _send(
+        self, message: M, target: str, key: str | None, headers: list[tuple[str, bytes]] | None
+    ) -> RecordMetadata | None:
         bus = self.app.bus
         if isinstance(message, MessageBase):
             return await bus.publish(message, topic=target, key=key, headers=headers)
         raw = bytes(message)  # type: ignore[call-overload]
         return await bus.forward(target, key.encode() if key else None, raw, headers=headers)
+
+    def _send_blocking(
+        self, message: M, target: str, key: str | None, headers: list[tuple[str, bytes]] | None
+    ) -> RecordMetadata | None:
+        bus = self.app.bus
+        if isinstance(message, MessageBase):
+            return bus.publish_blocking(message, topic=target, key=key, headers=headers)
+        raw = bytes(message)  # type: ignore[call-overload]
+        return bus.forward_blocking(target, key.encode() if key else None, raw, headers=headers)
 
     def delay_blocking(self, message: M) -> RecordMetadata | None:
         """:meth:`delay` for code without an event loop (a Flask view, a script)."""
@@ -82,13 +145,13 @@ class Calling(Generic[M]):
         expires: float | datetime | None = None,
         key: str | None = None,
     ) -> RecordMetadata | None:
-        """:meth:`apply_async` for code without an event loop; safe from any thread."""
+        """:meth:`apply_async` for code without an event loop; safe from any thread.
+
+        Raises :class:`~dawning_streams.DawningError` on a running event loop,
+        which it would block.
+        """
         target, headers = self._addressed(message, countdown_s, eta, expires)
-        bus = self.app.bus
-        if isinstance(message, MessageBase):
-            return bus.publish_blocking(message, topic=target, key=key, headers=headers)
-        raw = bytes(message)  # type: ignore[call-overload]
-        return bus.forward_blocking(target, key.encode() if key else None, raw, headers=headers)
+        return self._send_blocking(message, target, key, headers)
 
     def _addressed(
         self,
@@ -207,6 +270,20 @@ class Calling(Generic[M]):
                 return True
             answered += 1
         return False
+
+
+def _sent(handler: str, topic: str, task: asyncio.Task[RecordMetadata | None]) -> None:
+    _sending.discard(task)
+    if task.cancelled():
+        # asyncio.run cancels what is left when its coroutine returns: a
+        # ``delay()`` nobody awaited may not have reached the producer yet.
+        logger.warning(
+            "%s.delay(): a send to %s was cancelled before the broker acknowledged it "
+            "(its event loop ended, or its task was cancelled), so it may not be on Kafka; "
+            "await delay() before the loop ends",
+            handler,
+            topic,
+        )
 
 
 def _seconds(name: str, value: object) -> float:

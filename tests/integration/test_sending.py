@@ -63,8 +63,15 @@ AIOHTTP_SERVER = textwrap.dedent("""
         )
         return web.json_response({"sent": receipt is not None})
 
+    async def forget(request):
+        # Celery style: the send starts whether or not anything awaits it.
+        body = await request.json()
+        sent_task.delay(UserEventMessage(user_id=uuid.UUID(body["user"]), event_type="forgotten"))
+        return web.json_response({"sent": None})
+
     app = web.Application()
     app.router.add_post("/tasks", post)
+    app.router.add_post("/forget", forget)
     def up(*_):
         print("up", flush=True)
 
@@ -85,6 +92,20 @@ THREADS = textwrap.dedent("""
 
     with ThreadPoolExecutor(4) as pool:
         print(json.dumps(list(pool.map(send, range(int(sys.argv[1]))))))
+""")
+
+
+NO_LOOP = textwrap.dedent("""
+    import json, sys, uuid
+    from dawning_streams import UserEventMessage
+    from tasks import sent_task
+
+    # No event loop and no await: delay() sends before it returns.
+    sent = [
+        sent_task.delay(UserEventMessage(user_id=uuid.uuid4(), event_type="no-loop"))
+        for _ in range(int(sys.argv[1]))
+    ]
+    print(json.dumps([s.done() and s.result() is not None for s in sent]))
 """)
 
 
@@ -143,32 +164,49 @@ async def test_tasks_sent_from_asyncio_run_an_aiohttp_server_and_threads_all_rea
         assert server.stdout is not None
         assert (await asyncio.wait_for(server.stdout.readline(), 60)).strip() == b"up"
         users = [uuid.uuid4() for _ in range(100)]
+        forgotten = [uuid.uuid4() for _ in range(20)]
         async with aiohttp.ClientSession() as http:
 
-            async def post(user: uuid.UUID) -> dict[str, bool]:
-                url = f"http://127.0.0.1:{port}/tasks"
+            async def post(user: uuid.UUID, path: str = "tasks") -> dict[str, bool]:
+                url = f"http://127.0.0.1:{port}/{path}"
                 async with http.post(url, json={"user": str(user)}) as response:
                     assert response.status == 200, await response.text()
                     return await response.json()  # type: ignore[no-any-return]
 
             answers = await asyncio.gather(*(post(user) for user in users))
-        assert answers == [{"sent": True}] * 100
+            assert answers == [{"sent": True}] * 100
+            answers = await asyncio.gather(*(post(user, "forget") for user in forgotten))
+            assert answers == [{"sent": None}] * 20
     finally:
         server.terminate()
         _, server_err = await asyncio.wait_for(server.communicate(), 60)
     assert server.returncode == 0, server_err.decode()
 
+    assert "may not be on Kafka" not in server_err.decode()
+
     code, out, err = await run_client(THREADS, "40", env=env, cwd=work)
     assert code == 0, err
     assert json.loads(out) == [True] * 40
 
+    code, out, err = await run_client(NO_LOOP, "10", env=env, cwd=work)
+    assert code == 0, err
+    assert json.loads(out) == [True] * 10
+
     records = await read_to_end(settings.kafka.bootstrap_servers[0], topic)
     kinds = [decode(r.value, UserEventMessage).event_type for r in records]
-    assert sorted(kinds) == sorted(["asyncio.run"] * 50 + ["aiohttp"] * 100 + ["threads"] * 40)
-    aiohttp_users = {
-        decode(r.value, UserEventMessage).user_id for r in records if b"aiohttp" in r.value
-    }
-    assert aiohttp_users == set(users)
+    assert sorted(kinds) == sorted(
+        ["asyncio.run"] * 50
+        + ["aiohttp"] * 100
+        + ["forgotten"] * 20
+        + ["threads"] * 40
+        + ["no-loop"] * 10
+    )
+
+    def users_of(kind: bytes) -> set[uuid.UUID]:
+        return {decode(r.value, UserEventMessage).user_id for r in records if kind in r.value}
+
+    assert users_of(b'"aiohttp"') == set(users)
+    assert users_of(b'"forgotten"') == set(forgotten)
     # Nothing was written to the working directory: the spool lives elsewhere.
     assert list(work.iterdir()) == []
 
@@ -212,3 +250,29 @@ async def test_a_blocking_send_on_a_running_loop_is_refused_with_what_to_do(
     message = UserEventMessage(user_id=uuid.uuid4(), event_type="misuse")
     with pytest.raises(DawningError, match=r"use `await bus.publish\(...\)`"):
         app.bus.publish_blocking(message)
+
+
+FORGOTTEN_AT_EXIT = textwrap.dedent("""
+    import asyncio, uuid
+    from dawning_streams import UserEventMessage
+    from tasks import sent_task
+
+    async def main():
+        sent_task.delay(UserEventMessage(user_id=uuid.uuid4(), event_type="at-exit"))
+
+    asyncio.run(main())  # returns at once, and cancels the send
+""")
+
+
+async def test_a_send_its_event_loop_ends_before_is_named_not_lost_silently(
+    settings: Settings, tmp_path: Path
+) -> None:
+    topic = f"{settings.kafka.topics.user_event}.at-exit"
+    (tmp_path / "tasks.py").write_text(TASKS)
+    env = client_env(settings, tmp_path, topic)
+    code, _, err = await run_client(FORGOTTEN_AT_EXIT, env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert (
+        f"sent_task.delay(): a send to {topic} was cancelled before the broker acknowledged it"
+        in err
+    ), err
