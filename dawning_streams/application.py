@@ -57,6 +57,7 @@ from dawning_streams.ops import views
 from dawning_streams.ops.cli import register_commands
 from dawning_streams.ops.host import OpsHost
 from dawning_streams.ops.sampler import ClusterSampler
+from dawning_streams.ops.web import port_taken
 from dawning_streams.services.cache import DistributedCache
 from dawning_streams.services.lock import DistributedLock
 from dawning_streams.services.mail import Mailer
@@ -293,6 +294,12 @@ class App(OpsHost):
         # Whatever publishes from now on, in this loop (a service starting before
         # the bus, say), goes through the worker's producer.
         self.bus.bind_worker(asyncio.get_running_loop())
+        if self.in_worker and self.conf.web_enabled:
+            web = self.dawning_settings.web
+            problem = port_taken(web.host, web.port)
+            if problem is not None:
+                logger.error("%s", problem)
+                self._exit_now(2)
         await super().on_start()
         if self.in_worker:
             log_thread_exceptions()

@@ -1,4 +1,5 @@
-"""Helpers for the worker's web views: strict query parsing and JSON errors.
+"""Helpers for the worker's web views: strict query parsing and JSON errors,
+and the check that the worker's port is free.
 
 A malformed request gets ``400 {"error": "..."}`` naming the parameter and
 what is wrong with it; nothing is guessed.
@@ -6,6 +7,8 @@ what is wrong with it; nothing is guessed.
 
 from __future__ import annotations
 
+import errno
+import socket
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +17,7 @@ from faust.web import Request, Response, View
 
 from dawning_streams.core.errors import DawningError
 
-__all__ = ["BadRequest", "Query", "error"]
+__all__ = ["BadRequest", "Query", "error", "port_taken"]
 
 
 class BadRequest(DawningError):
@@ -72,3 +75,23 @@ class Query:
         if not low <= number <= high:
             raise BadRequest(f"{name}={number} must be from {low} to {high}")
         return number
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why the worker could not serve on ``host:port``, or None if it can.
+
+    Asked before the worker starts anything, so that a second worker on one
+    machine (both on the default 6066) stops in one line naming the setting,
+    not in aiohttp's traceback after its consumer has joined the group.
+    """
+    try:
+        # As aiohttp binds: SO_REUSEADDR, so a port in TIME_WAIT is free.
+        with socket.create_server((host, port)):
+            return None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return (
+                f"Web:Port={port}: {host}:{port} is already in use (another worker on this "
+                "machine?); give each worker its own port (DAWNING_WEB__PORT)"
+            )
+        return f"Web:Host={host!r}, Web:Port={port}: cannot listen there: {exc.strerror or exc}"

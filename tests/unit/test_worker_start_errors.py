@@ -4,6 +4,7 @@ the README starts it (no broker needed: it stops before connecting)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,20 @@ def test_an_error_inside_a_module_comes_with_its_traceback_then_the_line(tmp_pat
         "Error: Worker:Modules='billing': cannot be imported: ZeroDivisionError: division by zero"
     ), run.stderr
     assert 'billing.py", line 3, in <module>' in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_web_port_in_use_stops_the_worker_in_one_line_naming_the_setting(
+    command: str, tmp_path: Path
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        run = start(command, tmp_path, DAWNING_WEB__PORT=str(port))
+    assert run.returncode == 2, run.stderr
+    errors = [line.rstrip() for line in run.stderr.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1, run.stderr
+    assert errors[0].endswith(
+        f"Web:Port={port}: 127.0.0.1:{port} is already in use (another worker on this "
+        "machine?); give each worker its own port (DAWNING_WEB__PORT)"
+    ), run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
