@@ -115,6 +115,8 @@ class KafkaMessageBus(Service):
         self._worker: Publisher | None = None
         self._worker_loop: asyncio.AbstractEventLoop | None = None
         self.senders = Senders(app)
+        #: Sends under way that nobody may await (see :meth:`hold`).
+        self._sends: set[asyncio.Task[Any]] = set()
         #: With ``Kafka:Enabled=false`` every publish is dropped and counted here.
         self.disabled = None if settings.kafka.enabled else NullMessageBus()
         app.telemetry.metrics.spool_size_source = self.spool_count
@@ -189,12 +191,23 @@ class KafkaMessageBus(Service):
         """Create every topic the app declares that is missing (the worker does at start)."""
         await FaustTopics(self.app).declare_topics()
 
+    def hold(self, task: asyncio.Task[Any]) -> None:
+        """Keep ``task``, a send nobody may await (``delay()``), until it ends;
+        :meth:`flush` waits for it."""
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
     async def flush(self) -> None:
         """Wait until everything the worker's bus has sent is acknowledged (or failed).
 
-        The worker's commit calls this: a handler's ``send`` that nobody
-        awaited is on its topic before the offset of the record that sent it.
+        The worker's commit calls this: a handler's ``send`` or ``delay()``
+        that nobody awaited is on its topic before the offset of the record
+        that sent it is committed.
         """
+        loop = asyncio.get_running_loop()
+        sends = [task for task in self._sends if task.get_loop() is loop]
+        if sends:
+            await asyncio.wait(sends)
         if self._worker is not None:
             await self._worker.port.flush()
 

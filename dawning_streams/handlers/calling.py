@@ -34,9 +34,6 @@ logger = logging.getLogger(__name__)
 
 M = TypeVar("M")
 
-#: The sends started by ``delay`` in a running loop and not finished yet.
-_sending: set[asyncio.Task[RecordMetadata | None]] = set()
-
 
 class Sent:
     """A send that is done: what ``delay`` returns with no event loop. Awaiting
@@ -109,9 +106,10 @@ class Calling(Generic[M]):
         except RuntimeError:
             return Sent(self._send_blocking(message, target, key, headers))
         task = loop.create_task(self._send(message, target, key, headers))
-        # Held until done: a task nobody awaits must not be collected mid-send.
-        _sending.add(task)
-        task.add_done_callback(partial(_sent, self.name, target))
+        # Held until done, so that nothing collects it mid-send, and so that a
+        # worker's commit waits for it (a handler may not await it).
+        self.app.bus.hold(task)
+        task.add_done_callback(partial(_cancelled, self.name, target))
         return task
 
     async def _send(
@@ -272,15 +270,15 @@ class Calling(Generic[M]):
         return False
 
 
-def _sent(handler: str, topic: str, task: asyncio.Task[RecordMetadata | None]) -> None:
-    _sending.discard(task)
+def _cancelled(handler: str, topic: str, task: asyncio.Task[RecordMetadata | None]) -> None:
     if task.cancelled():
         # asyncio.run cancels what is left when its coroutine returns: a
         # ``delay()`` nobody awaited may not have reached the producer yet.
         logger.warning(
-            "%s.delay(): a send to %s was cancelled before the broker acknowledged it "
-            "(its event loop ended, or its task was cancelled), so it may not be on Kafka; "
-            "await delay() before the loop ends",
+            "%s.delay(): a send to %s was cancelled before its receipt (its event loop "
+            "ended, or its task was cancelled): a record the producer already had is "
+            "still delivered as the loop's sender closes, one it did not have is not "
+            "sent; await delay() before the loop ends",
             handler,
             topic,
         )

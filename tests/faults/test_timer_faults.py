@@ -1,5 +1,6 @@
 """Durable timers under worker faults: countdowns through a kill -9, and an
-ordered handler's retries and held keys through seeded kills and restarts.
+ordered handler's retries and held keys through seeded kills, restarts, hung workers and
+Kafka outages.
 
 Both scenarios publish from the test process and count "lost" against the
 broker's acknowledgements the test itself received; what the workers handled
@@ -34,7 +35,7 @@ from dawning_streams.kafka.reading import read_to_end
 
 from ..handler_helpers import eventually
 from ..workers import Worker, spawn, workers
-from .conftest import Row
+from .conftest import Row, services
 from .fault_app import (
     ORDERED_RETRY,
     SHARED_DIR_VAR,
@@ -310,15 +311,25 @@ def chaos_messages(rng: random.Random, total: int, keys: int, fail_share: float)
     return messages
 
 
+#: The kinds of fault the chaos chooses from, by ``rng``.
+FAULT_KINDS = ("SIGKILL", "SIGTERM", "SIGSTOP", "kafka")
+
+
 async def chaos(
     rng: random.Random,
     group: list[Worker],
     until: float,
     start_again: Callable[[int, int], Worker],
 ) -> list[Fault]:
-    """Until ``until`` (monotonic): every 6 to 12 s, kill -9 or SIGTERM one of the
-    live workers, chosen by ``rng``, and start another in its place 2 to 5 s
-    after it has gone. ``group`` gets the new workers."""
+    """Until ``until`` (monotonic): every 6 to 12 s, one fault chosen by ``rng``:
+
+    * kill -9 or SIGTERM one of the live workers, and start another in its
+      place 2 to 5 s after it has gone (``group`` gets the new workers);
+    * SIGSTOP one for 3 to 20 s, then SIGCONT: a worker that hangs, often past
+      its session timeout (10 s), so the group moves its partitions and the
+      worker comes back a zombie, with records in flight and table writes;
+    * stop Kafka for 3 to 15 s, then start it again.
+    """
     live = dict(enumerate(group))
     faults: list[Fault] = []
     next_at = time.monotonic() + rng.uniform(6, 12)
@@ -327,13 +338,31 @@ async def chaos(
         if time.monotonic() >= until:
             return faults
         fault_at = time.monotonic()
+        how = rng.choice(FAULT_KINDS)
+        if how == "kafka":
+            down_s = rng.uniform(3, 15)
+            faults.append(Fault(time.time(), "kafka", f"kafka down {down_s:.0f}s", True))
+            await services("stop-kafka")
+            await asyncio.sleep(down_s)
+            await services("start-kafka")
+            next_at = max(fault_at + rng.uniform(6, 12), time.monotonic())
+            continue
         slot = rng.choice(sorted(live))
         victim = live[slot]
-        how = rng.choice((signal.SIGKILL, signal.SIGTERM))
         started = b"[^Worker]: Starting..." in victim.log.read_bytes()
-        fault = Fault(time.time(), victim.name, how.name, started)
+        if how == "SIGSTOP":
+            stopped_s = rng.uniform(3, 20)
+            faults.append(Fault(time.time(), victim.name, f"SIGSTOP {stopped_s:.0f}s", started))
+            victim.process.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(stopped_s)
+            finally:
+                victim.process.send_signal(signal.SIGCONT)
+            next_at = max(fault_at + rng.uniform(6, 12), time.monotonic())
+            continue
+        fault = Fault(time.time(), victim.name, how, started)
         faults.append(fault)
-        victim.process.send_signal(how)
+        victim.process.send_signal(getattr(signal, how))
         try:
             fault.exit_code = await asyncio.to_thread(victim.process.wait, 90)
         except subprocess.TimeoutExpired:  # a SIGTERM that hangs: noted, and asserted on
@@ -443,6 +472,8 @@ async def test_seeded_chaos_keeps_an_ordered_handlers_keys_in_order_through_retr
                 "quiet_after_s": None if end.after_s is None else round(end.after_s, 1),
                 "kills": sum(f.how == "SIGKILL" for f in faults),
                 "sigterms": sum(f.how == "SIGTERM" for f in faults),
+                "sigstops": sum(f.how.startswith("SIGSTOP") for f in faults),
+                "kafka_outages": sum(f.worker == "kafka" for f in faults),
                 "sigterms_before_start": sum(f.how == "SIGTERM" and not f.started for f in faults),
                 "restarts": sum(f.restarted is not None for f in faults),
                 "sigterm_exit_codes": [f.exit_code for f in stopped],
