@@ -51,7 +51,6 @@ __all__ = [
     "FaustCompatError",
     "ReceiveMetricsHook",
     "at_main_thread_exit",
-    "broker_connected",
     "call_in_consumer_thread",
     "check",
     "cluster_metadata",
@@ -307,12 +306,6 @@ def recovery_progress(recovery: Recovery) -> tuple[float | None, Mapping[TP, flo
     last received a changelog record; one that has received none is missing):
     Faust has no public view of them."""
     return recovery._recovery_started_at, recovery._active_events_received_at
-
-
-def broker_connected(producer: Any) -> bool:
-    """Whether an open connection to any broker exists in Faust's aiokafka producer."""
-    client = getattr(getattr(producer, "_producer", None), "client", None)
-    return client is not None and any(conn.connected() for conn in client._conns.values())
 
 
 async def call_in_consumer_thread(thread: Any, apply: Callable[[Any], None], *, wait: bool) -> None:

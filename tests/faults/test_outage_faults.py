@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 import uuid
@@ -13,6 +14,7 @@ import pytest
 from dawning_streams import AuditLogMessage, Settings
 from dawning_streams.application import STOP_WITHOUT_KAFKA_S
 
+from ..conftest import ROOT
 from ..handler_helpers import eventually
 from ..workers import Worker, spawn, workers
 from .conftest import Row, services
@@ -198,6 +200,52 @@ async def test_a_worker_started_while_kafka_is_down_waits_and_then_works(
     assert health == 200
     assert lost == 0 and code == 0
     assert any("Kafka is reachable again" in line for line in log_lines(worker))
+
+
+IDLE_TASKS = """
+from dawning_streams import AuditLogMessage
+from dawning_streams.app import app
+
+
+@app.handler(AuditLogMessage, topic="idle.tasks", name="idle")
+async def idle(message: AuditLogMessage) -> None: ...
+"""
+
+
+async def _ready(worker: Worker) -> dict | None:  # type: ignore[type-arg]
+    status, body = await worker.get_json("/ready")
+    return body if status == 200 else None
+
+
+@pytest.mark.deadline(240)
+@pytest.mark.timeout(300)
+async def test_ready_turns_200_again_once_kafka_is_back_with_an_idle_producer(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # A worker of one handler and no table: its Faust producer sends nothing,
+    # so it has no broker connection after the outage (the Dawning agents'
+    # table writes would give it one).
+    (tmp_path / "idle_tasks.py").write_text(IDLE_TASKS)
+    env = {
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+        "DAWNING_WORKER__MODULES": "idle_tasks",
+    }
+    async with workers(settings, 1, tmp_path, env=env) as group:
+        [worker] = group
+        await eventually(lambda: _ready(worker), timeout_s=60, what="/ready 200 at first")
+        await services("stop-kafka")
+        try:
+            await eventually(
+                lambda: _not_ready(worker), timeout_s=30, what="/ready 503 without Kafka"
+            )
+            # Long enough for every connection of the worker's clients to close.
+            await asyncio.sleep(15)
+        finally:
+            await services("start-kafka")
+        body = await eventually(
+            lambda: _ready(worker), timeout_s=90, what="/ready 200 once Kafka is back"
+        )
+        assert body["checks"]["broker"]["ok"], body
 
 
 @pytest.mark.deadline(120)
