@@ -170,7 +170,7 @@ class KafkaMessageBus(Service):
         )
         self._worker = Publisher(
             port,
-            Spool(spool.file(settings.instance_name), spool.max_bytes),
+            Spool.of(settings),
             send_timeout_s=spool.send_timeout_ms / 1000,
             sends=self.app.telemetry.metrics.sends,
         )

@@ -16,6 +16,10 @@ Every librdkafka error is translated here: a record no retry will get through
 (too large, not authorised, invalid) raises :class:`RefusedError`, anything
 else (no broker answers, no ack in time, a purged queue) :class:`BrokerUnavailable`,
 which the publisher answers by spooling.
+
+It passes 400 lines so that one reading covers a record's whole life in the
+producer: configuration, send, report, flush and close (a record whose caller
+gave up is still flushed, never purged, before the producer closes).
 """
 
 from __future__ import annotations
@@ -294,8 +298,23 @@ class RdkafkaPort:
             return True
         if self._producer is not None:
             self._producer.poll(0)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
         _, late = await asyncio.wait(waiting, timeout=timeout_s)
-        return not late
+        if late:
+            return False
+        # A future its caller cancelled (a loop ending under a ``delay()`` nobody
+        # awaited) is done before its record is reported: the record may still
+        # be on its way, and closing now would purge it. Wait for the report.
+        unreported = [ack for ack in waiting if ack in self._unacked]
+        while unreported:
+            if deadline is not None and loop.time() >= deadline:
+                return False
+            await asyncio.sleep(POLL_S)
+            if self._producer is not None:
+                self._producer.poll(0)
+            unreported = [ack for ack in unreported if ack in self._unacked]
+        return True
 
     async def close(self) -> None:
         """Deliver what was sent within the close timeout, drop the rest, stop the producer."""

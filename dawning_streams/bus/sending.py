@@ -124,9 +124,7 @@ class LoopSender:
                 settings.kafka.spool.send_timeout_ms / 1000, settings.worker.stop_timeout_s
             ),
         )
-        self.spool = Spool(
-            settings.kafka.spool.file(settings.instance_name), settings.kafka.spool.max_bytes
-        )
+        self.spool = Spool.of(settings)
         self.publisher = Publisher(
             self.port,
             self.spool,

@@ -23,6 +23,13 @@ started later with the same settings takes the lowest free file, so what a
 dead process left is delivered by the next one to take its file, and a
 process that opens its spool also takes in the records of every sibling file
 no live process holds.
+
+One cluster per file: the default file is named after the instance and a hash
+of the bootstrap servers (:meth:`Spool.of`), so records spooled for one cluster
+are never delivered to another. An empty spool removes its file on close.
+
+The module passes 400 lines to keep every rule of the file's life (locks,
+slots, orphans, the older unnamed file) in one reading.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -43,6 +50,7 @@ from typing import TypeVar
 import orjson
 
 from dawning_streams.core.errors import PublishError
+from dawning_streams.core.settings import Settings
 
 __all__ = ["Spool", "SpoolBusyError", "SpoolFullError", "SpooledRecord"]
 
@@ -133,17 +141,29 @@ class Spool:
     called until ``remove`` or ``reject`` has taken it out.
     """
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, *, unnamed: Path | None = None) -> None:
         #: The file asked for; :attr:`path` is the one this process holds.
         self.wanted = path
         self.path = path
         self.max_bytes = max_bytes
+        #: Where a spool of an older version, for an unknown cluster, may wait.
+        self.unnamed = unnamed
         self._lock_fd: int | None = None
         #: Records waiting, and their size in bytes.
         self.count = 0
         self.size_bytes = 0
         self._db: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Spool:
+        """The spool of ``settings``'s instance for its cluster (``Kafka:Spool:*``)."""
+        spool = settings.kafka.spool
+        return cls(
+            spool.file(settings.instance_name, settings.kafka.bootstrap_servers),
+            spool.max_bytes,
+            unnamed=spool.unnamed_file(settings.instance_name),
+        )
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._thread is None:
@@ -168,7 +188,28 @@ class Spool:
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
         self._adopt_orphans(db)
+        self._note_unnamed()
         return db
+
+    def _note_unnamed(self) -> None:
+        """Name what an older version's spool (named without its cluster) holds:
+        it is not delivered here, since it may be for another cluster."""
+        if self.unnamed is None or not self.unnamed.exists():
+            return
+        try:
+            with closing(sqlite3.connect(f"{self.unnamed.as_uri()}?mode=ro", uri=True)) as old:
+                (waiting,) = old.execute("SELECT count(*) FROM spool").fetchone()
+        except sqlite3.Error:
+            return
+        if waiting:
+            logger.warning(
+                "%d messages wait in %s, a spool from before spool files named their "
+                "cluster; they are not delivered from here: to deliver them, run one "
+                "process for their cluster with Kafka:Spool:Path=%s",
+                waiting,
+                self.unnamed,
+                self.unnamed,
+            )
 
     def _adopt_orphans(self, db: sqlite3.Connection) -> None:
         """Move into this file the records of sibling files no process holds."""
@@ -317,8 +358,16 @@ class Spool:
             return
 
         def close(db: sqlite3.Connection) -> None:
+            (left,) = db.execute(
+                "SELECT (SELECT count(*) FROM spool) + (SELECT count(*) FROM rejected)"
+            ).fetchone()
             db.close()
             self._db = None
+            if not left:
+                # Still under this process's lock, so nobody else has it open:
+                # an empty spool leaves no file behind (its lock file stays).
+                for file in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+                    file.unlink(missing_ok=True)
 
         if self._db is not None:
             await self._run(close)

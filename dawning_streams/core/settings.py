@@ -31,11 +31,12 @@ runs past 400 lines because the settings are many.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -387,13 +388,30 @@ class SpoolSettings:
     #: How long ``publish`` waits for the broker's ack before it spools the message.
     send_timeout_ms: int = _setting("SendTimeoutMs", _int(1), 10000)
 
-    def file(self, instance_name: str) -> Path:
-        """The spool file of the instance called ``instance_name``."""
+    def file(self, instance_name: str, bootstrap_servers: Sequence[str]) -> Path:
+        """The spool file of the instance called ``instance_name``, for the
+        cluster at ``bootstrap_servers``: ``Path``, or one named after both, so
+        that a process sending to another cluster never delivers its records."""
         if self.path is not None:
             return Path(self.path).expanduser()
+        cluster = hashlib.sha1(",".join(sorted(bootstrap_servers)).encode()).hexdigest()[:8]
+        return self._folder() / f"{_file_name(instance_name)}-{cluster}.sqlite3"
+
+    def unnamed_file(self, instance_name: str) -> Path | None:
+        """Where spools were kept before their names said the cluster (or None,
+        with ``Path`` set): what is left there is for an unknown cluster."""
+        if self.path is not None:
+            return None
+        return self._folder() / f"{_file_name(instance_name)}.sqlite3"
+
+    @staticmethod
+    def _folder() -> Path:
         state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", instance_name)
-        return Path(state) / "dawning-streams" / "spool" / f"{name}.sqlite3"
+        return Path(state) / "dawning-streams" / "spool"
+
+
+def _file_name(instance_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", instance_name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -293,3 +293,28 @@ async def test_a_flush_waits_for_the_sends_nobody_awaited(settings: Settings) ->
     assert all(receipt is not None for receipt in receipts), receipts
     records = await read_to_end(settings.kafka.bootstrap_servers[0], topic)
     assert sorted(r.offset for r in records) == sorted(r.offset for r in receipts)  # type: ignore[union-attr]
+
+
+async def test_a_send_cancelled_while_its_ack_is_awaited_is_still_delivered_at_close(
+    settings: Settings,
+) -> None:
+    # As when a loop ends under a delay() nobody awaited: the caller gives up
+    # on the receipt, but the record is in the producer, and closing delivers it.
+    app = create_app(settings)
+    topic = f"{settings.kafka.topics.user_event}.cancelled"
+
+    @app.handler(UserEventMessage, topic=topic, name="cancelled")
+    async def cancelled(message: UserEventMessage) -> None: ...
+
+    messages = [UserEventMessage(user_id=uuid.uuid4(), event_type="given-up") for _ in range(5)]
+    async with app.bus:
+        await cancelled.delay(UserEventMessage(user_id=uuid.uuid4(), event_type="first"))
+        sends = [cancelled.delay(message) for message in messages]
+        await asyncio.sleep(0)  # each task hands its record to the producer, then awaits
+        for send in sends:
+            send.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
+        assert all(send.cancelled() for send in sends)
+    records = await read_to_end(settings.kafka.bootstrap_servers[0], topic)
+    ids = {decode(r.value, UserEventMessage).message_id for r in records}
+    assert {m.message_id for m in messages} <= ids, "every record the producer had was delivered"
