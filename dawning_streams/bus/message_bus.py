@@ -369,6 +369,7 @@ class KafkaMessageBus(Service):
         key: bytes | None,
         value: bytes | None,
         *,
+        partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> RecordMetadata:
         """:meth:`forward` for code without an event loop."""
@@ -377,7 +378,9 @@ class KafkaMessageBus(Service):
             return None  # type: ignore[return-value]
         headers = self.app.telemetry.tracing.stamp(topic, headers)
         return self.senders.blocking().call(
-            lambda publisher: publisher.forward(topic, key, value, headers=headers)
+            lambda publisher: publisher.forward(
+                topic, key, value, partition=partition, headers=headers
+            )
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import uuid
 from collections.abc import Generator
 from datetime import UTC, datetime, timedelta
@@ -28,39 +29,43 @@ from dawning_streams.handlers.timers import due_ms_in, now_ms
 if TYPE_CHECKING:
     from dawning_streams.handlers.host import HandlerHost
 
-__all__ = ["Calling", "Sending", "Sent"]
+__all__ = ["Calling", "Done", "Revoking", "Sending"]
 
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M")
+T = TypeVar("T")
 
 
-class Sent:
-    """A send that is done: what ``delay`` returns with no event loop. Awaiting
-    it, or :meth:`result`, gives the receipt (``None``: spooled)."""
+class Done(Generic[T]):
+    """A call that is done: what ``delay`` and ``revoke`` return with no event
+    loop. Awaiting it, or :meth:`result`, gives its value (for a send, the
+    receipt; ``None``: spooled)."""
 
-    __slots__ = ("_receipt",)
+    __slots__ = ("_value",)
 
-    def __init__(self, receipt: RecordMetadata | None) -> None:
-        self._receipt = receipt
+    def __init__(self, value: T) -> None:
+        self._value = value
 
     def done(self) -> bool:
         return True
 
-    def result(self) -> RecordMetadata | None:
-        return self._receipt
+    def result(self) -> T:
+        return self._value
 
-    def __await__(self) -> Generator[Any, None, RecordMetadata | None]:
-        return self._receipt
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._value
         yield  # a generator, so that ``await`` works
 
     def __repr__(self) -> str:
-        return f"<Sent {self._receipt!r}>"
+        return f"<Done {self._value!r}>"
 
 
 #: What ``delay`` and ``apply_async`` return: a send under way in the running
 #: loop, or one already done. Both have ``done()`` and ``result()``, and can be awaited.
-Sending = asyncio.Task[RecordMetadata | None] | Sent
+Sending = asyncio.Task[RecordMetadata | None] | Done[RecordMetadata | None]
+#: What ``revoke`` returns, likewise.
+Revoking = asyncio.Task[bool] | Done[bool]
 
 
 class Calling(Generic[M]):
@@ -104,7 +109,7 @@ class Calling(Generic[M]):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return Sent(self._send_blocking(message, target, key, headers))
+            return Done(self._send_blocking(message, target, key, headers))
         task = loop.create_task(self._send(message, target, key, headers))
         # Held until done, so that nothing collects it mid-send, and so that a
         # worker's commit waits for it (a handler may not await it).
@@ -224,50 +229,138 @@ class Calling(Generic[M]):
                 expires_ms = due_ms_in(seconds)
         return due_ms, expires_ms
 
-    async def revoke(self, message_id: object, *, timeout_s: float = 10.0) -> bool:
+    def revoke(self, message_id: object, *, timeout_s: float = 10.0) -> Revoking:
         """Cancel the pending delayed run of ``message_id``: a countdown, an eta or
         a retry. Durable: the revocation goes through Kafka to the owner of each
         timer partition, so a worker that restarts does not run it.
 
-        Returns True when a worker cancelled it, False when none held it pending
-        (an unknown id, or one that has run or is running). Raises
-        ``TimeoutError`` when not every partition's owner answered within
-        ``timeout_s`` (through Redis); the revocation still applies when they
-        read it.
+        Its result (awaited in a running loop; with no loop, the call waits and
+        ``result()`` gives it) is True when a worker cancelled it, False when
+        none held it pending (an unknown id, or one that has run or is
+        running). ``TimeoutError`` when not every partition's owner answered
+        within ``timeout_s`` (through Redis), or Redis did not answer; the
+        revocation still applies when they read it.
         """
+        timer_id = _timer_id(message_id)
         try:
-            timer_id = str(uuid.UUID(str(message_id)))
-        except ValueError:
-            raise ValueError(
-                f"revoke takes a message's MessageId (a GUID), got {message_id!r}"
-            ) from None
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return Done(self.revoke_blocking(timer_id, timeout_s=timeout_s))
+        return loop.create_task(self._revoke(timer_id, timeout_s))
+
+    def revoke_blocking(self, message_id: object, *, timeout_s: float = 10.0) -> bool:
+        """:meth:`revoke` for code without an event loop; safe from any thread."""
+        timer_id = _timer_id(message_id)
         nonce = uuid.uuid4().hex
-        partitions = self.app.dawning_settings.kafka.partitions
-        headers = [(Header.REVOKE, timer_id.encode()), (Header.REPLY_TO, nonce.encode())]
-        for partition in range(partitions):
+        for partition in range(self.app.dawning_settings.kafka.partitions):
+            self.app.bus.forward_blocking(
+                self.timers_topic,
+                timer_id.encode(),
+                None,
+                partition=partition,
+                headers=_revocation(timer_id, nonce),
+            )
+        import redis
+
+        answers = self._answers(timer_id, timeout_s)
+        client = redis.Redis.from_url(self.app.dawning_settings.redis.url)
+        try:
+            while answers.wanted():
+                reply = client.blpop([revoke_reply_key(nonce)], timeout=answers.wait_s())
+                answers.take(reply)  # type: ignore[arg-type]
+        except _redis_unreachable() as exc:
+            raise answers.unanswered(exc) from exc
+        finally:
+            client.close()
+        return answers.cancelled
+
+    async def _revoke(self, timer_id: str, timeout_s: float) -> bool:
+        nonce = uuid.uuid4().hex
+        for partition in range(self.app.dawning_settings.kafka.partitions):
             await self.app.bus.forward(
-                self.timers_topic, timer_id.encode(), None, partition=partition, headers=headers
+                self.timers_topic,
+                timer_id.encode(),
+                None,
+                partition=partition,
+                headers=_revocation(timer_id, nonce),
             )
         client = self.app.redis.client
-        reply_key = revoke_reply_key(nonce)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        answered = 0
-        while answered < partitions:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"revoke of {timer_id} in {self.name}: {answered} of {partitions} timer "
-                    f"partitions answered within {timeout_s} s; the revocation is on "
-                    f"{self.timers_topic} and applies when their owners read it"
-                )
-            reply = await client.blpop([reply_key], timeout=max(0.1, remaining))
-            if reply is None:
-                continue
-            if reply[1] == b"1":
-                return True
-            answered += 1
-        return False
+        answers = self._answers(timer_id, timeout_s)
+        try:
+            while answers.wanted():
+                reply = await client.blpop([revoke_reply_key(nonce)], timeout=answers.wait_s())
+                answers.take(reply)  # type: ignore[arg-type]
+        except _redis_unreachable() as exc:
+            raise answers.unanswered(exc) from exc
+        return answers.cancelled
+
+    def _answers(self, timer_id: str, timeout_s: float) -> _Answers:
+        return _Answers(
+            f"revoke of {timer_id} in {self.name}",
+            self.app.dawning_settings.kafka.partitions,
+            time.monotonic() + timeout_s,
+            f"the revocation is on {self.timers_topic} and applies when their owners read it",
+        )
+
+
+class _Answers:
+    """The timer partitions' owners' answers to one revocation, as they come."""
+
+    def __init__(self, what: str, partitions: int, deadline: float, still: str) -> None:
+        self.what = what
+        self.partitions = partitions
+        self.deadline = deadline
+        self.still = still
+        self.answered = 0
+        self.cancelled = False
+
+    def wanted(self) -> bool:
+        """Whether to wait for another answer; ``TimeoutError`` once it is too late."""
+        if self.cancelled or self.answered >= self.partitions:
+            return False
+        if time.monotonic() >= self.deadline:
+            raise TimeoutError(
+                f"{self.what}: {self.answered} of {self.partitions} timer partitions "
+                f"answered in time; {self.still}"
+            )
+        return True
+
+    def wait_s(self) -> float:
+        return max(0.1, self.deadline - time.monotonic())
+
+    def take(self, reply: tuple[bytes, bytes] | None) -> None:
+        if reply is None:
+            return
+        if reply[1] == b"1":
+            self.cancelled = True
+        self.answered += 1
+
+    def unanswered(self, exc: BaseException) -> TimeoutError:
+        return TimeoutError(
+            f"{self.what}: Redis did not answer ({type(exc).__name__}: {exc}), so whether a "
+            f"worker cancelled it is not known; {self.still}"
+        )
+
+
+def _redis_unreachable() -> tuple[type[Exception], ...]:
+    """What a Redis call raises when Redis does not answer (redis-py is imported
+    only by a process that has made a client, so only once one raised)."""
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError)
+
+
+def _timer_id(message_id: object) -> str:
+    try:
+        return str(uuid.UUID(str(message_id)))
+    except ValueError:
+        raise ValueError(
+            f"revoke takes a message's MessageId (a GUID), got {message_id!r}"
+        ) from None
+
+
+def _revocation(timer_id: str, nonce: str) -> list[tuple[str, bytes]]:
+    return [(Header.REVOKE, timer_id.encode()), (Header.REPLY_TO, nonce.encode())]
 
 
 def _cancelled(handler: str, topic: str, task: asyncio.Task[RecordMetadata | None]) -> None:

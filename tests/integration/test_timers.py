@@ -25,11 +25,12 @@ from dawning_streams import (
 )
 from dawning_streams.core.names import Header, dead_letter_topic
 from dawning_streams.core.retry import Retry
-from dawning_streams.core.settings import TimerSettings
+from dawning_streams.core.settings import RedisSettings, TimerSettings
 from dawning_streams.handlers.timers import pending_timers
 from dawning_streams.kafka.reading import read_to_end
 from dawning_streams.observability.health import readiness
 
+from ..conftest import free_port
 from ..handler_helpers import Calls, consumer_state, eventually, running, same_partition_users
 from ..kafka_helpers import read_topic
 
@@ -103,10 +104,15 @@ async def test_revoke_cancels_a_pending_countdown_for_good_and_says_when_nothing
     remind = app.handlers["remind"]
     user = uuid.uuid4()
     doomed = event(user, "revoked")
+    doomed_too = event(user, "revoked with no event loop")
     async with running(app):
         due = time.time() + 3
         await remind.apply_async(doomed, countdown_s=3)
+        await remind.apply_async(doomed_too, countdown_s=3)
         assert await remind.revoke(doomed.message_id) is True
+        # From a thread with no event loop, as a script or a Flask view calls it.
+        revoked = await asyncio.to_thread(lambda: remind.revoke(doomed_too.message_id).result())
+        assert revoked is True
         assert await remind.revoke(doomed.message_id) is False  # already revoked
         assert await remind.revoke(uuid.uuid4()) is False  # never known
         with pytest.raises(ValueError, match="revoke takes a message's MessageId"):
@@ -366,3 +372,26 @@ async def test_a_key_held_past_its_retrys_due_time_is_reported_stuck_until_it_ru
         )
         assert stuck_gauge() == "0.0"
     assert stuck == {"ordered": [str(user)]}
+
+
+async def test_revoke_with_redis_down_says_the_answer_is_unknown_and_still_revokes(
+    settings: Settings,
+) -> None:
+    app, calls = reminders(settings)
+    remind = app.handlers["remind"]
+    message = event(uuid.uuid4(), "revoked without Redis")
+    # A caller whose Redis does not answer: the revocation goes through Kafka.
+    blind = dataclasses.replace(
+        settings, redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0")
+    )
+    caller, _ = reminders(blind)
+    async with running(app):
+        await remind.apply_async(message, countdown_s=2)
+        async with caller.bus:
+            with pytest.raises(
+                TimeoutError, match=r"Redis did not answer .*; the revocation is on "
+            ):
+                await caller.handlers["remind"].revoke(message.message_id, timeout_s=5)
+        await eventually(lambda: remind.timers.stats().pending == 0, what="the timer revoked")
+        await asyncio.sleep(3)
+    assert calls.items == []
