@@ -23,7 +23,7 @@ from faust.exceptions import ConsumerNotStarted
 from faust.sensors.otel import OpenTelemetryMonitor
 from faust.serializers import codecs as faust_codecs
 from faust.types import TopicT
-from mode import ServiceT
+from mode import Service, ServiceT
 
 from dawning_streams.bus.message_bus import KafkaMessageBus, NullMessageBus
 from dawning_streams.core import codec
@@ -76,6 +76,8 @@ logger = logging.getLogger(__name__)
 #: ``Worker:StopTimeoutS``): nothing can be committed or acknowledged then, so a
 #: longer wait only delays the exit, unless Kafka comes back within it.
 STOP_WITHOUT_KAFKA_S = 5.0
+#: A rebalance this long is explained in the log (once): the worker handles nothing meanwhile.
+SLOW_REBALANCE_S = 10.0
 
 
 def _forbid_pickle() -> None:
@@ -98,6 +100,8 @@ class App(OpsHost):
         self.dawning_settings = settings
         #: time.monotonic() when the current (or last) rebalance started.
         self.rebalance_started_at: float | None = None
+        #: The rebalance a slow-rebalance line was logged for.
+        self._noted_rebalance: float | None = None
         kafka = settings.kafka
         session_s = kafka.session_timeout_ms / 1000
         super().__init__(
@@ -356,6 +360,24 @@ class App(OpsHost):
         # /ready tells a rebalance that never finishes from one under way.
         self.rebalance_started_at = time.monotonic()
         super().on_rebalance_start()
+
+    @Service.timer(5.0)
+    async def _note_slow_rebalance(self) -> None:
+        """Say why a worker has no partitions yet, once per rebalance that lasts."""
+        started = self.rebalance_started_at
+        if not self.rebalancing or started is None or started == self._noted_rebalance:
+            return
+        waited_s = time.monotonic() - started
+        if waited_s >= SLOW_REBALANCE_S:
+            self._noted_rebalance = started
+            logger.info(
+                "the group has been rebalancing for %.0f s, so this worker handles nothing yet: "
+                "Kafka waits for every member to join again, and for one that ended without "
+                "leaving the group (killed, or stopped while Kafka was unreachable) until "
+                "Kafka:SessionTimeoutMs (%d ms) has passed since it was last heard from",
+                waited_s,
+                self.dawning_settings.kafka.session_timeout_ms,
+            )
 
     async def on_started(self) -> None:
         await super().on_started()

@@ -324,11 +324,13 @@ class StopDeadline:
             state = self.describe()
         except Exception as exc:  # the description must not keep the process alive
             state = f"(state unknown: {exc!r})"
+        why = (
+            f"Worker:StopTimeoutS={self.timeout_s:g}"
+            if self._armed_s == self.timeout_s
+            else "Kafka was unreachable when it began, so nothing could be committed"
+        )
         logger.error(
-            "the stop did not finish within %g s (Worker:StopTimeoutS=%g); exiting now. %s",
-            self._armed_s,
-            self.timeout_s,
-            state,
+            "the stop did not finish within %g s (%s); exiting now. %s", self._armed_s, why, state
         )
         flush_logs()
         os._exit(0)

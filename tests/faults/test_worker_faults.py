@@ -14,7 +14,7 @@ import pytest
 from dawning_streams import AuditLogMessage, Settings
 
 from ..handler_helpers import eventually
-from ..workers import workers
+from ..workers import settle, spawn, workers
 from .conftest import Row
 from .fault_app import flow_topic
 from .ledger import (
@@ -259,3 +259,31 @@ async def test_a_handler_slower_than_max_poll_interval_loses_nothing(
     # so the group never rebalances and nothing is handed out again.
     assert log.count("Revoking previously assigned partitions") == 1, log[-3000:]
     assert duplicated == 0, (tmp_path / "duplicates.txt").read_text()[:2000]
+
+
+@pytest.mark.deadline(240)
+@pytest.mark.timeout(300)
+async def test_a_rebalance_that_waits_for_a_killed_member_says_why(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # The killed worker never leaves the group: Kafka waits for its session
+    # to time out before the next one gets any partition, and that worker
+    # must not sit there in silence.
+    kafka = dataclasses.replace(settings.kafka, session_timeout_ms=30_000)
+    settings = dataclasses.replace(settings, kafka=kafka)
+    async with workers(settings, 1, tmp_path, app=APP) as group:
+        [killed] = group
+        killed.process.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(killed.process.wait, 30)
+        waiting = spawn(settings, f"{settings.instance_name}-next", tmp_path, app=APP)
+        group.append(waiting)
+        said = "the group has been rebalancing for "
+        await eventually(
+            lambda: said in waiting.log.read_text(errors="replace"),
+            timeout_s=60,
+            what="the slow rebalance explained",
+        )
+        await settle([waiting], timeout_s=90)
+    [line] = [line for line in waiting.log.read_text().splitlines() if said in line]
+    assert "Kafka:SessionTimeoutMs (30000 ms)" in line, line
+    assert "killed, or stopped while Kafka was unreachable" in line, line
