@@ -15,7 +15,8 @@ and a module with an ``install(app)`` function has it called.
 A bad setting, or a module that cannot be imported, stops the worker here
 with exit code 2 and one line naming it (``Error: Kafka:Partitions='abc' ...``);
 an error raised inside a module that exists comes with its traceback first,
-since it is in the module's own code.
+since it is in the module's own code. Imported by any other program (a web
+app importing a tasks module), it raises :class:`SettingsError` instead.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import importlib
 import sys
 import traceback
+from pathlib import Path
 from typing import NoReturn
 
 from dawning_streams.application import create_app
@@ -31,8 +33,21 @@ from dawning_streams.core.settings import Settings
 
 
 def _stop(error: SettingsError) -> NoReturn:
+    """End the worker's command line in one line; anywhere else (a web app or a
+    script importing a tasks module) raise, for the caller to handle."""
+    if not _command_line():
+        raise error
     print(f"Error: {error}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _command_line() -> bool:
+    """Whether this process is ``faust -A ...`` or ``python -m dawning_streams``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    main = getattr(spec, "name", None) or ""
+    return main.partition(".")[0] in {"dawning_streams", "faust"} or (
+        Path(sys.argv[0]).name == "faust"
+    )
 
 
 try:
@@ -56,13 +71,14 @@ def _load(name: str) -> None:
     try:
         module = importlib.import_module(name)
     except Exception as exc:
+        error = SettingsError(
+            "Worker:Modules", name, f"cannot be imported: {type(exc).__name__}: {exc}"
+        )
+        if not _command_line():
+            raise error from exc
         if not _missing(name, exc):
             traceback.print_exc()
-        _stop(
-            SettingsError(
-                "Worker:Modules", name, f"cannot be imported: {type(exc).__name__}: {exc}"
-            )
-        )
+        _stop(error)
     install = getattr(module, "install", None)
     if callable(install):
         install(app)

@@ -79,3 +79,28 @@ def test_a_web_port_in_use_stops_the_worker_in_one_line_naming_the_setting(
         "machine?); give each worker its own port (DAWNING_WEB__PORT)"
     ), run.stderr
     assert "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_program_importing_the_app_gets_the_error_to_handle_not_an_exit(
+    tmp_path: Path,
+) -> None:
+    # A web app importing a tasks module (which imports dawning_streams.app).
+    script = (
+        "from dawning_streams import SettingsError\n"
+        "try:\n"
+        "    import dawning_streams.app\n"
+        "except SettingsError as exc:\n"
+        "    print('handled:', exc)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "DAWNING_KAFKA__PARTITIONS": "abc"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == (
+        "handled: Kafka:Partitions='abc' (from DAWNING_KAFKA__PARTITIONS): must be an integer"
+    )
