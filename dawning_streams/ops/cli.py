@@ -165,7 +165,16 @@ def register_commands(app: OpsHost) -> None:
                 self.say(json.dumps(summary))
             else:
                 self.say("  ".join(f"{k}={v}" for k, v in summary.items()))
-        self.say(f"{len(letters)} dead letter(s)", file=sys.stderr)
+        searched = ""
+        if not topics:
+            # A handler of a module this process did not import has its
+            # dead letters elsewhere: say whose were read.
+            modules = ",".join(self.app.dawning_settings.worker.modules)  # type: ignore[attr-defined]
+            searched = (
+                f" in the dead-letter topics of the seven message types and of the handlers "
+                f"of Worker:Modules={modules} (name a topic to read another)"
+            )
+        self.say(f"{len(letters)} dead letter(s){searched}", file=sys.stderr)
 
     @app.command(
         *_FILTERS,

@@ -174,6 +174,11 @@ async def test_the_dlq_commands_filter_by_every_option_and_replay_only_what_they
         missing,
         reject,
     ]
+    # It says whose topics it read: a handler of a module it did not import is not among them.
+    assert (
+        "2 dead letter(s) in the dead-letter topics of the seven message types and of the "
+        "handlers of Worker:Modules=dawning_streams.agents (name a topic to read another)"
+    ) in everything.stderr
     unknown = run("dlq-list", "--topic", "no.such.topic")
     assert unknown.returncode == 2
     assert "no such dead-letter topic: no.such.topic.dlq" in unknown.stderr
