@@ -93,13 +93,13 @@ class Routing:
             delay_s = None
         if delay_s is not None and retry_number <= self.retry.max_retries:
             logger.warning(
-                "%s: attempt %d of %s failed (%s: %s); retry %d in %.1f s",
+                "%s: %s failed (%s: %s); retry %d of %d in %.1f s",
                 self.name,
-                attempt + 1,
                 delivery.origin_id,
                 type(exc).__name__,
                 exc,
                 retry_number,
+                self.retry.max_retries,
                 delay_s,
             )
             retry = self.retry_timer(delivery, retry_number, delay_s, exc, timer)
@@ -152,19 +152,19 @@ class Routing:
     async def dead_letter(self, delivery: Delivery, attempt: int, exc: BaseException) -> None:
         if self.dead_letter_topic is None:
             logger.error(
-                "%s: dropping %s after %d attempts (%s: %s); dead letters are off",
+                "%s: dropping %s after %s (%s: %s); dead letters are off",
                 self.name,
                 delivery.origin_id,
-                attempt + 1,
+                _tries(attempt),
                 type(exc).__name__,
                 exc,
             )
             return
         logger.error(
-            "%s: dead-lettering %s after %d attempts (%s: %s)",
+            "%s: dead-lettering %s after %s (%s: %s)",
             self.name,
             delivery.origin_id,
-            attempt + 1,
+            _tries(attempt),
             type(exc).__name__,
             exc,
         )
@@ -201,3 +201,12 @@ class Routing:
         if delivery.key is not None:
             headers.append((Header.ORIGINAL_KEY, delivery.key))
         return headers
+
+
+def _tries(attempt: int) -> str:
+    """How many times a message was tried, its last ``attempt`` being numbered
+    as ``current_delivery().attempt`` is (0: the first, n: the n-th retry)."""
+    if attempt == 0:
+        return "its first try"
+    retries = "1 retry" if attempt == 1 else f"{attempt} retries"
+    return f"{attempt + 1} tries (the first and {retries})"

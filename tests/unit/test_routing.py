@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import orjson
+import pytest
 
 from dawning_streams.core.errors import MessageDecodeError
 from dawning_streams.core.names import Header
@@ -68,7 +69,9 @@ def delivery(**headers: str) -> Delivery:
     )
 
 
-async def test_a_retryable_failure_becomes_a_timer_with_the_same_bytes_and_partition() -> None:
+async def test_a_retryable_failure_becomes_a_timer_with_the_same_bytes_and_partition(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     recorded = Recorded()
     before_ms = time.time() * 1000
     retried = await routing(recorded, Retry(max_retries=3, backoff_s=2.0)).fail(
@@ -84,6 +87,9 @@ async def test_a_retryable_failure_becomes_a_timer_with_the_same_bytes_and_parti
     headers = dict(timer.delivery.headers)
     assert Header.FIRST_FAILED_AT in headers
     assert headers["traceparent"].startswith(b"00-")  # stamped anew: the retry continues the trace
+    assert [r.getMessage() for r in caplog.records] == [
+        "audit: audit-log/2/41 failed (RuntimeError: db down); retry 1 of 3 in 2.0 s"
+    ]
 
 
 async def test_the_nth_retry_waits_the_doubled_backoff() -> None:
@@ -96,7 +102,9 @@ async def test_the_nth_retry_waits_the_doubled_backoff() -> None:
     assert timer.attempt == 3 and timer.due_ms >= before_ms + 8000
 
 
-async def test_after_the_last_retry_it_is_dead_lettered_with_its_origin_and_failure() -> None:
+async def test_after_the_last_retry_it_is_dead_lettered_with_its_origin_and_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     recorded = Recorded()
     first = "2026-01-01T00:00:00Z"
     retried = await routing(recorded, Retry(max_retries=3)).fail(
@@ -118,6 +126,10 @@ async def test_after_the_last_retry_it_is_dead_lettered_with_its_origin_and_fail
     assert headers[Header.FIRST_FAILED_AT] == first  # kept from the first failure
     assert "RuntimeError: gave up" in headers[Header.TRACEBACK]
     assert headers[Header.ORIGINAL_KEY] == "user-7" and headers["traceparent"] == "00-abc-def-01"
+    assert [r.getMessage() for r in caplog.records] == [
+        "audit: dead-lettering audit-log/2/41 after 4 tries (the first and 3 retries) "
+        "(RuntimeError: gave up)"
+    ]
 
 
 async def test_reject_decode_errors_and_non_retryable_types_skip_the_retries() -> None:
@@ -138,12 +150,17 @@ async def test_retry_later_waits_the_delay_it_names_even_past_the_backoff() -> N
     assert timer.due_ms >= before_ms + 30_000
 
 
-async def test_with_dead_letters_off_a_final_failure_is_dropped_and_logged() -> None:
+async def test_with_dead_letters_off_a_final_failure_is_dropped_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     recorded = Recorded()
     await routing(recorded, Retry(max_retries=0), dead_letters=False).fail(
         delivery(), 0, RuntimeError("x")
     )
     assert recorded.sent == [] and recorded.scheduled == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "audit: dropping audit-log/2/41 after its first try (RuntimeError: x); dead letters are off"
+    ]
 
 
 async def test_an_expired_message_is_dead_lettered_as_expired() -> None:
