@@ -73,5 +73,6 @@ async def test_orders_posted_to_the_web_app_are_handled_in_order_and_charged_aft
     assert web.returncode == 0, output.decode()
     assert [o["order_id"] for o in state["orders"]] == placed  # in the order placed
     assert [o["amount"] for o in state["orders"]] == [10.0, 20.0, 30.0]
+    assert [o["charged"] for o in state["orders"]] == [True, True, True]
     # Every charge succeeded on its second attempt, after the gateway's first failure.
     assert {o: c["attempts"] for o, c in state["charges"].items()} == dict.fromkeys(placed, 2)

@@ -40,8 +40,10 @@ async def record_order(order: OrderPlaced) -> None:
     """Note the order: ordered, so a customer's orders are noted as placed."""
     key = str(order.customer_id)
     state = customers.get(key) or Customer(orders=[], charges={})
-    if all(o["order_id"] != str(order.order_id) for o in state.orders):
-        entry = {"order_id": str(order.order_id), "amount": order.amount, "charged": False}
+    order_id = str(order.order_id)
+    if all(o["order_id"] != order_id for o in state.orders):
+        # The charge may have come first: the two are on different topics.
+        entry = {"order_id": order_id, "amount": order.amount, "charged": order_id in state.charges}
         customers[key] = state.derive(orders=[*state.orders, entry])
 
 
@@ -52,13 +54,11 @@ async def charge(payment: PaymentRequested) -> None:
     attempt = current_delivery().attempt
     if attempt == 0:
         raise ConnectionError("the payment gateway timed out")
-    key = str(payment.customer_id)
+    key, order_id = str(payment.customer_id), str(payment.order_id)
     state = customers.get(key) or Customer(orders=[], charges={})
-    charges = {
-        **state.charges,
-        str(payment.order_id): {"amount": payment.amount, "attempts": attempt + 1},
-    }
-    customers[key] = state.derive(charges=charges)
+    charges = {**state.charges, order_id: {"amount": payment.amount, "attempts": attempt + 1}}
+    orders = [{**o, "charged": True} if o["order_id"] == order_id else o for o in state.orders]
+    customers[key] = state.derive(orders=orders, charges=charges)
 
 
 @app.page("/orders/{customer_id}")
