@@ -33,7 +33,7 @@ from mode import Service
 
 from dawning_streams.bus.spool import Spool, SpooledRecord
 from dawning_streams.core.codec import encode
-from dawning_streams.core.errors import PublishError
+from dawning_streams.core.errors import PublishError, described
 from dawning_streams.core.records import MessageBase
 
 __all__ = [
@@ -489,4 +489,4 @@ class Publisher(Service):
 
 
 def reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return described(exc)

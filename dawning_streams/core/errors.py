@@ -12,11 +12,21 @@ __all__ = [
     "MessageDecodeError",
     "PublishError",
     "SettingsError",
+    "described",
 ]
 
 
 class DawningError(Exception):
     """Base class of every error dawning-streams raises."""
+
+
+def described(exc: BaseException) -> str:
+    """``Type: message`` of ``exc``, as logs and errors name it; the type once,
+    although aiokafka's errors already start their message with it."""
+    name, text = type(exc).__name__, str(exc)
+    if not text:
+        return name
+    return text if text.startswith(f"{name}:") else f"{name}: {text}"
 
 
 class SettingsError(DawningError, ValueError):

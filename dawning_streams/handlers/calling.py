@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from aiokafka.structs import RecordMetadata
 
+from dawning_streams.core.errors import described
 from dawning_streams.core.names import Header, revoke_reply_key
 from dawning_streams.core.records import MessageBase
 from dawning_streams.handlers.timers import due_ms_in, now_ms
@@ -337,7 +338,7 @@ class _Answers:
 
     def unanswered(self, exc: BaseException) -> TimeoutError:
         return TimeoutError(
-            f"{self.what}: Redis did not answer ({type(exc).__name__}: {exc}), so whether a "
+            f"{self.what}: Redis did not answer ({described(exc)}), so whether a "
             f"worker cancelled it is not known; {self.still}"
         )
 

@@ -35,6 +35,7 @@ from typing import Any
 from aiokafka import AIOKafkaClient
 from mode import Service
 
+from dawning_streams.core.errors import described
 from dawning_streams.core.settings import KafkaSettings
 from dawning_streams.kafka.security import client_options
 
@@ -139,10 +140,7 @@ class Dependency:
 
 
 def _describe(error: BaseException | str) -> str:
-    if isinstance(error, str):
-        return error
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return error if isinstance(error, str) else described(error)
 
 
 async def probe(settings: KafkaSettings) -> None:

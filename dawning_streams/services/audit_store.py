@@ -38,7 +38,7 @@ import asyncmy.errors
 import asyncpg
 from mode import Service
 
-from dawning_streams.core.errors import DawningError
+from dawning_streams.core.errors import DawningError, described
 from dawning_streams.core.records import AuditLogMessage
 from dawning_streams.core.settings import mask_url
 from dawning_streams.kafka.outages import Dependency
@@ -461,7 +461,7 @@ def _describe_mysql(exc: BaseException) -> str:
         return f"{exc.args[1]} (error {exc.args[0]})"
     if type(exc) is ValueError:  # the URL's shape
         return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    return described(exc)
 
 
 def open_audit_store(url: str) -> AuditStore:
