@@ -219,14 +219,22 @@ async def wait_for_kafka(
 
 
 def _expected_at_first_start(record: logging.LogRecord) -> bool:
-    """aiokafka's ERROR for a coordinator lookup a new broker cannot answer yet."""
+    """aiokafka's ERROR for a coordinator lookup a new broker cannot answer yet,
+    and librdkafka's WARNING for an idempotent producer's id a new broker cannot
+    hand out yet (``GETPID ... Coordinator load in progress: retrying``)."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    if record.name == "confluent_kafka.producer":
+        # librdkafka logs ("%s [%s] %s", facility, client, text).
+        return (
+            len(args) == 3
+            and args[0] == "GETPID"
+            and "Coordinator load in progress" in str(args[2])
+        )
     return (
         record.name == "aiokafka.consumer.group_coordinator"
         and isinstance(record.msg, str)
         and record.msg.startswith("Group Coordinator Request failed")
-        and any(
-            type(arg).__name__ == "GroupCoordinatorNotAvailableError" for arg in record.args or ()
-        )
+        and any(type(arg).__name__ == "GroupCoordinatorNotAvailableError" for arg in args)
     )
 
 

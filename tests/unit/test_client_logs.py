@@ -31,6 +31,26 @@ def test_a_coordinator_a_new_broker_cannot_name_yet_is_no_error(
     ]
 
 
+def test_a_producer_id_a_new_broker_cannot_hand_out_yet_is_no_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    quiet_client_logs()
+    log = logging.getLogger("confluent_kafka.producer")  # librdkafka, as confluent-kafka logs
+    with caplog.at_level(logging.DEBUG, logger="confluent_kafka.producer"):
+        log.warning(
+            "%s [%s] %s",
+            "GETPID",
+            "gw-1-sender#producer-1",
+            "Failed to acquire idempotence PID from broker TxnCoordinator/1: "
+            "Broker: Coordinator load in progress: retrying",
+        )
+        log.warning("%s [%s] %s", "FAIL", "gw-1-sender#producer-1", "Connect failed")
+    assert [(r.levelname, r.args[0]) for r in caplog.records] == [  # type: ignore[index]
+        ("INFO", "GETPID"),
+        ("WARNING", "FAIL"),
+    ]
+
+
 def test_a_coordinator_lookup_retried_every_100_ms_is_said_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
