@@ -60,8 +60,9 @@ async def _chosen(app: OpsHost, topics: tuple[str, ...], **filters: Any) -> list
     try:
         letters = await dlq.read_dead_letters(app, topics or None)
     except DawningError as exc:
+        # 1: Kafka did not answer, as for every command; 2: what was asked is wrong.
         print(f"Error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(1 if isinstance(exc, KafkaUnavailable) else 2) from None
     return dlq.select(
         letters,
         key=filters["key"],
