@@ -36,6 +36,10 @@ __all__ = ["KafkaMessageBus", "MessageBus", "NullMessageBus"]
 
 logger = logging.getLogger(__name__)
 
+#: How often a worker takes in the spools other processes of this machine left
+#: for its cluster (a script that ended while Kafka was down), and delivers them.
+ADOPT_STRAYS_EVERY_S = 30.0
+
 
 class MessageBus(Protocol):
     """What the gateway's code publishes through (the seed's ``IMessageBus``)."""
@@ -173,6 +177,7 @@ class KafkaMessageBus(Service):
             Spool.of(settings),
             send_timeout_s=spool.send_timeout_ms / 1000,
             sends=self.app.telemetry.metrics.sends,
+            adopt_every_s=ADOPT_STRAYS_EVERY_S,
         )
         self._worker_loop = loop
 

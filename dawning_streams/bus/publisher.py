@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections import Counter
 from collections.abc import Awaitable
 from contextlib import suppress
@@ -177,11 +178,14 @@ class Publisher(Service):
         *,
         send_timeout_s: float,
         sends: Counter[tuple[str, str]],
+        adopt_every_s: float | None = None,
         **kwargs: object,
     ) -> None:
         self.port = port
         self.spool = spool
         self._send_timeout_s = send_timeout_s
+        #: How often to take in the spools other processes left (None: never).
+        self._adopt_every_s = adopt_every_s
         #: (topic, "ok" or "error") -> sends, as the metrics read them.
         self.sends = sends
         self._connected = False
@@ -368,6 +372,23 @@ class Publisher(Service):
         self._spooling = True
         self._direct.clear()
         self._spool_waiting.set()
+
+    @Service.task
+    async def _adopt_strays(self) -> None:
+        """Deliver what other processes left spooled for this cluster on this
+        machine (a script that ended while Kafka was down): at start, then
+        every ``adopt_every_s``, rather than when such a process next runs."""
+        if self._adopt_every_s is None:
+            return
+        while not self.should_stop:
+            try:
+                taken = await self.spool.adopt_strays()
+            except (OSError, sqlite3.Error) as exc:
+                logger.warning("spool: could not take in other processes' spools: %s", exc)
+            else:
+                if taken:
+                    self._start_spooling()
+            await self.sleep(self._adopt_every_s)
 
     @Service.task
     async def _deliver_spool(self) -> None:

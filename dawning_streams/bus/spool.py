@@ -26,7 +26,9 @@ no live process holds.
 
 One cluster per file: the default file is named after the instance and a hash
 of the bootstrap servers (:meth:`Spool.of`), so records spooled for one cluster
-are never delivered to another. An empty spool removes its file on close.
+are never delivered to another. An empty spool removes its file on close. A
+worker's spool also takes in, now and then, the files other processes of this
+machine left for its cluster (:meth:`Spool.adopt_strays`).
 
 The module passes 400 lines to keep every rule of the file's life (locks,
 slots, orphans, the older unnamed file) in one reading.
@@ -40,7 +42,7 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -141,13 +143,23 @@ class Spool:
     called until ``remove`` or ``reject`` has taken it out.
     """
 
-    def __init__(self, path: Path, max_bytes: int, *, unnamed: Path | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int,
+        *,
+        unnamed: Path | None = None,
+        cluster: str | None = None,
+    ) -> None:
         #: The file asked for; :attr:`path` is the one this process holds.
         self.wanted = path
         self.path = path
         self.max_bytes = max_bytes
         #: Where a spool of an older version, for an unknown cluster, may wait.
         self.unnamed = unnamed
+        #: The cluster's tag in the default file names, by which the spools other
+        #: processes left for it are found (None: a path set in the settings).
+        self.cluster = cluster
         self._lock_fd: int | None = None
         #: Records waiting, and their size in bytes.
         self.count = 0
@@ -159,10 +171,12 @@ class Spool:
     def of(cls, settings: Settings) -> Spool:
         """The spool of ``settings``'s instance for its cluster (``Kafka:Spool:*``)."""
         spool = settings.kafka.spool
+        servers = settings.kafka.bootstrap_servers
         return cls(
-            spool.file(settings.instance_name, settings.kafka.bootstrap_servers),
+            spool.file(settings.instance_name, servers),
             spool.max_bytes,
             unnamed=spool.unnamed_file(settings.instance_name),
+            cluster=None if spool.path is not None else spool.cluster_tag(servers),
         )
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -213,8 +227,13 @@ class Spool:
 
     def _adopt_orphans(self, db: sqlite3.Connection) -> None:
         """Move into this file the records of sibling files no process holds."""
-        for n in range(MAX_SLOTS):
-            orphan = _slot(self.wanted, n)
+        self._adopt(db, (_slot(self.wanted, n) for n in range(MAX_SLOTS)))
+
+    def _adopt(self, db: sqlite3.Connection, candidates: Iterable[Path]) -> tuple[int, int]:
+        """Move into this file the records of each of ``candidates`` no process
+        holds, and remove it; (records, bytes) moved."""
+        records = size = 0
+        for orphan in candidates:
             if orphan == self.path or not orphan.exists():
                 continue
             fd = os.open(f"{orphan}.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -227,6 +246,9 @@ class Spool:
                 try:
                     db.executescript(_SCHEMA.replace("IF NOT EXISTS ", "IF NOT EXISTS orphan."))
                     with _transaction(db):
+                        (bytes_moved,) = db.execute(
+                            "SELECT coalesce(sum(size), 0) FROM orphan.spool"
+                        ).fetchone()
                         moved = db.execute(
                             "INSERT INTO spool (topic, key, value, headers, timestamp_ms, size)"
                             " SELECT topic, key, value, headers, timestamp_ms, size"
@@ -243,6 +265,7 @@ class Spool:
                 for leftover in (orphan, Path(f"{orphan}-wal"), Path(f"{orphan}-shm")):
                     leftover.unlink(missing_ok=True)
                 if moved:
+                    records, size = records + moved, size + bytes_moved
                     logger.warning(
                         "took %d records left in %s by a process that has gone; "
                         "they are delivered from %s",
@@ -252,6 +275,25 @@ class Spool:
                     )
             finally:
                 os.close(fd)
+        return records, size
+
+    async def adopt_strays(self) -> int:
+        """Take in what other processes left in their spools for this cluster, in
+        this folder, and no live process holds (a script that ended while Kafka
+        was down, say): it is delivered from here. Returns the records taken."""
+        cluster = self.cluster
+        if cluster is None:
+            return 0
+        folder = self.wanted.parent
+        strays = sorted(
+            {*folder.glob(f"*-{cluster}.sqlite3"), *folder.glob(f"*-{cluster}.*.sqlite3")}
+        )
+        if not [stray for stray in strays if stray != self.path]:
+            return 0
+        records, size = await self._run(lambda db: self._adopt(db, strays))
+        self.count += records
+        self.size_bytes += size
+        return records
 
     async def open(self) -> None:
         """Open the file (creating it) and count what an earlier run left in it."""

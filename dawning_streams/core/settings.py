@@ -394,8 +394,13 @@ class SpoolSettings:
         that a process sending to another cluster never delivers its records."""
         if self.path is not None:
             return Path(self.path).expanduser()
-        cluster = hashlib.sha1(",".join(sorted(bootstrap_servers)).encode()).hexdigest()[:8]
+        cluster = self.cluster_tag(bootstrap_servers)
         return self._folder() / f"{_file_name(instance_name)}-{cluster}.sqlite3"
+
+    @staticmethod
+    def cluster_tag(bootstrap_servers: Sequence[str]) -> str:
+        """The short hash of the bootstrap servers that default spool file names end with."""
+        return hashlib.sha1(",".join(sorted(bootstrap_servers)).encode()).hexdigest()[:8]
 
     def unnamed_file(self, instance_name: str) -> Path | None:
         """Where spools were kept before their names said the cluster (or None,

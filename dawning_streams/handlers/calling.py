@@ -22,9 +22,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from aiokafka.structs import RecordMetadata
 
-from dawning_streams.core.errors import described
 from dawning_streams.core.names import Header, revoke_reply_key
 from dawning_streams.core.records import MessageBase
+from dawning_streams.handlers.revocation import (
+    Answers,
+    redis_unreachable,
+    revocation,
+    timer_id_of,
+)
 from dawning_streams.handlers.timers import due_ms_in, now_ms
 
 if TYPE_CHECKING:
@@ -61,6 +66,9 @@ class Done(Generic[T]):
     def __repr__(self) -> str:
         return f"<Done {self._value!r}>"
 
+
+#: The revocations under way in running loops (nobody may await them).
+_revoking: set[asyncio.Task[bool]] = set()
 
 #: What ``delay`` and ``apply_async`` return: a send under way in the running
 #: loop, or one already done. Both have ``done()`` and ``result()``, and can be awaited.
@@ -242,16 +250,20 @@ class Calling(Generic[M]):
         within ``timeout_s`` (through Redis), or Redis did not answer; the
         revocation still applies when they read it.
         """
-        timer_id = _timer_id(message_id)
+        timer_id = timer_id_of(message_id)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return Done(self.revoke_blocking(timer_id, timeout_s=timeout_s))
-        return loop.create_task(self._revoke(timer_id, timeout_s))
+        task = loop.create_task(self._revoke(timer_id, timeout_s))
+        # The loop keeps only a weak reference: held until done.
+        _revoking.add(task)
+        task.add_done_callback(_revoking.discard)
+        return task
 
     def revoke_blocking(self, message_id: object, *, timeout_s: float = 10.0) -> bool:
         """:meth:`revoke` for code without an event loop; safe from any thread."""
-        timer_id = _timer_id(message_id)
+        timer_id = timer_id_of(message_id)
         nonce = uuid.uuid4().hex
         for partition in range(self.app.dawning_settings.kafka.partitions):
             self.app.bus.forward_blocking(
@@ -259,7 +271,7 @@ class Calling(Generic[M]):
                 timer_id.encode(),
                 None,
                 partition=partition,
-                headers=_revocation(timer_id, nonce),
+                headers=revocation(timer_id, nonce),
             )
         import redis
 
@@ -269,7 +281,7 @@ class Calling(Generic[M]):
             while answers.wanted():
                 reply = client.blpop([revoke_reply_key(nonce)], timeout=answers.wait_s())
                 answers.take(reply)  # type: ignore[arg-type]
-        except _redis_unreachable() as exc:
+        except redis_unreachable() as exc:
             raise answers.unanswered(exc) from exc
         finally:
             client.close()
@@ -283,7 +295,7 @@ class Calling(Generic[M]):
                 timer_id.encode(),
                 None,
                 partition=partition,
-                headers=_revocation(timer_id, nonce),
+                headers=revocation(timer_id, nonce),
             )
         client = self.app.redis.client
         answers = self._answers(timer_id, timeout_s)
@@ -291,77 +303,17 @@ class Calling(Generic[M]):
             while answers.wanted():
                 reply = await client.blpop([revoke_reply_key(nonce)], timeout=answers.wait_s())
                 answers.take(reply)  # type: ignore[arg-type]
-        except _redis_unreachable() as exc:
+        except redis_unreachable() as exc:
             raise answers.unanswered(exc) from exc
         return answers.cancelled
 
-    def _answers(self, timer_id: str, timeout_s: float) -> _Answers:
-        return _Answers(
+    def _answers(self, timer_id: str, timeout_s: float) -> Answers:
+        return Answers(
             f"revoke of {timer_id} in {self.name}",
             self.app.dawning_settings.kafka.partitions,
             time.monotonic() + timeout_s,
             f"the revocation is on {self.timers_topic} and applies when their owners read it",
         )
-
-
-class _Answers:
-    """The timer partitions' owners' answers to one revocation, as they come."""
-
-    def __init__(self, what: str, partitions: int, deadline: float, still: str) -> None:
-        self.what = what
-        self.partitions = partitions
-        self.deadline = deadline
-        self.still = still
-        self.answered = 0
-        self.cancelled = False
-
-    def wanted(self) -> bool:
-        """Whether to wait for another answer; ``TimeoutError`` once it is too late."""
-        if self.cancelled or self.answered >= self.partitions:
-            return False
-        if time.monotonic() >= self.deadline:
-            raise TimeoutError(
-                f"{self.what}: {self.answered} of {self.partitions} timer partitions "
-                f"answered in time; {self.still}"
-            )
-        return True
-
-    def wait_s(self) -> float:
-        return max(0.1, self.deadline - time.monotonic())
-
-    def take(self, reply: tuple[bytes, bytes] | None) -> None:
-        if reply is None:
-            return
-        if reply[1] == b"1":
-            self.cancelled = True
-        self.answered += 1
-
-    def unanswered(self, exc: BaseException) -> TimeoutError:
-        return TimeoutError(
-            f"{self.what}: Redis did not answer ({described(exc)}), so whether a "
-            f"worker cancelled it is not known; {self.still}"
-        )
-
-
-def _redis_unreachable() -> tuple[type[Exception], ...]:
-    """What a Redis call raises when Redis does not answer (redis-py is imported
-    only by a process that has made a client, so only once one raised)."""
-    from redis.exceptions import RedisError
-
-    return (RedisError, OSError)
-
-
-def _timer_id(message_id: object) -> str:
-    try:
-        return str(uuid.UUID(str(message_id)))
-    except ValueError:
-        raise ValueError(
-            f"revoke takes a message's MessageId (a GUID), got {message_id!r}"
-        ) from None
-
-
-def _revocation(timer_id: str, nonce: str) -> list[tuple[str, bytes]]:
-    return [(Header.REVOKE, timer_id.encode()), (Header.REPLY_TO, nonce.encode())]
 
 
 def _cancelled(handler: str, topic: str, task: asyncio.Task[RecordMetadata | None]) -> None:

@@ -7,6 +7,7 @@ would; every message is then read back from Kafka by its id.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -17,10 +18,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from dawning_streams import DawningError, Settings, UserEventMessage, create_app, decode
+from dawning_streams import DawningError, Settings, UserEventMessage, create_app, decode, encode
+from dawning_streams.bus.spool import Spool
 
 from ..conftest import ROOT, free_port
-from ..kafka_helpers import read_to_end
+from ..handler_helpers import running
+from ..kafka_helpers import read_to_end, read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -318,3 +321,27 @@ async def test_a_send_cancelled_while_its_ack_is_awaited_is_still_delivered_at_c
     records = await read_to_end(settings.kafka.bootstrap_servers[0], topic)
     ids = {decode(r.value, UserEventMessage).message_id for r in records}
     assert {m.message_id for m in messages} <= ids, "every record the producer had was delivered"
+
+
+async def test_a_worker_delivers_what_a_script_of_this_machine_left_spooled(
+    settings: Settings,
+) -> None:
+    # A cron script ended while Kafka was down: its spool (its instance's, for
+    # this cluster) waits in the state folder, held by no process.
+    topic = f"{settings.kafka.topics.user_event}.left"
+    script = dataclasses.replace(settings, instance_name=f"{settings.instance_name}-cron")
+    left = [UserEventMessage(user_id=uuid.uuid4(), event_type="left") for _ in range(3)]
+    spool = Spool.of(script)
+    await spool.open()
+    for message in left:
+        await spool.append(topic, str(message.user_id).encode(), encode(message), [], None)
+    await spool.close()
+    assert spool.path.exists()
+
+    app = create_app(settings)
+    async with running(app):
+        records = await read_topic(settings.kafka.bootstrap_servers[0], topic, 3)
+    assert {decode(r.value, UserEventMessage).message_id for r in records} == {
+        m.message_id for m in left
+    }
+    assert not spool.path.exists(), "taken in by the worker's own spool"

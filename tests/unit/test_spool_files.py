@@ -83,3 +83,32 @@ async def test_an_older_unnamed_spool_is_named_in_a_warning_and_left_alone(
         f"cluster with Kafka:Spool:Path={unnamed}"
     ]
     assert unnamed.exists()
+
+
+async def test_a_spool_takes_in_what_other_processes_left_for_its_cluster_only() -> None:
+    async def left(instance: str, *servers: str, records: int) -> Spool:
+        spool = Spool.of(settings_for(*servers, instance=instance))
+        await spool.open()
+        for n in range(records):
+            await spool.append("t", b"k", f"{instance}-{n}".encode(), [], None)
+        return spool
+
+    cron = await left("cron", "kafka-a:9092", records=2)
+    await cron.close()
+    report = await left("report", "kafka-a:9092", records=1)
+    await report.close()
+    staging = await left("cron", "staging:9092", records=1)
+    await staging.close()
+    live = await left("live", "kafka-a:9092", records=1)  # still open: its process runs
+
+    worker = Spool.of(settings_for("kafka-a:9092", instance="worker"))
+    await worker.open()
+    assert await worker.adopt_strays() == 3
+    assert worker.count == 3
+    values = sorted(r.value for r in await worker.oldest(10))  # type: ignore[type-var]
+    assert values == [b"cron-0", b"cron-1", b"report-0"]
+    assert not cron.path.exists() and not report.path.exists()
+    assert staging.path.exists() and live.path.exists(), "another cluster's, and a live one"
+    assert await worker.adopt_strays() == 0
+    await worker.close()
+    await live.close()
