@@ -55,6 +55,7 @@ __all__ = [
     "check",
     "cluster_metadata",
     "committed_offsets",
+    "consumer_metadata",
     "list_offsets",
     "new_producer",
     "on_metadata_update",
@@ -244,6 +245,11 @@ def on_metadata_update(
 ) -> None:
     """Call ``listener`` with the metadata after each update of ``consumer``'s (on its loop)."""
     consumer._client.cluster.add_listener(listener)
+
+
+def consumer_metadata(consumer: aiokafka.AIOKafkaConsumer) -> ClusterMetadata:
+    """The metadata ``consumer``'s client holds now (read on its loop)."""
+    return consumer._client.cluster
 
 
 def refresh_metadata(consumer: aiokafka.AIOKafkaConsumer) -> None:

@@ -42,9 +42,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Iterator, Mapping
+from contextlib import suppress
 from typing import Any
 
 from aiokafka.structs import RecordMetadata
+from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from faust.types import TP
@@ -186,6 +188,16 @@ class Consumer(faust_aiokafka.Consumer):
 
     #: The start of the recovery whose stall was last logged.
     _unstalled_at: float | None = None
+
+    @Service.timer(2.0)
+    async def _look_for_missing_topics(self) -> None:
+        watch: MissingTopicsWatch | None = getattr(self._thread, "missing_topics", None)
+        if watch is None:
+            return
+        with suppress(ConsumerNotStarted):
+            await faust_compat.call_in_consumer_thread(
+                self._thread, lambda _consumer: watch.check(), wait=False
+            )
 
     @Service.timer(5.0)
     async def _unstall_recovery(self) -> None:

@@ -64,6 +64,12 @@ class MissingTopicsWatch:
         self._asking: asyncio.TimerHandle | None = None
         faust_compat.on_metadata_update(consumer, self._updated)
 
+    def check(self) -> None:
+        """Look without an update (on the consumer's loop): after a failed one,
+        which calls no listener, the metadata may lack every topic (Kafka was
+        down as the consumer subscribed) and nothing would ask again."""
+        self._updated(faust_compat.consumer_metadata(self.consumer))
+
     def _updated(self, cluster: ClusterMetadata) -> None:
         missing = frozenset(
             topic
