@@ -43,7 +43,6 @@ __all__ = [
     "ProducerPort",
     "Publisher",
     "RefusedError",
-    "reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -215,7 +214,7 @@ class Publisher(Service):
         except (*UNREACHABLE, PublishError) as exc:
             logger.warning(
                 "Kafka is unreachable (%s); messages go to the spool %s until it is back",
-                reason(exc),
+                described(exc),
                 self.spool.path,
             )
             self._reachable = False
@@ -335,7 +334,7 @@ class Publisher(Service):
                     "Kafka did not take %s (%s); spooling it and what follows "
                     "(Kafka:Spool:Path %s)",
                     records[confirmed].what,
-                    reason(exc),
+                    described(exc),
                     self.spool.wanted,
                 )
                 self._reachable = False
@@ -407,7 +406,7 @@ class Publisher(Service):
                 logger.log(
                     logging.INFO if pause_s == 0.5 else logging.DEBUG,
                     "spool: Kafka still unreachable (%s); trying again with backoff",
-                    reason(exc),
+                    described(exc),
                 )
                 await self.sleep(pause_s)
                 pause_s = min(pause_s * 2, 10.0)
@@ -507,7 +506,3 @@ class Publisher(Service):
                 )
             await asyncio.sleep(pause_s)
             pause_s = min(pause_s * 2, 10.0)
-
-
-def reason(exc: BaseException) -> str:
-    return described(exc)

@@ -102,7 +102,7 @@ class Dependency:
 
     def down(self, error: BaseException | str) -> None:
         """It did not answer: say so once, then once a minute."""
-        self.error = _describe(error)
+        self.error = error if isinstance(error, str) else described(error)
         now = time.monotonic()
         if self.down_since is None:
             self.down_since = self._summarised_at = now
@@ -137,10 +137,6 @@ class Dependency:
             "error": f"{self.name} unreachable at {self.address}: {self.error}",
             "down_s": round(self.down_s, 1),
         }
-
-
-def _describe(error: BaseException | str) -> str:
-    return error if isinstance(error, str) else described(error)
 
 
 async def probe(settings: KafkaSettings) -> None:
