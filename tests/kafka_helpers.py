@@ -150,13 +150,21 @@ async def caught_up(settings: Settings, *topics: str, timeout_s: float = 60) -> 
         await consumer.stop()
 
 
-async def partition_count(bootstrap: str, topic: str) -> int:
-    """How many partitions the broker has for ``topic``."""
+async def partition_count(bootstrap: str, topic: str, timeout_s: float = 10.0) -> int:
+    """How many partitions the broker has for ``topic``, once its metadata lists it
+    (a topic just created can be missing from a fresh broker's first answers)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        partitions = await consumer._client.fetch_all_metadata()
-        return len(partitions.partitions_for_topic(topic) or ())
+        async with asyncio.timeout(timeout_s):
+            while True:
+                partitions = await consumer._client.fetch_all_metadata()
+                found = partitions.partitions_for_topic(topic)
+                if found:
+                    return len(found)
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        return 0
     finally:
         await consumer.stop()
 

@@ -47,6 +47,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: How many records of one ``publish`` await their ack at a time: enough to
+#: keep librdkafka's batches full, few enough to be freed as young objects.
+_WINDOW = 1000
+
 
 class BrokerUnavailable(PublishError):
     """Kafka did not take a record now (no broker answers, no ack in time); later it may."""
@@ -286,29 +290,38 @@ class Publisher(Service):
                 # equal one for every message).
                 set_at = loop.time()
                 async with asyncio.timeout(timeout_s) as deadline:
-                    for n, record in enumerate(records):
-                        ack = None
-                        value = self._encoded(records, n, unencodable)
-                        if value is not None:
-                            headers = record.headers
-                            try:
-                                ack = try_send(
-                                    record.topic,
-                                    record.key,
-                                    value,
-                                    record.timestamp_ms,
-                                    headers,
-                                ) or await send(
-                                    record.topic,
-                                    record.key,
-                                    value,
-                                    timestamp_ms=record.timestamp_ms,
-                                    headers=headers,
-                                )
-                            except RefusedError as exc:
-                                refused[n] = f"{record.what}: {exc!r}"
-                        pending.append(ack)
-                    for ack in pending:
+                    # Records are handed over while fewer than a window of them
+                    # await their ack, and confirmed in order: the acks alive at a
+                    # time die young, where a whole batch's would outlive the
+                    # collector's young generations and make it sweep the heap.
+                    total, n = len(records), 0
+                    while confirmed < total:
+                        if n < total and n - confirmed < _WINDOW:
+                            record = records[n]
+                            ack = None
+                            value = self._encoded(records, n, unencodable)
+                            if value is not None:
+                                headers = record.headers
+                                try:
+                                    ack = try_send(
+                                        record.topic,
+                                        record.key,
+                                        value,
+                                        record.timestamp_ms,
+                                        headers,
+                                    ) or await send(
+                                        record.topic,
+                                        record.key,
+                                        value,
+                                        timestamp_ms=record.timestamp_ms,
+                                        headers=headers,
+                                    )
+                                except RefusedError as exc:
+                                    refused[n] = f"{record.what}: {exc!r}"
+                            pending.append(ack)
+                            n += 1
+                            continue
+                        ack = pending[confirmed]
                         if ack is not None:
                             if not ack.done() and loop.time() - set_at > timeout_s / 100:
                                 set_at = loop.time()
@@ -321,6 +334,7 @@ class Publisher(Service):
                                 refused[confirmed] = f"{records[confirmed].what}: {exc!r}"
                             else:
                                 sends[(topic, "ok")] += 1
+                            pending[confirmed] = None
                         confirmed += 1
             except BaseException as exc:
                 # What was sent but not awaited is counted when the broker answers.

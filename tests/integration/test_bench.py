@@ -96,6 +96,7 @@ def test_the_smoke_benchmark_measures_every_pair_and_writes_its_result(
         "client": "librdkafka",
         "acks": "all",
         "enable.idempotence": True,
+        "max.in.flight.requests.per.connection": 1,
         "linger.ms": 5,
         "batch.size": 16384,
         "compression.type": "snappy",

@@ -23,6 +23,7 @@ from dawning_streams import (
     create_bus,
     decode,
 )
+from dawning_streams.bus import publisher
 from dawning_streams.bus.rdkafka import RdkafkaPort
 from dawning_streams.core.partitioners import consistent_random, murmur2
 from dawning_streams.core.settings import KafkaSettings, SpoolSettings
@@ -93,6 +94,27 @@ async def test_one_users_events_stay_in_order_on_one_partition(settings: Setting
     assert [decode(r.value, UserEventMessage).event_type for r in records] == [
         f"step.{n}" for n in range(50)
     ]
+
+
+async def test_a_batch_of_several_ack_windows_gets_every_receipt_of_its_own_record(
+    settings: Settings,
+) -> None:
+    users = [uuid.uuid4() for _ in range(5)]
+    count = int(2.5 * publisher._WINDOW)
+    events = [UserEventMessage(user_id=users[n % 5], event_type=f"step.{n}") for n in range(count)]
+    async with create_app(settings).bus as bus:
+        acks = await bus.publish_many(events)
+    records = await read_topic(
+        settings.kafka.bootstrap_servers[0], settings.kafka.topics.user_event, count
+    )
+    on_topic = {(r.partition, r.offset): decode(r.value, UserEventMessage) for r in records}
+    assert len(acks) == count
+    assert [on_topic[(ack.partition, ack.offset)].message_id for ack in acks] == [
+        m.message_id for m in events
+    ]
+    for user in users:
+        steps = [int(m.event_type[5:]) for m in on_topic.values() if m.user_id == user]
+        assert steps == sorted(steps) and len(steps) == count // 5
 
 
 async def test_murmur2_stays_selectable_and_places_keys_as_the_java_client(
