@@ -34,6 +34,13 @@ Faust queues a table's changelog writes in the producer's buffer, since
 ``ProducerBuffer.max_messages`` (an outage, or a handler writing faster than
 the brokers take it), the writer waits for it to drain: back-pressure, without
 Faust's warning per message. Its high-water mark is a metric.
+
+Before its first join, the consumer asks whether the group's members run other
+modules (:mod:`~dawning_streams.kafka.membership`); a worker that would break
+them stops instead.
+
+The module passes 400 lines because each part above changes what Faust's
+consumer does around a join or a rebalance, and they are checked best side by side.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -54,6 +61,7 @@ from mode import Service
 
 from dawning_streams.kafka import faust_compat
 from dawning_streams.kafka.lanes import Lane
+from dawning_streams.kafka.membership import other_apps_in_group
 from dawning_streams.kafka.watches import MissingTopicsWatch, stalled_changelogs
 
 __all__ = ["Consumer", "Producer", "ProducerBuffer", "Transport"]
@@ -188,6 +196,20 @@ class Consumer(faust_aiokafka.Consumer):
 
     #: The start of the recovery whose stall was last logged.
     _unstalled_at: float | None = None
+    #: Whether the group's members were compared with this one (before its first join).
+    _members_compared = False
+
+    async def subscribe(self, topics: Iterable[str]) -> None:
+        wanted = set(topics)
+        if not self._members_compared:
+            # Before the first join: a worker whose group runs other modules stops here.
+            self._members_compared = True
+            problem = await other_apps_in_group(self.app.dawning_settings.kafka, wanted)  # type: ignore[attr-defined]
+            if problem is not None:
+                logger.error("%s", problem)
+                if self.app.in_worker:  # type: ignore[attr-defined]
+                    self.app._exit_now(2)  # type: ignore[attr-defined]
+        await super().subscribe(wanted)
 
     @Service.timer(2.0)
     async def _look_for_missing_topics(self) -> None:

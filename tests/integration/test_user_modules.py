@@ -12,7 +12,7 @@ from dawning_streams import Settings, UserEventMessage, create_app
 
 from ..conftest import ROOT
 from ..handler_helpers import eventually
-from ..workers import workers
+from ..workers import spawn, workers
 
 pytestmark = pytest.mark.kafka
 
@@ -61,6 +61,43 @@ async def test_the_standard_worker_runs_the_modules_it_is_given_and_only_those(
     assert sorted(body["handled"]) == sorted(str(u) for u in users)
     # Only what it was given: none of the Dawning agents.
     assert body["handlers"] == ["own_task"]
+
+
+async def test_a_worker_with_other_modules_does_not_join_a_running_group_and_says_why(
+    settings: Settings, tmp_path: Path
+) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "own_tasks.py").write_text(OWN_TASKS)
+    topic = f"{settings.kafka.topics.user_event}.own"
+    env = {
+        "DAWNING_WORKER__MODULES": "own_tasks",
+        "PYTHONPATH": f"{code}:{ROOT}",
+        "OWN_TOPIC": topic,
+    }
+    async with workers(settings, 1, tmp_path, env=env) as [running]:
+        # The Dawning agents, in the same group: Faust would assign the group's
+        # tables as one app, and its assertion would end the running worker.
+        other = spawn(settings, "agents", tmp_path)
+        assert other.process.wait(60) == 2, other.tail()
+        refusal = other.log.read_text()
+        assert f"Kafka:ConsumerGroupId '{settings.kafka.consumer_group_id}' is in use" in refusal
+        assert f"{topic}, {topic}.own_task.timers, " in refusal  # only theirs
+        assert f"{settings.kafka.topics.alert_notification}, " in refusal  # only this one's
+        assert "DAWNING_KAFKA__CONSUMERGROUPID" in refusal
+        # The running worker goes on handling.
+        user = uuid.uuid4()
+        async with create_app(settings).bus as bus:
+            await bus.publish(UserEventMessage(user_id=user, event_type="own"), topic=topic)
+
+        async def handled() -> dict | None:  # type: ignore[type-arg]
+            status, body = await running.get_json("/own")
+            return body if status == 200 and str(user) in body["handled"] else None
+
+        await eventually(
+            handled, timeout_s=60, what="the running worker handling after the refusal"
+        )
+        assert running.process.poll() is None
 
 
 def test_worker_modules_are_read_from_the_environment_and_checked() -> None:
