@@ -171,6 +171,15 @@ class Outgoing(NamedTuple):
         return f"{self.message.message_type} {self.message.message_id}"
 
 
+def _lost(ack: Awaitable[RecordMetadata]) -> bool:
+    """Whether the producer let go of an ack's record unsent (closed, purged)."""
+    return (
+        isinstance(ack, asyncio.Future)
+        and ack.done()
+        and (ack.cancelled() or isinstance(ack.exception(), BrokerUnavailable))
+    )
+
+
 class Publisher(Service):
     """Publishes records through ``port``, and spools them while it cannot."""
 
@@ -202,6 +211,10 @@ class Publisher(Service):
         self._reachable = True
         #: One drain at a time: two would read the same oldest records and send them twice.
         self._draining = asyncio.Lock()
+        #: Spooled records the producer already holds, by ``seq``: their ack. The
+        #: producer keeps a record until the broker takes it, so a record handed
+        #: over before a timeout is not handed over again; its ack is awaited.
+        self._handed: dict[int, Awaitable[RecordMetadata]] = {}
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     async def on_start(self) -> None:
@@ -269,6 +282,8 @@ class Publisher(Service):
         refused: dict[int, str] = {}
         unencodable: dict[int, str] = {}
         confirmed = 0  # records[:confirmed] are acknowledged or refused
+        # Each record's ack once handed to the producer (None: not handed over).
+        pending: list[asyncio.Future[RecordMetadata] | None] = []
         if self._spooling and self._reachable:
             # The broker is taking what an earlier run or outage spooled: wait
             # for it (within the send timeout) and publish directly after it,
@@ -281,7 +296,6 @@ class Publisher(Service):
             # In this loop rather than a coroutine per step: this is every message's path.
             send, try_send = port.send_record, port.try_send
             sends = self.sends
-            pending: list[asyncio.Future[RecordMetadata] | None] = []
             loop = asyncio.get_running_loop()
             timeout_s = self._send_timeout_s
             try:
@@ -328,7 +342,11 @@ class Publisher(Service):
                                 deadline.reschedule(set_at + timeout_s)
                             topic = records[confirmed].topic
                             try:
-                                receipts[confirmed] = await ack
+                                # Shielded while it waits: a timeout must leave the
+                                # record with the producer, its ack still to come.
+                                receipts[confirmed] = await (
+                                    ack if ack.done() else asyncio.shield(ack)
+                                )
                             except RefusedError as exc:
                                 sends[(topic, "error")] += 1
                                 refused[confirmed] = f"{records[confirmed].what}: {exc!r}"
@@ -359,9 +377,11 @@ class Publisher(Service):
             value = self._encoded(records, n, unencodable)
             if value is not None:
                 record = records[n]
-                await self.spool.append(
+                seq = await self.spool.append(
                     record.topic, record.key, value, record.headers, record.timestamp_ms
                 )
+                if n < len(pending) and (ack := pending[n]) is not None:
+                    self._handed[seq] = ack
                 self._spool_waiting.set()
         problems = [
             f"{what} " + "; ".join(named[n] for n in sorted(named))
@@ -451,32 +471,46 @@ class Publisher(Service):
             self._direct.set()
 
     async def _deliver(self, batch: list[SpooledRecord], delivered: list[SpooledRecord]) -> None:
-        """Send ``batch`` pipelined; collect what the broker acknowledged in ``delivered``."""
+        """Send ``batch`` pipelined; collect what the broker acknowledged in ``delivered``.
+
+        A record the producer still holds from an earlier try (one that timed
+        out while the broker was away) is not sent again: its ack is awaited.
+        """
         loop = asyncio.get_running_loop()
+        handed = self._handed
         async with asyncio.timeout(self._send_timeout_s) as deadline:
             pending = []
             for record in batch:
-                try:
-                    ack = self.port.counted(
-                        record.topic,
-                        await self.port.send_record(
+                ack = handed.get(record.seq)
+                if ack is None or _lost(ack):
+                    try:
+                        ack = handed[record.seq] = self.port.counted(
                             record.topic,
-                            record.key,
-                            record.value,
-                            timestamp_ms=record.timestamp_ms,
-                            headers=record.headers,
-                        ),
-                    )
-                except RefusedError as exc:
-                    await self._reject(record, exc)
-                else:
-                    pending.append((record, ack))
+                            await self.port.send_record(
+                                record.topic,
+                                record.key,
+                                record.value,
+                                timestamp_ms=record.timestamp_ms,
+                                headers=record.headers,
+                            ),
+                        )
+                    except RefusedError as exc:
+                        handed.pop(record.seq, None)
+                        await self._reject(record, exc)
+                        continue
+                pending.append((record, ack))
             for record, ack in pending:
                 try:
-                    await ack
+                    # Shielded: a timeout here leaves the record with the producer.
+                    await asyncio.shield(ack)
                 except RefusedError as exc:
+                    handed.pop(record.seq, None)
                     await self._reject(record, exc)
+                except BrokerUnavailable:
+                    handed.pop(record.seq, None)
+                    raise
                 else:
+                    handed.pop(record.seq, None)
                     delivered.append(record)
                 deadline.reschedule(loop.time() + self._send_timeout_s)
 

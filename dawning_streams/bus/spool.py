@@ -308,8 +308,8 @@ class Spool:
         value: bytes | None,
         headers: list[tuple[str, bytes]],
         timestamp_ms: int | None,
-    ) -> None:
-        """Store one record durably, or raise :class:`SpoolFullError`."""
+    ) -> int:
+        """Store one record durably and return its ``seq``, or raise :class:`SpoolFullError`."""
         size = _size(key, value, headers)
         if self.size_bytes + size > self.max_bytes:
             raise SpoolFullError(
@@ -323,7 +323,7 @@ class Spool:
         self.size_bytes += size
         row = (topic, key, value, _encode_headers(headers), timestamp_ms, size)
         try:
-            await self._run(
+            cursor = await self._run(
                 lambda db: db.execute(
                     "INSERT INTO spool (topic, key, value, headers, timestamp_ms, size)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
@@ -334,6 +334,7 @@ class Spool:
             self.count -= 1
             self.size_bytes -= size
             raise
+        return cursor.lastrowid  # type: ignore[return-value]  # set by an INSERT
 
     async def oldest(self, limit: int) -> list[SpooledRecord]:
         """Up to ``limit`` records, oldest first."""

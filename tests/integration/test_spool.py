@@ -25,6 +25,7 @@ from dawning_streams.core.settings import SpoolSettings
 from ..broker_process import BrokerProcess, own_broker
 from ..conftest import ROOT
 from ..handler_helpers import eventually
+from ..kafka_helpers import read_to_end
 
 pytestmark = pytest.mark.kafka
 
@@ -156,6 +157,31 @@ async def test_a_broker_killed_mid_stream_loses_nothing(settings: Settings, tmp_
         assert len(receipts) == 1000
         assert any(r is None for r in receipts), "some messages went through the spool"
         await assert_all_arrived_in_order(broker, settings.kafka.topics.user_event, sent)
+
+
+async def test_an_outage_spanning_several_drain_tries_delivers_each_spooled_message_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with own_broker(tmp_path) as broker:
+        settings = on_broker(settings, broker, tmp_path / "spool.sqlite3")
+        await broker.start()
+        sent = events(0, 200)
+        async with create_app(settings).bus as bus:
+            assert await bus.publish(events(1000, 1)[0]) is not None
+            await broker.kill()
+            # Handed to the producer, not acknowledged in time: spooled.
+            assert await bus.publish_many(sent) == [None] * 200
+            # The spool's delivery tries again and again while the broker is away;
+            # each try used to hand the producer the same records once more.
+            await asyncio.sleep(12)
+            assert bus.spool.count == 200
+            await broker.start()
+            await eventually(lambda: bus.spool.count == 0, 90, "the spool to drain")
+        await assert_all_arrived_in_order(broker, settings.kafka.topics.user_event, sent)
+        copies = defaultdict(int)
+        for record in await read_to_end(broker.bootstrap, settings.kafka.topics.user_event):
+            copies[decode(record.value, UserEventMessage).event_type] += 1
+        assert {m.event_type: copies[m.event_type] for m in sent} == {m.event_type: 1 for m in sent}
 
 
 async def test_a_full_spool_refuses_loudly_and_keeps_what_it_has(
