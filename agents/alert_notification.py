@@ -17,12 +17,12 @@ import uuid
 from datetime import datetime
 
 import aiohttp
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 
 from dawning_streams import AlertNotificationMessage, App, EmailMessage, Handler, encode
 from dawning_streams.core.errors import DawningError
 from dawning_streams.kafka.replica import TableReplica
-from dawning_streams.ops.web import error
+from dawning_streams.ops.web import Page, error
 from dawning_streams.tables import alert_rules
 from dawning_streams.tables.alert_rules import AlertRuleState
 
@@ -73,7 +73,7 @@ def install(app: App) -> Handler[AlertNotificationMessage]:
         )
 
     @app.page("/alerts")
-    class AlertsView(View):
+    class AlertsView(Page):
         """The latest state of every alert rule."""
 
         async def get(self, request: Request) -> Response:
@@ -82,7 +82,7 @@ def install(app: App) -> Handler[AlertNotificationMessage]:
             )
 
     @app.page("/alerts/{rule_id}")
-    class AlertRuleView(View):
+    class AlertRuleView(Page):
         """The latest state of one alert rule."""
 
         async def get(self, request: Request, rule_id: str) -> Response:

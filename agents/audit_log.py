@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 
 from dawning_streams import App, AuditLogMessage, Handler
-from dawning_streams.ops.web import BadRequest, Query, error
+from dawning_streams.ops.web import BadRequest, Page, Query, error
 from dawning_streams.services.audit_store import (
     AuditQuery,
     AuditStore,
@@ -64,8 +64,10 @@ def install(app: App) -> Handler[AuditLogMessage]:
     app.purge_old_audit_entries = purge_old_audit_entries  # type: ignore[attr-defined]
 
     @app.page("/audit")
-    class AuditView(View):
+    class AuditView(Page):
         """Audit entries, newest first, filtered by user, action and time."""
+
+        parameters = None  # checked below, with the values
 
         async def get(self, request: Request) -> Response:
             try:

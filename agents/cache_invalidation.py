@@ -27,11 +27,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from aiokafka.structs import ConsumerRecord
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 
 from dawning_streams import App, CacheInvalidationMessage, Handler, decode
 from dawning_streams.core.names import evictions_topic
 from dawning_streams.kafka.broadcast import Broadcast
+from dawning_streams.ops.web import Page
 from dawning_streams.services.cache import unlink_matching
 from dawning_streams.tables import cache_invalidations
 from dawning_streams.tables.cache_invalidations import Invalidation
@@ -84,14 +85,14 @@ def install(app: App) -> Handler[CacheInvalidationMessage]:
         )
 
     @app.page("/cache/invalidations")
-    class InvalidationsView(View):
+    class InvalidationsView(Page):
         """Recent invalidations held by this instance's partitions."""
 
         async def get(self, request: Request) -> Response:
             return self.json({"invalidations": {k: v.asdict() for k, v in table.items()}})
 
     @app.page("/cache/local")
-    class LocalCacheView(View):
+    class LocalCacheView(Page):
         """This instance's in-process cache level."""
 
         async def get(self, request: Request) -> Response:

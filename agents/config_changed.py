@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 
 from dawning_streams import App, ConfigChangedMessage, Handler
-from dawning_streams.ops.web import error
+from dawning_streams.ops.web import Page, error
 from dawning_streams.services.shared_config import config_key
 from dawning_streams.tables import config_values
 from dawning_streams.tables.config_values import ConfigValue
@@ -47,14 +47,14 @@ def install(app: App) -> Handler[ConfigChangedMessage]:
         )
 
     @app.page("/config")
-    class AllConfig(View):
+    class AllConfig(Page):
         """Every configuration value."""
 
         async def get(self, request: Request) -> Response:
             return self.json({"config": [e.as_dict() for e in shared.all()]})
 
     @app.page("/config/{group}")
-    class GroupConfig(View):
+    class GroupConfig(Page):
         """The values of one group."""
 
         async def get(self, request: Request, group: str) -> Response:
@@ -64,7 +64,7 @@ def install(app: App) -> Handler[ConfigChangedMessage]:
             return self.json({"group": group, "config": [e.as_dict() for e in entries]})
 
     @app.page("/config/{group}/{key}")
-    class OneConfig(View):
+    class OneConfig(Page):
         """One value."""
 
         async def get(self, request: Request, group: str, key: str) -> Response:

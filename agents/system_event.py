@@ -13,11 +13,12 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 from mode import Service
 
 from dawning_streams import App, Handler, SystemEventMessage
 from dawning_streams.kafka.replica import TableReplica
+from dawning_streams.ops.web import Page
 from dawning_streams.services.shared_config import ConfigEntry
 from dawning_streams.tables import instances
 from dawning_streams.tables.instances import InstanceState
@@ -96,7 +97,7 @@ def install(app: App) -> Handler[SystemEventMessage]:
         )
 
     @app.page("/instances")
-    class InstancesView(View):
+    class InstancesView(Page):
         """Every instance that has reported, with its last-seen time."""
 
         async def get(self, request: Request) -> Response:

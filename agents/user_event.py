@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 
 from dawning_streams import (
     App,
@@ -30,7 +30,7 @@ from dawning_streams import (
     MessageBase,
     UserEventMessage,
 )
-from dawning_streams.ops.web import error
+from dawning_streams.ops.web import Page, error
 from dawning_streams.tables import user_state
 from dawning_streams.tables.user_state import UserState
 
@@ -73,7 +73,7 @@ def install(app: App) -> Handler[UserEventMessage]:
             await app.bus.publish(follow_up)
 
     @app.page("/users/{user_id}")
-    class UserView(View):
+    class UserView(Page):
         """One user's event counts and last event, from the worker that owns it."""
 
         @app.table_route(table=table, match_info="user_id")

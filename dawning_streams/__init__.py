@@ -31,6 +31,7 @@ from dawning_streams.core.settings import Settings
 from dawning_streams.handlers.delivery import CurrentDelivery, current_delivery
 from dawning_streams.handlers.handler import Handler, HandlerError
 from dawning_streams.kafka.tables import message_keyed_table
+from dawning_streams.ops.web import Page
 
 __all__ = [
     "AlertNotificationMessage",
@@ -52,6 +53,7 @@ __all__ = [
     "MessageDecodeError",
     "MessageEncodeError",
     "NullMessageBus",
+    "Page",
     "PublishError",
     "Reject",
     "Retry",

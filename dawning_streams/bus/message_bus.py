@@ -255,6 +255,13 @@ class KafkaMessageBus(Service):
             message.source_instance = self._instance_name
         if key is None:
             key = message.partition_key()
+            if key is not None and not isinstance(key, str):
+                raise TypeError(
+                    f"{type(message).__name__}.partition_key() must return a str or None, "
+                    f"got {type(key).__name__} {key!r}"
+                )
+        elif not isinstance(key, str):
+            raise TypeError(f"key= must be a str, got {type(key).__name__} {key!r}")
         assert message.timestamp is not None  # set by MessageBase.__post_init__
         return Outgoing.of(
             topic,

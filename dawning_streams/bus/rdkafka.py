@@ -170,6 +170,12 @@ def _client_error(err: confluent_kafka.KafkaError) -> None:
 def translated(err: confluent_kafka.KafkaError) -> BrokerUnavailable | RefusedError:
     """Ours for one of librdkafka's errors."""
     text = f"{err.name()}: {err.str()}"
+    if err.code() == _E.MSG_SIZE_TOO_LARGE:
+        # Refused by the producer itself, before the broker sees it, or by the broker.
+        text += (
+            " (larger than Kafka:Producer:MaxRequestBytes allows, or than the topic's "
+            "max.message.bytes on the broker)"
+        )
     if err.code() in REFUSED_FOR_GOOD:
         return RefusedError(text)
     return BrokerUnavailable(text)

@@ -73,9 +73,7 @@ def _check(cls: type[MessageBase], f: WireField, value: Any) -> None:
     try:
         _convert(f, value)
     except (TypeError, ValueError) as exc:
-        raise MessageEncodeError(
-            f"{cls.__name__}.{f.attr} ({f.wire}): {exc}, got {value!r}"
-        ) from None
+        raise MessageEncodeError(f"{cls.__name__}.{f.attr} ({f.wire}): {exc} ({value!r})") from None
 
 
 def decode(raw: bytes | None, expected: type[M], *, topic: str | None = None) -> M:

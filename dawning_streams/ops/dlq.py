@@ -58,10 +58,11 @@ class DeadLetter:
         """The fields an operator reads first."""
         return {
             "dlq": f"{self.topic}/{self.partition}/{self.offset}",
-            "dead_lettered_at": self.dead_lettered_at.isoformat(),
+            # As the failure times in the headers are written: UTC, ending in Z.
+            "dead_lettered_at": self.dead_lettered_at.isoformat().replace("+00:00", "Z"),
             "key": self.key.decode("utf-8", "replace") if self.key is not None else None,
             "handler": self.header(Header.HANDLER),
-            "attempts": self.header(Header.ATTEMPT),
+            "attempts": _count(self.header(Header.ATTEMPT)),
             "origin": "/".join(
                 str(self.header(h))
                 for h in (Header.ORIGINAL_TOPIC, Header.ORIGINAL_PARTITION, Header.ORIGINAL_OFFSET)
@@ -70,6 +71,11 @@ class DeadLetter:
             "first_failed_at": self.header(Header.FIRST_FAILED_AT),
             "last_failed_at": self.header(Header.LAST_FAILED_AT),
         }
+
+
+def _count(text: str | None) -> int | str | None:
+    """A count header as a number (as written by the router), else as it came."""
+    return int(text) if text is not None and text.isdigit() else text
 
 
 def dead_letter_topics(app: OpsHost) -> list[str]:

@@ -31,7 +31,7 @@ from dawning_streams.core.errors import KafkaUnavailable, PublishError
 from dawning_streams.observability import health
 from dawning_streams.observability.metrics import CONTENT_TYPE
 from dawning_streams.ops import dashboard, dashboard_html, search
-from dawning_streams.ops.web import BadRequest, Query, error
+from dawning_streams.ops.web import BadRequest, Page, Query, error
 
 if TYPE_CHECKING:
     from dawning_streams.ops.host import OpsHost
@@ -97,7 +97,7 @@ def install(app: OpsHost) -> None:
     """Add the operational endpoints to ``app``'s web server."""
 
     @app.page("/metrics")
-    class Metrics(View):
+    class Metrics(Page):
         """Every metric, in the Prometheus text format."""
 
         async def get(self, request: Request) -> Response:
@@ -106,14 +106,14 @@ def install(app: OpsHost) -> None:
             )
 
     @app.page("/health")
-    class Health(View):
+    class Health(Page):
         """The process is alive and serving requests."""
 
         async def get(self, request: Request) -> Response:
             return self.json({"status": "alive", "instance": app.dawning_settings.instance_name})
 
     @app.page("/ready")
-    class Ready(View):
+    class Ready(Page):
         """200 when broker, assignment and table recovery are all fine; 503 otherwise."""
 
         async def get(self, request: Request) -> Response:
@@ -121,7 +121,7 @@ def install(app: OpsHost) -> None:
             return self.json(report, status=200 if report["ready"] else 503)
 
     @app.page("/")
-    class Dashboard(View):
+    class Dashboard(Page):
         """The operator's overview page."""
 
         async def get(self, request: Request) -> Response:
@@ -129,14 +129,14 @@ def install(app: OpsHost) -> None:
             return self.html(dashboard_html.render_overview(overview))
 
     @app.page("/api/overview")
-    class Overview(View):
+    class Overview(Page):
         """The dashboard's data as JSON."""
 
         async def get(self, request: Request) -> Response:
             return self.json(await dashboard.overview(app))
 
     @app.page("/handlers/{name}")
-    class HandlerPage(View):
+    class HandlerPage(Page):
         """One handler, its charts and its topics."""
 
         async def get(self, request: Request, name: str) -> Response:
@@ -146,7 +146,7 @@ def install(app: OpsHost) -> None:
             return self.html(dashboard_html.render_handler(data))
 
     @app.page("/api/handlers/{name}")
-    class HandlerData(View):
+    class HandlerData(Page):
         """One handler's data as JSON."""
 
         async def get(self, request: Request, name: str) -> Response:
@@ -156,36 +156,38 @@ def install(app: OpsHost) -> None:
             return self.json(data)
 
     @app.page("/topics")
-    class Topics(View):
+    class Topics(Page):
         """Every topic and the group's lag per partition."""
 
         async def get(self, request: Request) -> Response:
             return self.html(dashboard_html.render_topics(await dashboard.topics(app)))
 
     @app.page("/api/topics")
-    class TopicsData(View):
+    class TopicsData(Page):
         """Every topic, as JSON."""
 
         async def get(self, request: Request) -> Response:
             return self.json(await dashboard.topics(app))
 
     @app.page("/cluster")
-    class Cluster(View):
+    class Cluster(Page):
         """Brokers, partition leaders and in-sync replicas, and the group's members."""
 
         async def get(self, request: Request) -> Response:
             return self.html(dashboard_html.render_cluster(await dashboard.cluster(app)))
 
     @app.page("/api/cluster")
-    class ClusterData(View):
+    class ClusterData(Page):
         """The cluster, as JSON."""
 
         async def get(self, request: Request) -> Response:
             return self.json(await dashboard.cluster(app))
 
     @app.page("/messages")
-    class Messages(View):
+    class Messages(Page):
         """Where is my message? By ``id`` (a MessageId) or ``key``, over ``since``-``until``."""
+
+        parameters = None  # the search checks them (a bad one shows on the page)
 
         async def get(self, request: Request) -> Response:
             header = await dashboard.topics(app)
@@ -202,8 +204,10 @@ def install(app: OpsHost) -> None:
             return self.html(dashboard_html.render_search(header, found, None))
 
     @app.page("/api/messages")
-    class MessagesData(View):
+    class MessagesData(Page):
         """The search, as JSON."""
+
+        parameters = None  # the search checks them (a bad one shows on the page)
 
         async def get(self, request: Request) -> Response:
             try:
@@ -215,7 +219,7 @@ def install(app: OpsHost) -> None:
             return self.json(search.as_json(found))
 
     @app.page("/dead-letters/{topic}")
-    class DeadLetters(View):
+    class DeadLetters(Page):
         """The dead letters of one topic, newest first."""
 
         async def get(self, request: Request, topic: str) -> Response:
@@ -228,7 +232,7 @@ def install(app: OpsHost) -> None:
             return self.html(dashboard_html.render_dead_letters(topic, letters))
 
     @app.page("/api/dead-letters/replay")
-    class Replay(View):
+    class Replay(Page):
         """Replay chosen dead letters; needs the admin bearer token."""
 
         async def post(self, request: Request) -> Response:

@@ -11,13 +11,13 @@ import errno
 import socket
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from faust.web import Request, Response, View
 
 from dawning_streams.core.errors import DawningError
 
-__all__ = ["BadRequest", "Query", "error", "port_taken"]
+__all__ = ["BadRequest", "Page", "Query", "error", "port_taken"]
 
 
 class BadRequest(DawningError):
@@ -36,7 +36,8 @@ class Query:
         params: Any = request.query  # type: ignore[attr-defined]  # a MultiDict
         for name in params:
             if name not in allowed:
-                raise BadRequest(f"unknown parameter {name!r}; use {', '.join(sorted(allowed))}")
+                takes = f"use {', '.join(sorted(allowed))}" if allowed else "this page takes none"
+                raise BadRequest(f"unknown parameter {name!r}; {takes}")
             if len(params.getall(name)) > 1:
                 raise BadRequest(f"parameter {name!r} is given more than once")
         self.params = params
@@ -75,6 +76,23 @@ class Query:
         if not low <= number <= high:
             raise BadRequest(f"{name}={number} must be from {low} to {high}")
         return number
+
+
+class Page(View):
+    """A Faust view whose query string is checked before it runs: a parameter
+    not in ``parameters`` gets a 400 naming it, and the view never sees it."""
+
+    #: The query parameters the view reads; None when it checks them itself
+    #: (with :class:`Query`, whose errors it turns into its own responses).
+    parameters: ClassVar[frozenset[str] | None] = frozenset()
+
+    async def dispatch(self, request: Any) -> Any:
+        if self.parameters is not None:
+            try:
+                Query(request, set(self.parameters))
+            except BadRequest as exc:
+                return error(self, 400, str(exc))
+        return await super().dispatch(request)
 
 
 def port_taken(host: str, port: int) -> str | None:

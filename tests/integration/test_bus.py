@@ -156,12 +156,35 @@ async def test_publishing_something_that_is_not_a_message_type_is_refused(
         app.topic_for(NotRegistered)  # type: ignore[arg-type]
 
 
+async def test_a_key_that_is_not_a_string_is_refused_naming_where_it_came_from(
+    settings: Settings,
+) -> None:
+    class NumberKeyed(UserEventMessage):
+        def partition_key(self) -> str:
+            return 123  # type: ignore[return-value]
+
+    async with create_app(settings).bus as bus:
+        with pytest.raises(
+            TypeError, match=r"partition_key\(\) must return a str or None, got int"
+        ):
+            await bus.publish(NumberKeyed(user_id=uuid.uuid4(), event_type="x"))
+        with pytest.raises(TypeError, match="key= must be a str, got int 5"):
+            await bus.publish(UserEventMessage(user_id=uuid.uuid4(), event_type="x"), key=5)  # type: ignore[arg-type]
+        assert bus.spool.count == 0
+    assert (
+        await read_to_end(settings.kafka.bootstrap_servers[0], settings.kafka.topics.user_event)
+        == []
+    )
+
+
 async def test_a_message_the_broker_refuses_for_good_raises_and_is_not_spooled(
     settings: Settings,
 ) -> None:
     huge = UserEventMessage(user_id=uuid.uuid4(), event_type="huge", user_name=INCOMPRESSIBLE_2MB)
     async with create_app(settings).bus as bus:
-        with pytest.raises(PublishError, match="MSG_SIZE_TOO_LARGE"):
+        with pytest.raises(
+            PublishError, match=r"MSG_SIZE_TOO_LARGE.*Kafka:Producer:MaxRequestBytes"
+        ):
             await bus.publish(huge)
         assert bus.spool.count == 0
         assert await bus.publish(UserEventMessage(user_id=uuid.uuid4(), event_type="ok"))

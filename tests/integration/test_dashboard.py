@@ -345,3 +345,22 @@ async def _missing(admin: AIOKafkaAdminClient, topic: str) -> bool:
 
 async def _present(admin: AIOKafkaAdminClient, topic: str) -> bool:
     return topic in await admin.list_topics()
+
+
+async def test_a_page_given_a_parameter_it_does_not_take_answers_400_naming_it(
+    settings: Settings,
+) -> None:
+    app = create_app(settings)
+    dawning_streams.agents.install(app)
+    base = f"http://127.0.0.1:{settings.web.port}"
+    pages = ["/", "/api/overview", "/topics", "/cluster", "/alerts", "/config", "/instances"]
+    pages += ["/cache/invalidations", f"/dead-letters/{settings.kafka.topics.audit_log}.dlq"]
+    async with running(app), aiohttp.ClientSession() as http:
+        for path in pages:
+            async with http.get(f"{base}{path}") as plain:
+                assert plain.status == 200, (path, await plain.text())
+            async with http.get(f"{base}{path}", params={"limit": "abc"}) as response:
+                assert response.status == 400, path
+                assert await response.json() == {
+                    "error": "unknown parameter 'limit'; this page takes none"
+                }, path

@@ -170,6 +170,12 @@ async def test_the_dlq_commands_filter_by_every_option_and_replay_only_what_they
     # Without --topic: every handler's dead-letter topic, the audit log's among them.
     everything = run("dlq-list", "--json")
     assert everything.returncode == 0, everything.stderr
+    for line in everything.stdout.splitlines():
+        letter = json.loads(line)
+        # Typed as JSON readers expect, times written as the failure headers are.
+        assert isinstance(letter["attempts"], int) and letter["attempts"] >= 1, letter
+        assert letter["dead_lettered_at"].endswith("Z"), letter
+        assert letter["first_failed_at"].endswith("Z"), letter
     assert sorted(json.loads(line)["exception"] for line in everything.stdout.splitlines()) == [
         missing,
         reject,

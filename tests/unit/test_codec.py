@@ -314,12 +314,12 @@ def test_faust_agents_decode_through_the_same_codec() -> None:
     [
         (
             {"user_id": "not-a-guid", "event_type": "x"},
-            "UserEventMessage.user_id (UserId): badly formed hexadecimal UUID string, "
-            "got 'not-a-guid'",
+            "UserEventMessage.user_id (UserId): badly formed hexadecimal UUID string "
+            "('not-a-guid')",
         ),
         (
             {"user_id": uuid.uuid4(), "event_type": 42},
-            "UserEventMessage.event_type (EventType): expected a string, got a number, got 42",
+            "UserEventMessage.event_type (EventType): expected a string, got a number (42)",
         ),
         (
             {"user_id": uuid.uuid4(), "event_type": None},

@@ -9,10 +9,11 @@ import logging
 from typing import Any
 
 import faust
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 
 from dawning_streams import Retry, current_delivery, message_keyed_table
 from dawning_streams.app import app
+from dawning_streams.ops.web import Page
 
 from .messages import OrderPlaced, PaymentRequested
 
@@ -62,7 +63,7 @@ async def charge(payment: PaymentRequested) -> None:
 
 
 @app.page("/orders/{customer_id}")
-class CustomerOrders(View):
+class CustomerOrders(Page):
     """A customer's orders and charges, from the table."""
 
     async def get(self, request: Request, customer_id: str) -> Response:
