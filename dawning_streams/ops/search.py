@@ -12,6 +12,8 @@ keeps anyway.
   since the group's last commit.
 - **The timer tables**: a message with a pending timer waits for a retry or
   its countdown, with the time it is due and the last error.
+- **Revocations**: a ``revoke()`` record on a timers topic before the
+  message's due time means it was revoked and does not run.
 - **The dead-letter topics**, read whole (they are kept forever and hold few
   records): a dead letter says when and why.
 
@@ -127,15 +129,28 @@ async def find(
     wanted_key = key.encode() if key is not None else None
 
     def keep(record: Any) -> bool:
+        if record.value is None:
+            # A revoke() on a timers topic: kept, matched to what it names below.
+            return _revoked_id(record) is not None
         if wanted_key is not None:
             return bool(record.key == wanted_key)
-        value = record.value or b""
+        value = record.value
         return needles[0] in value or needles[1] in value
 
     result = await scan(app.dawning_settings.kafka, ranges, keep, limit=SCAN_LIMIT)
     committed = {(p.topic, p.partition): p.committed for p in snapshot.partitions}
     by_id: dict[str, Found] = {}
+    #: timer id -> the first revoke() record for it (one goes to every partition).
+    revocations: dict[str, Any] = {}
+    #: message id -> when its countdown, eta or retry was due.
+    due_ms: dict[str, int] = {}
     for record in result.records:
+        revoked = _revoked_id(record)
+        if revoked is not None:
+            first = revocations.get(revoked)
+            if first is None or record.timestamp < first.timestamp:
+                revocations[revoked] = record
+            continue
         found_id = (
             message_id_of(record.value) or f"{record.topic}/{record.partition}/{record.offset}"
         )
@@ -146,6 +161,24 @@ async def find(
         entry.sightings.append(
             _sighting(record, stage, name, committed.get((record.topic, record.partition)))
         )
+        if stage == "scheduled":
+            due = header_text(_headers(record), Header.DUE_MS)
+            if due is not None and due.isdigit():
+                due_ms[found_id] = int(due)
+    for timer_id, revocation in revocations.items():
+        revoked_entry = by_id.get(timer_id)
+        due_at = due_ms.get(timer_id)
+        # A revoke() after the due time found nothing pending: it ran.
+        if revoked_entry is not None and due_at is not None and revocation.timestamp < due_at:
+            revoked_entry.sightings.append(
+                Sighting(
+                    "revoked",
+                    stage_of[revocation.topic][1],
+                    datetime.fromtimestamp(revocation.timestamp / 1000, UTC),
+                    f"{revocation.topic}/{revocation.partition}/{revocation.offset}",
+                    f"revoke() before it was due ({_time(due_at)}): it does not run",
+                )
+            )
     if message_id is not None:
         by_id.setdefault(str(message_id), Found(str(message_id)))
     await _add_timers(app, by_id)
@@ -199,10 +232,24 @@ def _first_seen(entry: Found) -> datetime:
     return min(times) if times else datetime.max.replace(tzinfo=UTC)
 
 
+def _headers(record: Any) -> list[tuple[str, bytes]]:
+    return [(k, bytes(v)) for k, v in record.headers or ()]
+
+
+def _revoked_id(record: Any) -> str | None:
+    """The timer id a ``revoke()`` record names; None for any other record."""
+    if record.value is not None:
+        return None
+    for name, value in record.headers or ():
+        if name == Header.REVOKE:
+            return bytes(value).decode("ascii", "replace")
+    return None
+
+
 def _sighting(record: Any, stage: str, handler: str | None, committed: int | None) -> Sighting:
     at = datetime.fromtimestamp(record.timestamp / 1000, UTC)
     where = f"{record.topic}/{record.partition}/{record.offset}"
-    headers = [(k, bytes(v)) for k, v in record.headers or ()]
+    headers = _headers(record)
     if stage == "dead-lettered":
         detail = (
             f"{header_text(headers, Header.EXCEPTION_TYPE)}: "

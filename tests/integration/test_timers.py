@@ -29,6 +29,7 @@ from dawning_streams.core.settings import RedisSettings, TimerSettings
 from dawning_streams.handlers.timers import pending_timers
 from dawning_streams.kafka.reading import read_to_end
 from dawning_streams.observability.health import readiness
+from dawning_streams.ops import search
 
 from ..conftest import free_port
 from ..handler_helpers import Calls, consumer_state, eventually, running, same_partition_users
@@ -117,6 +118,17 @@ async def test_revoke_cancels_a_pending_countdown_for_good_and_says_when_nothing
         assert await remind.revoke(uuid.uuid4()) is False  # never known
         with pytest.raises(ValueError, match="revoke takes a message's MessageId"):
             await remind.revoke("not-a-guid")
+        # "Where is my message?" says so, by id and by key (no offsets needed).
+        snapshot = app.sampler.snapshot
+        by_id = await search.find(app, snapshot, message_id=doomed.message_id)
+        by_key = await search.find(app, snapshot, key=str(user))
+        assert [(f.message_id, f.state) for f in by_id.found] == [
+            (str(doomed.message_id), "revoked")
+        ]
+        assert by_id.found[0].detail.startswith("revoke() before it was due")
+        assert sorted((f.message_id, f.state) for f in by_key.found) == sorted(
+            (str(m.message_id), "revoked") for m in (doomed, doomed_too)
+        )
     # A worker that starts afresh recovers the table without it.
     again, seen = reminders(settings)
     async with running(again):
