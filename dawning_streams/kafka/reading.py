@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,6 +23,29 @@ __all__ = ["Scan", "read_to_end", "scan"]
 #: waits that long at each partition whose last records are gaps (a compacted
 #: changelog's), so it is short; aiokafka's default is 500 ms.
 _READ_WAIT_MS = 20
+
+
+class _QuietAssignment(logging.Filter):
+    """Drops aiokafka's INFO line naming every topic of a reader's assignment:
+    a search or a dead-letter list would log it on each request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            _quiet_assignments and record.getMessage().startswith("Updating subscribed topics")
+        )
+
+
+#: Non-empty while a reader assigns itself its partitions.
+_quiet_assignments: list[bool] = []
+logging.getLogger("aiokafka.consumer.subscription_state").addFilter(_QuietAssignment())
+
+
+def _assign(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
+    _quiet_assignments.append(True)
+    try:
+        consumer.assign(partitions)
+    finally:
+        _quiet_assignments.pop()
 
 
 @asynccontextmanager
@@ -68,7 +92,7 @@ async def read_to_end(settings: KafkaSettings, topics: Iterable[str]) -> list[An
         ]
         if not partitions:
             return []
-        consumer.assign(partitions)
+        _assign(consumer, partitions)
         await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)
         remaining = {tp for tp in partitions if end[tp] > 0}
@@ -117,7 +141,7 @@ async def scan(
             return result
         # Assigned first: the client then has their leaders, and the offset
         # requests below do not wait for a metadata refresh.
-        consumer.assign(partitions)
+        _assign(consumer, partitions)
         end = await consumer.end_offsets(partitions)
         start = await _offsets_at(consumer, partitions, lambda tp: ranges[tp.topic][0], None)
         stop = await _offsets_at(consumer, partitions, lambda tp: ranges[tp.topic][1], end)
