@@ -36,9 +36,12 @@ parked messages run; a hold whose timer is overdue by ``Timers:StuckAfterS``
 is reported stuck on ``/ready``, in metrics and on the dashboard.
 
 Table keys (bytes): ``t:<timer id>``, ``h:<message key>``,
-``q:<message key>\\0<sequence>``; values are JSON with the partition ``p``.
-A timer's id is its message's ``MessageId`` (or ``topic/partition/offset``
-for bytes without one), so a message is pending at most once per handler.
+``q:<message key>\\0<sequence>``, ``w:<partition>``; values are JSON with the
+partition ``p``. A timer's id is its message's ``MessageId`` (or
+``topic/partition/offset`` for bytes without one), so a message is pending at
+most once per handler. ``w:`` holds the offset of the last timers-topic record
+taken from that partition: a record read again (its offset was not committed
+before a crash or an outage) is not scheduled again after it has fired.
 
 The module runs past 400 lines: the entries, the heap, holds and parking are
 one state machine whose crash safety rests on the order of its table writes,
@@ -83,7 +86,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_TIMER, _HOLD, _PARKED = b"t:", b"h:", b"q:"
+_TIMER, _HOLD, _PARKED, _TAKEN = b"t:", b"h:", b"q:", b"w:"
 _SEPARATOR = b"\x00"
 #: How long ``_take`` gives Redis to carry a revoke's answer.
 _REPLY_TIMEOUT_S = 2.0
@@ -316,6 +319,8 @@ class Timers(Service):
         self._holds: dict[str, Hold] = {}
         self._parked: dict[str, dict[int, Delivery]] = {}
         self._owned: set[int] = set()
+        #: Per timers-topic partition: (offset, timestamp ms) of the last record taken.
+        self._taken: dict[int, tuple[int, int]] = {}
         self._running: dict[str, _Pending] = {}
         self._releasing: set[str] = set()
         #: Table writes not yet acknowledged (kept so they are not collected).
@@ -447,6 +452,7 @@ class Timers(Service):
     async def _take(self, records: list[Any]) -> None:
         """Move records of the timers topic into the table; revocations apply at once."""
         writes: list[Awaitable[Any]] = []
+        taken: dict[int, tuple[int, int]] = {}
         for record in records:
             headers = record.headers or ()
             revoked = header_text(headers, Header.REVOKE)
@@ -460,9 +466,25 @@ class Timers(Service):
                         "%s: key %s is not held here; nothing released", self.handler, released
                     )
                 continue
+            if self._was_taken(record):
+                # Read again (its offset was not committed, say in an outage): it
+                # may have fired since, and must not be scheduled a second time.
+                continue
             writes.append(self.schedule(Timer.from_record(record)))
+            taken[record.partition] = (record.offset, record.timestamp)
+        # After the timers: a crash between leaves a timer taken twice, never lost.
+        for partition, last in taken.items():
+            self._taken[partition] = last
+            value = orjson.dumps({"p": partition, "o": last[0], "ts": last[1]})
+            writes.append(self._write(partition, _TAKEN + b"%d" % partition, value))
         if writes:
             await asyncio.gather(*writes)
+
+    def _was_taken(self, record: Any) -> bool:
+        """Whether ``record`` is at or before the last one taken from its partition
+        (and not newer: a topic made anew starts its offsets again)."""
+        last = self._taken.get(record.partition)
+        return last is not None and record.offset <= last[0] and record.timestamp <= last[1]
 
     async def _revoke(self, partition: int, timer_id: str, reply_to: str | None) -> None:
         timer = self._timers.get(timer_id)
@@ -504,6 +526,7 @@ class Timers(Service):
         timers: dict[str, _Pending] = {}
         holds: dict[str, Hold] = {}
         parked: dict[str, dict[int, Delivery]] = {}
+        taken: dict[int, tuple[int, int]] = {}
         store = self.table.data
         stale = []
         for key, value in list(store.items()):
@@ -522,9 +545,12 @@ class Timers(Service):
             elif kind == _PARKED:
                 name, _, sequence = rest.rpartition(_SEPARATOR)
                 parked.setdefault(name.decode(), {})[int(sequence)] = Delivery.from_json(data["d"])
+            elif kind == _TAKEN:
+                taken[data["p"]] = (data["o"], data["ts"])
         for key in stale:  # another worker owns them now
             store.pop(key, None)
         self._timers, self._holds, self._parked = timers, holds, parked
+        self._taken = taken
         self._heap = [(t.due_ms, next(self._order), t.id) for t in timers.values()]
         heapq.heapify(self._heap)
         self._wakeup.set()

@@ -138,6 +138,33 @@ async def test_revoke_cancels_a_pending_countdown_for_good_and_says_when_nothing
     assert calls.items == [] and seen.items == ["marker"]
 
 
+async def test_a_countdown_read_again_after_it_fired_does_not_run_again_even_after_a_restart(
+    settings: Settings,
+) -> None:
+    """Its timers-topic record is read again when its offset was not committed (a
+    worker stopped during an outage); the fired timer must not come back."""
+    app, calls = reminders(settings)
+    remind = app.handlers["remind"]
+    message = event(uuid.uuid4(), "once")
+    async with running(app):
+        await remind.apply_async(message, countdown_s=0.5)
+        await calls.wait_until(lambda items: items == ["once"], timeout_s=20)
+        [record] = await read_topic(settings.kafka.bootstrap_servers[0], remind.timers_topic, 1)
+        await remind.timers._take([record])
+        assert remind.timers.pending(str(message.message_id)) is None
+    # A worker that starts afresh recovers what was taken from the changelog.
+    again, seen = reminders(settings)
+    async with running(again):
+        timers = again.handlers["remind"].timers
+        await eventually(lambda: timers.owns(record.partition), 30, "the partition recovered")
+        await timers._take([record])
+        assert timers.pending(str(message.message_id)) is None
+        marker = event(uuid.uuid4(), "marker")
+        await again.handlers["remind"].apply_async(marker, countdown_s=0.2)
+        await seen.wait_until(lambda items: "marker" in items, timeout_s=20)
+    assert calls.items == ["once"] and seen.items == ["marker"]
+
+
 async def test_revoking_a_message_that_already_ran_says_so(settings: Settings) -> None:
     app, calls = reminders(settings)
     remind = app.handlers["remind"]
