@@ -35,18 +35,23 @@ OWN_TASKS = textwrap.dedent("""
 """)
 
 
-async def test_the_standard_worker_runs_the_modules_it_is_given_and_only_those(
-    settings: Settings, tmp_path: Path
-) -> None:
+def own_tasks(settings: Settings, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """The topic of ``own_tasks`` and the environment of a worker that runs only it."""
     code = tmp_path / "code"
     code.mkdir()
     (code / "own_tasks.py").write_text(OWN_TASKS)
     topic = f"{settings.kafka.topics.user_event}.own"
-    env = {
+    return topic, {
         "DAWNING_WORKER__MODULES": "own_tasks",
         "PYTHONPATH": f"{code}:{ROOT}",
         "OWN_TOPIC": topic,
     }
+
+
+async def test_the_standard_worker_runs_the_modules_it_is_given_and_only_those(
+    settings: Settings, tmp_path: Path
+) -> None:
+    topic, env = own_tasks(settings, tmp_path)
     users = [uuid.uuid4() for _ in range(3)]
     async with workers(settings, 1, tmp_path, env=env) as [worker]:  # python -m dawning_streams
         async with create_app(settings).bus as bus:
@@ -66,15 +71,7 @@ async def test_the_standard_worker_runs_the_modules_it_is_given_and_only_those(
 async def test_a_worker_with_other_modules_does_not_join_a_running_group_and_says_why(
     settings: Settings, tmp_path: Path
 ) -> None:
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "own_tasks.py").write_text(OWN_TASKS)
-    topic = f"{settings.kafka.topics.user_event}.own"
-    env = {
-        "DAWNING_WORKER__MODULES": "own_tasks",
-        "PYTHONPATH": f"{code}:{ROOT}",
-        "OWN_TOPIC": topic,
-    }
+    topic, env = own_tasks(settings, tmp_path)
     async with workers(settings, 1, tmp_path, env=env) as [running]:
         # The Dawning agents, in the same group: Faust would assign the group's
         # tables as one app, and its assertion would end the running worker.
