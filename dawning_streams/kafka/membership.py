@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,8 @@ async def foreign_members(settings: KafkaSettings, topics: set[str]) -> list[For
         logger.debug("could not describe group %s: %r", settings.consumer_group_id, exc)
         return []
     finally:
-        await admin.close()
+        with suppress(Exception):
+            await admin.close()
     return foreign([g for r in responses for g in r.to_object()["groups"]], topics)
 
 
@@ -99,7 +101,8 @@ def refusal(group: str, topics: set[str], members: list[ForeignMember]) -> str:
         f"modules ({first.client}: {_listed(theirs)} only theirs, {_listed(ours)} only this "
         "worker's). A group's workers must all run the same Worker:Modules: give this one a "
         "group of its own (DAWNING_KAFKA__CONSUMERGROUPID), or stop the others first when "
-        "changing the modules"
+        "changing the modules (one killed without leaving counts until "
+        "Kafka:SessionTimeoutMs has passed)"
     )
 
 
