@@ -31,7 +31,7 @@ from dawning_streams.core.errors import KafkaUnavailable, PublishError
 from dawning_streams.observability import health
 from dawning_streams.observability.metrics import CONTENT_TYPE
 from dawning_streams.ops import dashboard, dashboard_html, search
-from dawning_streams.ops.web import BadRequest, Page, Query, error
+from dawning_streams.ops.web import BadRequest, Page, Query, error, quiet_bad_requests
 
 if TYPE_CHECKING:
     from dawning_streams.ops.host import OpsHost
@@ -40,9 +40,18 @@ __all__ = ["DashboardWeb", "authorized", "install"]
 
 
 class DashboardWeb(Web):
-    """Faust's aiohttp web server without Faust's index page: ``/`` is the dashboard."""
+    """Faust's aiohttp web server without Faust's index page: ``/`` is the dashboard.
+
+    A request aiohttp cannot parse (a 100 kB URL, a bad request line) is
+    answered 400 by aiohttp and logged in one WARNING line, not as an ERROR
+    with a traceback: it is the client's mistake, not the worker's.
+    """
 
     production_blueprints = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        quiet_bad_requests()
 
 
 def authorized(app: OpsHost, request: Request) -> bool:

@@ -8,16 +8,18 @@ what is wrong with it; nothing is guessed.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from aiohttp.http_exceptions import BadHttpMessage
 from faust.web import Request, Response, View
 
 from dawning_streams.core.errors import DawningError
 
-__all__ = ["BadRequest", "Page", "Query", "error", "port_taken"]
+__all__ = ["BadRequest", "Page", "Query", "error", "port_taken", "quiet_bad_requests"]
 
 
 class BadRequest(DawningError):
@@ -93,6 +95,29 @@ class Page(View):
             except BadRequest as exc:
                 return error(self, 400, str(exc))
         return await super().dispatch(request)
+
+
+class _BadRequestLine(logging.Filter):
+    """aiohttp's ERROR and traceback for a request it could not parse, as one WARNING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc.message}; answered 400"
+            record.args = None
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_quieted: list[_BadRequestLine] = []
+
+
+def quiet_bad_requests() -> None:
+    """Install :class:`_BadRequestLine` on aiohttp's server logger (once per process)."""
+    if not _quieted:
+        _quieted.append(_BadRequestLine())
+        logging.getLogger("aiohttp.server").addFilter(_quieted[0])
 
 
 def port_taken(host: str, port: int) -> str | None:

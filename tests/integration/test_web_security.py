@@ -3,6 +3,7 @@ and secrets masked wherever settings are shown."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -221,3 +222,23 @@ async def test_no_route_changes_anything_without_the_token(settings: Settings) -
     assert answers.pop(("POST", "/api/dead-letters/replay")) == 401
     refused = {key: status for key, status in answers.items() if status not in (404, 405)}
     assert refused == {}, refused
+
+
+async def test_a_request_too_long_to_parse_is_a_400_and_one_warning_line(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(settings)
+    with caplog.at_level(logging.INFO, logger="aiohttp.server"):
+        async with running(app):
+            reader, writer = await asyncio.open_connection("127.0.0.1", settings.web.port)
+            writer.write(b"GET /health?x=" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            status = await reader.readline()
+            writer.close()
+            url = f"http://127.0.0.1:{settings.web.port}/health"
+            async with aiohttp.ClientSession() as http, http.get(url) as health:
+                assert health.status == 200  # the worker goes on serving
+    assert status.split()[1] == b"400", status
+    [record] = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert record.levelname == "WARNING" and record.exc_info is None
+    assert "LineTooLong" in record.getMessage() and "answered 400" in record.getMessage()
