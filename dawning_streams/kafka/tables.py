@@ -56,7 +56,12 @@ def message_keyed_table(
     # Faust picks "json" for a str key type, and has made the changelog topic
     # with it already.
     table.key_serializer = "raw"
-    table.changelog_topic = table.changelog_topic.derive(key_serializer="raw")
+    changelog = table.changelog_topic.derive(key_serializer="raw")
+    # derive() drops acks=False: an acking changelog is one Faust's livelock
+    # check expects a stream to read, and from five minutes after the start it
+    # would log an ERROR every few seconds for each partition the table writes.
+    changelog.acks = False
+    table.changelog_topic = changelog
     return table
 
 

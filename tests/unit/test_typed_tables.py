@@ -92,3 +92,21 @@ def test_a_table_refuses_a_value_type_that_is_not_a_plain_json_record() -> None:
         message_keyed_table(app, "loose", value_type=dict, help="")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="declare WithMetadata with include_metadata=False"):
         message_keyed_table(app, "tagged", value_type=WithMetadata, help="")
+
+
+def test_a_tables_changelog_is_not_a_topic_a_stream_must_acknowledge() -> None:
+    """Faust's livelock check would log an ERROR every few seconds, from five
+    minutes after the start, for each partition of an acking changelog that
+    the table writes and no stream reads."""
+    import faust
+
+    from dawning_streams import message_keyed_table
+
+    class Entry(faust.Record, include_metadata=False):
+        n: int
+
+    app = create_app()
+    table = message_keyed_table(app, "entries", value_type=Entry, help="")
+    changelog = table.changelog_topic
+    assert (changelog.acks, changelog.key_serializer, changelog.internal) == (False, "raw", True)
+    assert changelog.compacting and changelog.get_topic_name().endswith("-entries-changelog")
