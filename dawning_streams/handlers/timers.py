@@ -40,8 +40,9 @@ Table keys (bytes): ``t:<timer id>``, ``h:<message key>``,
 partition ``p``. A timer's id is its message's ``MessageId`` (or
 ``topic/partition/offset`` for bytes without one), so a message is pending at
 most once per handler. ``w:`` holds the offset of the last timers-topic record
-taken from that partition: a record read again (its offset was not committed
-before a crash or an outage) is not scheduled again after it has fired.
+taken from that partition, and the newest timestamp taken: a record read again
+(its offset was not committed before a crash or an outage) is not scheduled
+again after it has fired.
 
 The module runs past 400 lines: the entries, the heap, holds and parking are
 one state machine whose crash safety rests on the order of its table writes,
@@ -471,18 +472,20 @@ class Timers(Service):
                 # may have fired since, and must not be scheduled a second time.
                 continue
             writes.append(self.schedule(Timer.from_record(record)))
-            taken[record.partition] = (record.offset, record.timestamp)
+            _, newest = taken.get(record.partition) or self._taken.get(record.partition, (0, 0))
+            taken[record.partition] = (record.offset, max(newest, record.timestamp))
         # After the timers: a crash between leaves a timer taken twice, never lost.
-        for partition, last in taken.items():
-            self._taken[partition] = last
-            value = orjson.dumps({"p": partition, "o": last[0], "ts": last[1]})
+        for partition, (offset, newest) in taken.items():
+            value = orjson.dumps({"p": partition, "o": offset, "ts": newest})
             writes.append(self._write(partition, _TAKEN + b"%d" % partition, value))
         if writes:
             await asyncio.gather(*writes)
+        # Only once the broker has them: a record whose write failed is taken again.
+        self._taken.update(taken)
 
     def _was_taken(self, record: Any) -> bool:
-        """Whether ``record`` is at or before the last one taken from its partition
-        (and not newer: a topic made anew starts its offsets again)."""
+        """Whether ``record`` is at or before the last one taken from its partition,
+        and no newer than any taken (a topic made anew starts its offsets again)."""
         last = self._taken.get(record.partition)
         return last is not None and record.offset <= last[0] and record.timestamp <= last[1]
 
