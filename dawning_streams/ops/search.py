@@ -129,12 +129,11 @@ async def find(
     wanted_key = key.encode() if key is not None else None
 
     def keep(record: Any) -> bool:
-        if record.value is None:
-            # A revoke() on a timers topic: kept, matched to what it names below.
-            return _revoked_id(record) is not None
+        if _revoked_id(record) is not None:
+            return True  # a revoke() on a timers topic, matched to what it names below
         if wanted_key is not None:
             return bool(record.key == wanted_key)
-        value = record.value
+        value = record.value or b""
         return needles[0] in value or needles[1] in value
 
     result = await scan(app.dawning_settings.kafka, ranges, keep, limit=SCAN_LIMIT)
