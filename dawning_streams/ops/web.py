@@ -8,6 +8,7 @@ what is wrong with it; nothing is guessed.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import socket
 import uuid
@@ -110,14 +111,10 @@ class _BadRequestLine(logging.Filter):
         return True
 
 
-_quieted: list[_BadRequestLine] = []
-
-
+@functools.cache  # once per process
 def quiet_bad_requests() -> None:
-    """Install :class:`_BadRequestLine` on aiohttp's server logger (once per process)."""
-    if not _quieted:
-        _quieted.append(_BadRequestLine())
-        logging.getLogger("aiohttp.server").addFilter(_quieted[0])
+    """Install :class:`_BadRequestLine` on aiohttp's server logger."""
+    logging.getLogger("aiohttp.server").addFilter(_BadRequestLine())
 
 
 def port_taken(host: str, port: int) -> str | None:
