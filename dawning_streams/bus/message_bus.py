@@ -25,7 +25,7 @@ from faust.exceptions import FaustError
 from mode import Service
 
 from dawning_streams.bus.host import BusHost
-from dawning_streams.bus.publisher import BrokerUnavailable, Outgoing, Publisher
+from dawning_streams.bus.publisher import BrokerUnavailable, OutgoingBatch, Publisher
 from dawning_streams.bus.rdkafka import RdkafkaPort
 from dawning_streams.bus.sending import Senders
 from dawning_streams.bus.spool import Spool
@@ -233,14 +233,16 @@ class KafkaMessageBus(Service):
 
     # -- sending -----------------------------------------------------------------
 
-    def _outgoing(
+    def _add(
         self,
+        batch: OutgoingBatch,
         message: MessageBase,
         topic: str | None,
         key: str | None,
         headers: list[tuple[str, bytes]] | None,
         stamp: Callable[[str], list[tuple[str, bytes]]] | None = None,
-    ) -> Outgoing:
+    ) -> None:
+        """Append ``message`` to ``batch`` as the producer takes it (but for its value)."""
         if not isinstance(message, MessageBase):
             raise TypeError(
                 f"publish takes a dawning message (a MessageBase), got {type(message).__name__}"
@@ -263,7 +265,7 @@ class KafkaMessageBus(Service):
         elif not isinstance(key, str):
             raise TypeError(f"key= must be a str, got {type(key).__name__} {key!r}")
         assert message.timestamp is not None  # set by MessageBase.__post_init__
-        return Outgoing.of(
+        batch.add(
             topic,
             key.encode() if key is not None else None,
             # Stamped here, in the caller's context (its trace).
@@ -288,9 +290,10 @@ class KafkaMessageBus(Service):
         if self.disabled is not None:
             await self.disabled.publish(message)
             return _done(None)
-        record = self._outgoing(message, topic, key, headers)
+        batch = OutgoingBatch()
+        self._add(batch, message, topic, key, headers)
         publisher = await self._publisher()
-        return await publisher.send(record)
+        return await publisher.send(batch[0])
 
     async def publish(
         self,
@@ -308,8 +311,9 @@ class KafkaMessageBus(Service):
         if self.disabled is not None:
             await self.disabled.publish(message)
             return None
-        record = self._outgoing(message, topic, key, headers)
-        [receipt] = await (await self._publisher()).publish([record])
+        batch = OutgoingBatch()
+        self._add(batch, message, topic, key, headers)
+        [receipt] = await (await self._publisher()).publish(batch)
         return receipt
 
     async def publish_many(self, messages: Iterable[MessageBase]) -> list[RecordMetadata | None]:
@@ -319,9 +323,11 @@ class KafkaMessageBus(Service):
         """
         if self.disabled is not None:
             return await self.disabled.publish_many(messages)  # type: ignore[return-value]
-        stamp = self.app.telemetry.tracing.stamper()
-        records = [self._outgoing(m, None, None, None, stamp) for m in messages]
-        return await (await self._publisher()).publish(records)
+        batch = OutgoingBatch()
+        add, stamp = self._add, self.app.telemetry.tracing.stamper()
+        for message in messages:
+            add(batch, message, None, None, None, stamp)
+        return await (await self._publisher()).publish(batch)
 
     async def forward(
         self,
@@ -360,8 +366,9 @@ class KafkaMessageBus(Service):
         if self.disabled is not None:
             self.disabled.drop(message)
             return None
-        record = self._outgoing(message, topic, key, headers)
-        [receipt] = self.senders.blocking().call(lambda publisher: publisher.publish([record]))
+        batch = OutgoingBatch()
+        self._add(batch, message, topic, key, headers)
+        [receipt] = self.senders.blocking().call(lambda publisher: publisher.publish(batch))
         return receipt
 
     def publish_many_blocking(self, messages: Iterable[MessageBase]) -> list[RecordMetadata | None]:
@@ -371,9 +378,11 @@ class KafkaMessageBus(Service):
             for message in dropped:
                 self.disabled.drop(message)
             return [None] * len(dropped)
-        stamp = self.app.telemetry.tracing.stamper()
-        records = [self._outgoing(m, None, None, None, stamp) for m in messages]
-        return self.senders.blocking().call(lambda publisher: publisher.publish(records))
+        batch = OutgoingBatch()
+        add, stamp = self._add, self.app.telemetry.tracing.stamper()
+        for message in messages:
+            add(batch, message, None, None, None, stamp)
+        return self.senders.blocking().call(lambda publisher: publisher.publish(batch))
 
     def forward_blocking(
         self,
