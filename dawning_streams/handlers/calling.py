@@ -289,14 +289,19 @@ class Calling(Generic[M]):
 
     async def _revoke(self, timer_id: str, timeout_s: float) -> bool:
         nonce = uuid.uuid4().hex
-        for partition in range(self.app.dawning_settings.kafka.partitions):
-            await self.app.bus.forward(
-                self.timers_topic,
-                timer_id.encode(),
-                None,
-                partition=partition,
-                headers=revocation(timer_id, nonce),
+        # To every partition at once: each owner answers for its own.
+        await asyncio.gather(
+            *(
+                self.app.bus.forward(
+                    self.timers_topic,
+                    timer_id.encode(),
+                    None,
+                    partition=partition,
+                    headers=revocation(timer_id, nonce),
+                )
+                for partition in range(self.app.dawning_settings.kafka.partitions)
             )
+        )
         client = self.app.redis.client
         answers = self._answers(timer_id, timeout_s)
         try:
