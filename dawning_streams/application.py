@@ -54,7 +54,7 @@ from dawning_streams.kafka.replication import ReplicationError, check_replicatio
 from dawning_streams.kafka.security import faust_credentials
 from dawning_streams.observability.telemetry import Telemetry
 from dawning_streams.ops import views
-from dawning_streams.ops.cli import register_commands
+from dawning_streams.ops.cli import keep_going_without_a_reader, register_commands
 from dawning_streams.ops.host import OpsHost
 from dawning_streams.ops.sampler import ClusterSampler
 from dawning_streams.ops.web import port_taken
@@ -208,6 +208,11 @@ class App(OpsHost):
         if callable(target):
             return declare(target, message_type=None, topic=topic)
         raise HandlerError(f"@handler takes a message type or a topic name, got {target!r}")
+
+    def worker_init(self) -> None:
+        # Called by every ``faust`` command, the worker's included, before it is made.
+        super().worker_init()
+        keep_going_without_a_reader()
 
     def scheduled(
         self, *, every_s: float, name: str | None = None, lock_ttl_s: float | None = None

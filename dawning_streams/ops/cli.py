@@ -1,12 +1,12 @@
 """The app's command-line commands: ``dlq-list``, ``dlq-replay``, ``timers`` and
-``held-release``."""
+``held-release``; and the streams every command (the worker too) writes to."""
 
 from __future__ import annotations
 
 import json
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 from faust.cli import AppCommand, option
@@ -19,7 +19,48 @@ from dawning_streams.ops import dlq
 if TYPE_CHECKING:
     from dawning_streams.ops.host import OpsHost
 
-__all__ = ["register_commands"]
+__all__ = ["keep_going_without_a_reader", "register_commands"]
+
+
+class _ReaderProof:
+    """A text stream that drops what it cannot write once its reader is gone.
+
+    ``faust worker ... | tee worker.log``: Ctrl-C ends ``tee`` as well, and the
+    worker's SIGINT handler (mode's) writes a line to stderr before it starts
+    the stop. The write raised BrokenPipeError, the stop never started, and the
+    worker ran on, ignoring every further SIGINT.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self.gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self.gone = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def keep_going_without_a_reader() -> None:
+    """Make ``sys.stdout`` and ``sys.stderr`` drop output once nobody reads it,
+    rather than raise (once per process, before a command's worker is made)."""
+    if not isinstance(sys.stdout, _ReaderProof):
+        sys.stdout = _ReaderProof(sys.stdout)  # type: ignore[assignment]
+    if not isinstance(sys.stderr, _ReaderProof):
+        sys.stderr = _ReaderProof(sys.stderr)  # type: ignore[assignment]
 
 
 def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:

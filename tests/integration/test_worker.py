@@ -138,3 +138,33 @@ async def test_sigterm_at_any_point_of_start_up_stops_the_worker_with_exit_code_
     code = worker.stop(timeout_s=60)
     assert code == 0, worker.tail(60)
     assert "Traceback" not in worker.log.read_text(), worker.tail(60)
+
+
+async def test_sigint_stops_a_worker_whose_output_pipe_has_lost_its_reader(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # `... worker | tee worker.log`, then Ctrl-C: tee ends too, and the worker
+    # is left writing to a pipe nobody reads.
+    mine = settings.to_environ()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dawning_streams", "worker", "-l", "info"],
+        cwd=tmp_path,
+        env={**os.environ, **mine},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert worker.stdout is not None
+    seen: list[bytes] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not seen or b"Ready" not in seen[-1]:
+            assert time.monotonic() < deadline and worker.poll() is None, b"".join(seen[-40:])
+            seen.append(worker.stdout.readline())
+        worker.stdout.close()
+        worker.send_signal(signal.SIGINT)
+        code = worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+        raise AssertionError("the worker ran on after SIGINT with its reader gone") from None
+    assert code == 0
