@@ -217,8 +217,9 @@ class App(OpsHost):
     def scheduled(
         self, *, every_s: float, name: str | None = None, lock_ttl_s: float | None = None
     ) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
-        """Run the decorated coroutine function every ``every_s`` seconds, on one
-        instance at a time (see :mod:`dawning_streams.services.scheduler`)."""
+        """Run the decorated function every ``every_s`` seconds, on one instance at
+        a time (see :mod:`dawning_streams.services.scheduler`); a plain function
+        runs in a thread."""
 
         def decorate(fn: Callable[[], Any]) -> Callable[[], Any]:
             self.scheduler.add(fn, every_s=every_s, name=name, lock_ttl_s=lock_ttl_s)

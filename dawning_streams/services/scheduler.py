@@ -3,9 +3,13 @@
 Every instance ticks; a task that is due is run by whichever instance takes
 its lock first. The time of the last run is kept in Redis, next to the lock,
 so after a failover the next instance neither repeats a run that finished nor
-skips one that is due: a run that failed or died half-way leaves the last-run
-time alone and is tried again on the next tick. Tasks must be idempotent, as
-handlers are. With Redis unreachable no task runs.
+skips one that is due: a run that died half-way leaves the last-run time alone
+and is tried again on the next tick, and one that raised is tried again after
+1 s, then 2, 4 and so on, up to a period or five minutes. Tasks must be
+idempotent, as handlers are. With Redis unreachable no task runs.
+
+A task is a coroutine function, or a plain function, which runs in a thread
+(as a plain handler does), so it cannot stall the event loop.
 
     @app.scheduled(every_s=3600)
     async def purge_old_audit_entries() -> None: ...
@@ -13,6 +17,9 @@ handlers are. With Redis unreachable no task runs.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,11 +37,13 @@ __all__ = ["ScheduledTask", "Scheduler"]
 logger = logging.getLogger(__name__)
 
 TICK_S = 1.0
+#: The longest wait before a failed run is tried again (or a period, if shorter).
+MAX_RETRY_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduledTask:
-    """A coroutine function to run every ``every_s`` seconds somewhere in the group."""
+    """A function to run every ``every_s`` seconds somewhere in the group."""
 
     name: str
     every_s: float
@@ -55,12 +64,14 @@ class Scheduler(Service):
         self.redis = redis
         self.lock = lock
         self.tasks: dict[str, ScheduledTask] = {}
+        #: Failed runs in a row, by task: how long until the next try.
+        self._failures: dict[str, int] = {}
         self._group = group
         super().__init__(**kwargs)
 
     def add(
         self,
-        fn: Callable[[], Awaitable[Any]],
+        fn: Callable[[], Any],
         *,
         every_s: float,
         name: str | None = None,
@@ -74,7 +85,8 @@ class Scheduler(Service):
             raise ValueError(f"a scheduled task named {name!r} already exists")
         if not every_s > 0:
             raise ValueError(f"scheduled task {name!r}: every_s must be positive")
-        task = ScheduledTask(name, every_s, fn, lock_ttl_s or max(30.0, every_s))
+        run = fn if inspect.iscoroutinefunction(fn) else functools.partial(asyncio.to_thread, fn)
+        task = ScheduledTask(name, every_s, run, lock_ttl_s or max(30.0, every_s))
         self.tasks[name] = task
         return task
 
@@ -95,12 +107,23 @@ class Scheduler(Service):
                 if handle is None or not await self._due(task):
                     return False
                 started = time.time()
+                key = scheduled_key(self._group, task.name)
                 try:
                     await task.fn()
                 except Exception:
-                    logger.exception("scheduled task %s failed; it runs again next tick", task.name)
+                    failures = self._failures[task.name] = self._failures.get(task.name, 0) + 1
+                    retry_s = min(2.0 ** (failures - 1), task.every_s, MAX_RETRY_S)
+                    logger.exception(
+                        "scheduled task %s failed (%d in a row); it runs again in %g s",
+                        task.name,
+                        failures,
+                        retry_s,
+                    )
+                    # Due again ``retry_s`` from now, on whichever instance.
+                    await self.redis.client.set(key, repr(time.time() - task.every_s + retry_s))
                     return False
-                await self.redis.client.set(scheduled_key(self._group, task.name), repr(started))
+                self._failures.pop(task.name, None)
+                await self.redis.client.set(key, repr(started))
                 return True
         except unreachable(LockUnavailable) as exc:
             # Logged once per outage (and a line a minute), not once per tick.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -70,30 +71,58 @@ async def test_two_instances_run_a_task_once_per_period_and_survive_failover(
     assert after_failover == {"b"}, shown
 
 
-async def test_a_failed_run_is_retried_on_the_next_tick_not_skipped(settings: Settings) -> None:
+async def test_a_failed_run_is_tried_again_after_a_growing_pause_not_skipped(
+    settings: Settings,
+) -> None:
     app = create_app(settings, web_enabled=False)
-    attempts: list[float] = []
-
     name = f"t{uuid.uuid4().hex[:8]}"
+    key = scheduled_key(settings.kafka.consumer_group_id, name)
+    # Each attempt: when it started, and when Redis said it was due then.
+    attempts: list[tuple[float, float | None]] = []
 
     @app.scheduled(every_s=60.0, name=name)
     async def flaky() -> None:
-        attempts.append(time.time())
-        if len(attempts) == 1:
-            raise RuntimeError("first run fails")
+        stored = await app.redis.client.get(key)
+        attempts.append((time.time(), None if stored is None else float(stored) + 60.0))
+        if len(attempts) <= 2:
+            raise RuntimeError(f"run {len(attempts)} fails")
 
     await app.redis.start()
     await app.scheduler.start()
     try:
-        await eventually(lambda: len(attempts) == 2, what="the failed run tried again")
+        await eventually(lambda: len(attempts) == 3, what="two failed runs tried again")
         # Done now: not due again within its 60 s, whoever asks.
         assert await app.scheduler.run_if_due(app.scheduler.tasks[name]) is False
-        last = await app.redis.client.get(scheduled_key(settings.kafka.consumer_group_id, name))
+        last = await app.redis.client.get(key)
     finally:
         await app.scheduler.stop()
         await app.redis.stop()
-    assert len(attempts) == 2
-    assert last is not None and float(last) == pytest.approx(attempts[1], abs=0.01)
+    assert len(attempts) == 3
+    (first, never), (second, due_second), (third, due_third) = attempts
+    assert never is None
+    # Due 1 s after the first failure, 2 s after the second; never run early.
+    assert due_second == pytest.approx(first + 1, abs=0.5) and second >= due_second
+    assert due_third == pytest.approx(second + 2, abs=0.5) and third >= due_third
+    assert last is not None and float(last) == pytest.approx(third, abs=0.01)
+
+
+async def test_a_plain_function_runs_in_a_thread_once_per_period(settings: Settings) -> None:
+    app = create_app(settings, web_enabled=False)
+    runs: list[tuple[float, int]] = []
+
+    @app.scheduled(every_s=2.0, name=f"t{uuid.uuid4().hex[:8]}")
+    def plain() -> None:
+        runs.append((time.time(), threading.get_ident()))
+
+    await app.redis.start()
+    await app.scheduler.start()
+    try:
+        await eventually(lambda: len(runs) >= 3, what="three runs")
+    finally:
+        await app.scheduler.stop()
+        await app.redis.stop()
+    assert threading.get_ident() not in {ident for _, ident in runs}
+    assert all(b - a >= 1.95 for (a, _), (b, _) in itertools.pairwise(runs)), runs
 
 
 @pytest.mark.kafka
