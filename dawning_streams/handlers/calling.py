@@ -279,10 +279,11 @@ class Calling(Generic[M]):
         client = redis.Redis.from_url(self.app.dawning_settings.redis.url)
         try:
             while answers.wanted():
-                reply = client.blpop([revoke_reply_key(nonce)], timeout=answers.wait_s())
+                try:
+                    reply = client.blpop([revoke_reply_key(nonce)], timeout=answers.wait_s())
+                except redis_unreachable() as exc:
+                    raise answers.unanswered(exc) from exc
                 answers.take(reply)  # type: ignore[arg-type]
-        except redis_unreachable() as exc:
-            raise answers.unanswered(exc) from exc
         finally:
             client.close()
         return answers.cancelled
@@ -304,12 +305,12 @@ class Calling(Generic[M]):
         )
         client = self.app.redis.client
         answers = self._answers(timer_id, timeout_s)
-        try:
-            while answers.wanted():
+        while answers.wanted():
+            try:
                 reply = await client.blpop([revoke_reply_key(nonce)], timeout=answers.wait_s())
-                answers.take(reply)  # type: ignore[arg-type]
-        except redis_unreachable() as exc:
-            raise answers.unanswered(exc) from exc
+            except redis_unreachable() as exc:
+                raise answers.unanswered(exc) from exc
+            answers.take(reply)  # type: ignore[arg-type]
         return answers.cancelled
 
     def _answers(self, timer_id: str, timeout_s: float) -> Answers:

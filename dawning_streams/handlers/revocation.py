@@ -36,7 +36,10 @@ class Answers:
         return True
 
     def wait_s(self) -> float:
-        return max(0.1, self.deadline - time.monotonic())
+        """How long the next BLPOP may block: at most a second, well within the
+        client's socket timeout (redis-py's default is 5 s), which would
+        otherwise end a longer one as if Redis had not answered."""
+        return min(1.0, max(0.1, self.deadline - time.monotonic()))
 
     def take(self, reply: tuple[bytes, bytes] | None) -> None:
         if reply is None:

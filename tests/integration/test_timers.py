@@ -434,3 +434,19 @@ async def test_revoke_with_redis_down_says_the_answer_is_unknown_and_still_revok
         await eventually(lambda: remind.timers.stats().pending == 0, what="the timer revoked")
         await asyncio.sleep(3)
     assert calls.items == []
+
+
+async def test_revoke_nobody_answers_says_so_after_its_own_timeout_not_redis(
+    settings: Settings,
+) -> None:
+    # No worker runs the handler, so no owner of its timers answers; Redis is
+    # up. Longer than the Redis client's 5 s socket timeout, which must not end it.
+    app, _ = reminders(settings)
+    remind = app.handlers["remind"]
+    partitions = settings.kafka.partitions
+    nobody = rf": 0 of {partitions} timer partitions answered in time; the revocation is on"
+    async with app.bus:
+        with pytest.raises(TimeoutError, match=nobody):
+            await remind.revoke(uuid.uuid4(), timeout_s=6)
+    with pytest.raises(TimeoutError, match=nobody):
+        await asyncio.to_thread(remind.revoke_blocking, uuid.uuid4(), timeout_s=6)
