@@ -48,6 +48,7 @@ __all__ = [
     "find",
 ]
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: How far back a search looks when it is given no ``since``.
 DEFAULT_WINDOW = timedelta(hours=1)
 #: The longest range one search may read.
@@ -107,11 +108,15 @@ async def find(
     if (message_id is None) == (key is None):
         raise ValueError("give a message id or a key, not both")
     until = until or datetime.now(UTC)
-    since = since or until - DEFAULT_WINDOW
+    # Kafka finds no offset for a time before the epoch.
+    since = since or max(until - DEFAULT_WINDOW, _EPOCH)
     if since >= until:
         raise ValueError(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
     if until - since > MAX_WINDOW:
-        raise ValueError(f"a search covers at most {MAX_WINDOW.days} days")
+        raise ValueError(
+            f"since ({since.isoformat()}) and until ({until.isoformat()}) may be at most "
+            f"{MAX_WINDOW.days} days apart"
+        )
     handlers = list(app.handlers.values())
     window = (int(since.timestamp() * 1000), int(until.timestamp() * 1000) + 1)
     stage_of: dict[str, tuple[str, str | None]] = {}

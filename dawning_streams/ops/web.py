@@ -23,6 +23,9 @@ from dawning_streams.core.errors import DawningError
 __all__ = ["BadRequest", "Page", "Query", "error", "port_taken", "quiet_bad_requests"]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class BadRequest(DawningError):
     """A request a view cannot answer; becomes a 400."""
 
@@ -66,7 +69,11 @@ class Query:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise BadRequest(f"{name}={value!r} is not an ISO-8601 time") from None
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+        if parsed < _EPOCH:
+            # Kafka's timestamps, and the stores', count from the epoch.
+            raise BadRequest(f"{name}={value!r} is before 1970-01-01T00:00:00Z")
+        return parsed
 
     def integer(self, name: str, *, default: int, low: int, high: int) -> int:
         value = self.text(name)

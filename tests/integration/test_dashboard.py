@@ -272,6 +272,9 @@ async def test_the_message_search_follows_a_message_from_its_retry_into_the_dead
             ("id=&key=", "give id=<MessageId> or key=<message key>"),
             (f"id={uuid.uuid4()}&key=k", "give id=<MessageId> or key=<message key>, not both"),
             ("key=k&since=2026-01-02&until=2026-01-01", "must be before until"),
+            ("key=k&until=0001-01-01T00:30:00", "until='0001-01-01T00:30:00' is before 1970"),
+            ("key=k&since=0001-01-01T00:00:00%2B05:00", "'0001-01-01T00:00:00+05:00' is before"),
+            ("key=k&since=2026-01-01&until=2026-02-01", "may be at most 7 days apart"),
             ("key=k&nope=1", "unknown parameter 'nope'"),
         ):
             response = await page.goto(f"{base}/messages?{query}")
