@@ -13,11 +13,14 @@ Sources, first match wins:
    when it exists, so the .NET gateway's file works unchanged;
 4. the defaults below, which are the seed's.
 
-An unknown ``DAWNING_*`` or ``Kafka__*`` variable is an error, and so is an
-unknown key in the file's ``Kafka`` section (a misspelt ``Kafka:Partitons``). Other
-.NET-style variables of a section this project also has (``Redis__*``,
-``Smtp__*``...) are read when they name one of its settings and otherwise left
-alone: in the gateway's deployment those sections configure its own clients.
+An unknown ``DAWNING_*`` variable is an error. So is an unknown ``Kafka__*``,
+``Worker__*`` or ``Timers__*`` variable, an unknown key in the file's ``Kafka``,
+``Worker`` or ``Timers`` section (a misspelt ``Kafka:Partitons``), and such a
+section that is not a JSON object: ``Kafka`` is the seed's, the other two are
+this project's alone. Other .NET-style variables of a section this project
+also has (``Redis__*``, ``Smtp__*``...) are read when they name one of its
+settings and otherwise left alone: in the gateway's deployment those sections
+configure its own clients.
 
 Every bad value fails at start-up with a :class:`SettingsError` naming the key,
 the value and where it came from. Nothing else in the project reads
@@ -68,8 +71,10 @@ __all__ = [
 
 ENV_PREFIX = "DAWNING_"
 SETTINGS_FILE_VAR = f"{ENV_PREFIX}SETTINGS_FILE"
-#: .NET-style variables under this section must each name a setting (the seed's section).
-STRICT_DOTNET = "KAFKA__"
+#: Sections whose every key, in the file or a .NET-style variable, must name a
+#: setting: the seed's, and those only this project has.
+STRICT_SECTIONS = ("Kafka", "Worker", "Timers")
+_STRICT_DOTNET = tuple(f"{section.upper()}__" for section in STRICT_SECTIONS)
 
 Acks = Literal["all", 1, 0]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
@@ -201,6 +206,8 @@ _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 def _modules(raw: Any) -> tuple[str, ...]:
     items = raw if isinstance(raw, list) else str(raw).split(",")
     modules = tuple(str(item).strip() for item in items if str(item).strip())
+    if not modules:
+        raise ValueError("must name at least one module")
     for module in modules:
         if not _MODULE.match(module):
             raise ValueError(f"{module!r} is not a dotted module name")
@@ -683,7 +690,7 @@ class Settings:
         sources = _Sources(env, dotnet, document, str(path) if path else "")
         settings = sources.build(cls, ())
         unknown = sorted(sources.unused_env) + sorted(
-            dotnet[name][0] for name in sources.unused_dotnet if name.startswith(STRICT_DOTNET)
+            dotnet[name][0] for name in sources.unused_dotnet if name.startswith(_STRICT_DOTNET)
         )
         if unknown:
             name = unknown[0]
@@ -693,18 +700,26 @@ class Settings:
                 "is not a dawning-streams setting",
                 source="environment",
             )
-        # The file's Kafka section is as strict as the Kafka__ variables: a
-        # misspelt key would otherwise leave its setting at the default unnoticed.
-        strict = STRICT_DOTNET.removesuffix("__").lower()
+        # The file's strict sections are as strict as their variables: a misspelt
+        # key would otherwise leave its setting at the default unnoticed.
+        strict = {
+            f.metadata["key"].lower(): f.metadata["section"]
+            for f in dataclasses.fields(cls)
+            if f.metadata["key"] in STRICT_SECTIONS
+        }
         for section, node in document.items():
-            if section.lower() == strict and isinstance(node, Mapping):
-                for key_path, value in _unknown_keys(KafkaSettings, node, (section,)):
-                    raise SettingsError(
-                        ":".join(key_path),
-                        value,
-                        "is not a dawning-streams setting",
-                        source=str(path),
-                    )
+            kind = strict.get(section.lower())
+            if kind is None:
+                continue
+            if not isinstance(node, Mapping):
+                raise SettingsError(section, node, "must be a JSON object", source=str(path))
+            for key_path, value in _unknown_keys(kind, node, (section,)):
+                raise SettingsError(
+                    ":".join(key_path),
+                    value,
+                    "is not a dawning-streams setting",
+                    source=str(path),
+                )
         return settings
 
     def to_environ(self) -> dict[str, str]:

@@ -372,6 +372,44 @@ def test_settings_survive_the_trip_through_the_environment(tmp_cwd: Path) -> Non
 
 
 @pytest.mark.parametrize(
+    ("section", "value", "named", "problem"),
+    [
+        (
+            "Worker",
+            {"Modulez": "myproj.tasks"},
+            "Worker:Modulez",
+            "is not a dawning-streams setting",
+        ),
+        ("Timers", {"StuckAfter": 60}, "Timers:StuckAfter", "is not a dawning-streams setting"),
+        ("Kafka", 5, "Kafka", "must be a JSON object"),
+        ("Worker", ["myproj.tasks"], "Worker", "must be a JSON object"),
+        ("Worker", {"Modules": []}, "Worker:Modules", "must name at least one module"),
+    ],
+)
+def test_a_project_section_of_the_file_is_as_strict_as_kafka(
+    tmp_cwd: Path, section: str, value: object, named: str, problem: str
+) -> None:
+    (tmp_cwd / "appsettings.json").write_text(json.dumps({**SEED_APPSETTINGS, section: value}))
+    with pytest.raises(SettingsError) as refused:
+        load()
+    assert refused.value.key == named
+    assert f"(from appsettings.json): {problem}" in str(refused.value)
+
+
+def test_a_project_sections_variables_are_as_strict_as_kafkas() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load({"Worker__Modulez": "myproj.tasks"})
+    assert refused.value.key == "Worker__Modulez"
+    assert "is not a dawning-streams setting" in str(refused.value)
+    with pytest.raises(SettingsError) as refused:
+        load({"DAWNING_WORKER__MODULES": " "})
+    assert refused.value.key == "Worker:Modules"
+    assert "must name at least one module" in str(refused.value)
+    # A section the gateway's own clients may read stays lenient.
+    assert load({"Redis__ConnectTimeout": "5000"}) == load({})
+
+
+@pytest.mark.parametrize(
     ("kafka", "named"),
     [
         ({"Partitons": 6}, "Kafka:Partitons"),
