@@ -472,9 +472,26 @@ class App(OpsHost):
             else "reachable"
         )
         return (
-            f"{state}; {self._waiting()}. Records not acknowledged are handled again by "
-            "their partitions' next owner; the spool is delivered on the next start."
+            f"{state}; {self._waiting()}; {self._handling()}. Records not acknowledged are "
+            "handled again by their partitions' next owner; the spool is delivered on the "
+            "next start."
         )
+
+    def _handling(self) -> str:
+        """The records handlers are still on (a stop waits for them), by handler."""
+        lanes = [
+            lane
+            for entry in list(self.lanes.values())
+            for lane in (entry.lanes if isinstance(entry, LaneGroup) else [entry])
+        ]
+        busy = [
+            f"{lane.handler or lane.topic} on "
+            + ", ".join(f"{tp.topic}/{tp.partition}@{offset}" for tp, offset in records[:3])
+            + (f" and {len(records) - 3} more" if len(records) > 3 else "")
+            for lane in lanes
+            if (records := lane.in_progress())
+        ]
+        return "still handling " + "; ".join(busy) if busy else "no record being handled"
 
     @staticmethod
     def _exit_now(code: int) -> None:

@@ -252,6 +252,15 @@ class Lane(Service):
             finally:
                 self._idle_waiter = None
 
+    def in_progress(self) -> list[tuple[TP, int]]:
+        """The records being handled now, as (partition, offset)."""
+        return [
+            (tp, offset)
+            for tp, progress in self._progress.items()
+            for offset in progress.started
+            if offset not in progress.done
+        ]
+
     @property
     def paused(self) -> bool:
         """Whether some partition is not fetched until the lane catches up."""

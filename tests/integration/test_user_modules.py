@@ -17,6 +17,7 @@ from ..workers import spawn, workers
 pytestmark = pytest.mark.kafka
 
 OWN_TASKS = textwrap.dedent("""
+    import asyncio
     import os
     from faust.web import Request, Response, View
     from dawning_streams import UserEventMessage
@@ -27,6 +28,8 @@ OWN_TASKS = textwrap.dedent("""
     @app.handler(UserEventMessage, topic=os.environ["OWN_TOPIC"], name="own_task")
     async def own_task(message: UserEventMessage) -> None:
         handled.append(str(message.user_id))
+        if message.event_type == "stall":
+            await asyncio.sleep(3600)
 
     @app.page("/own")
     class Own(View):
@@ -95,6 +98,29 @@ async def test_a_worker_with_other_modules_does_not_join_a_running_group_and_say
             handled, timeout_s=60, what="the running worker handling after the refusal"
         )
         assert running.process.poll() is None
+
+
+async def test_a_stop_cut_short_by_a_stalled_handler_names_the_record_it_was_on(
+    settings: Settings, tmp_path: Path
+) -> None:
+    topic, env = own_tasks(settings, tmp_path)
+    env["DAWNING_WORKER__STOPTIMEOUTS"] = "3"
+    async with workers(settings, 1, tmp_path, env=env) as [worker]:
+        async with create_app(settings).bus as bus:
+            stalled = UserEventMessage(user_id=uuid.uuid4(), event_type="stall")
+            receipt = await bus.publish(stalled, topic=topic)
+        assert receipt is not None
+
+        async def started() -> bool:
+            status, body = await worker.get_json("/own")
+            return status == 200 and body["handled"] == [str(stalled.user_id)]
+
+        await eventually(started, timeout_s=60, what="the stalling message started")
+        assert worker.stop(timeout_s=60) == 0
+    log = worker.log.read_text()
+    assert "the stop did not finish within 3 s" in log, worker.tail()
+    where = f"still handling own_task on {topic}/{receipt.partition}@{receipt.offset}"
+    assert where in log, worker.tail()
 
 
 def test_worker_modules_are_read_from_the_environment_and_checked() -> None:
