@@ -93,3 +93,8 @@ class Header:
     FIRST_FAILED_AT = "dawning-first-failed-at"
     LAST_FAILED_AT = "dawning-last-failed-at"
     REPLAYED_FROM = "dawning-replayed-from"
+    #: On a dead letter: the consumer group (the Faust app id) whose handler failed.
+    GROUP = "dawning-group"
+    #: On a replayed dead letter: ``<group>/<handler>``, the only handler that runs
+    #: it again (the others on its topic, in any group, have handled it already).
+    REPLAY_FOR = "dawning-replay-for"

@@ -36,7 +36,7 @@ import inspect
 import logging
 import time
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,6 +48,7 @@ from dawning_streams.core.errors import DawningError, MessageDecodeError
 from dawning_streams.core.names import (
     Header,
     dead_letter_topic,
+    header_text,
     timers_topic,
     valid_name,
 )
@@ -67,6 +68,8 @@ if TYPE_CHECKING:
 __all__ = ["Delivery", "Handler", "HandlerError", "HandlerOptions"]
 
 logger = logging.getLogger(__name__)
+
+_REPLAY_FOR = Header.REPLAY_FOR
 
 M = TypeVar("M")
 HandlerFn = Callable[[M], Awaitable[None] | None]
@@ -138,6 +141,8 @@ class Handler(Calling[M]):
         self.message_type = message_type
         self.topic = topic
         self.name = name
+        #: ``Header.REPLAY_FOR`` of the dead letters of this handler, replayed.
+        self.replay_id = f"{app.conf.id}/{name}".encode()
         self.options = options
         self.retry = options.retry
         self.dead_letter_topic = dead_letter_topic(topic)
@@ -238,6 +243,7 @@ class Handler(Calling[M]):
         )
         self.routing = Routing(
             handler=self.name,
+            group=app.conf.id,
             retry=self.retry,
             dead_letter_topic=self.dead_letter_topic if options.dead_letter else None,
             timers_topic=self.timers_topic,
@@ -259,6 +265,9 @@ class Handler(Calling[M]):
         The common case (not ordered, decodes, succeeds) needs no Delivery;
         everything else takes the path of :meth:`_step`.
         """
+        for key, value in record.headers or ():
+            if key == _REPLAY_FOR and value != self.replay_id:
+                return  # a dead letter of another handler, replayed for it alone
         if self.options.ordered:
             await self._step(Delivery.of_record(record), attempt=0)
             return
@@ -316,7 +325,16 @@ class Handler(Calling[M]):
 
     async def _step_records(self, records: list[Any]) -> None:
         """The lane's attempt on a batch of fetched records."""
-        await self._step_batch([Delivery.of_record(record) for record in records])
+        deliveries = [Delivery.of_record(record) for record in records]
+        mine = [d for d in deliveries if self.runs_replay(d.headers)]
+        if mine:
+            await self._step_batch(mine)
+
+    def runs_replay(self, headers: Iterable[tuple[str, bytes]]) -> bool:
+        """Whether this handler runs a record with ``headers``: any but a dead
+        letter replayed for another handler."""
+        target = header_text(headers, Header.REPLAY_FOR)
+        return target is None or target.encode() == self.replay_id
 
     async def _step_batch(self, deliveries: list[Delivery]) -> None:
         try:

@@ -52,6 +52,7 @@ class Routing:
         self,
         *,
         handler: str,
+        group: str,
         retry: Retry,
         dead_letter_topic: str | None,
         timers_topic: str,
@@ -61,6 +62,7 @@ class Routing:
         retry_value: Callable[[Delivery, int], bytes | None],
     ) -> None:
         self.name = handler
+        self.group = group
         self.retry = retry
         #: None when the handler drops what fails for good (``dead_letter=False``).
         self.dead_letter_topic = dead_letter_topic
@@ -187,6 +189,7 @@ class Routing:
         fields = {
             Header.ATTEMPT: str(attempt),
             Header.HANDLER: self.name,
+            Header.GROUP: self.group,
             Header.ORIGINAL_TOPIC: topic,
             Header.ORIGINAL_PARTITION: str(partition),
             Header.ORIGINAL_OFFSET: str(offset),

@@ -154,11 +154,11 @@ class Timer:
         """A timer from a record ``apply_async`` published to the timers topic.
 
         Headers that cannot be read make it due now (it is logged): a record
-        there is never dropped.
+        there is never dropped. A replayed dead letter has none, and is due now.
         """
         delivery = Delivery.of_record(record)
         due_ms = delivery.header_int(Header.DUE_MS)
-        if due_ms is None:
+        if due_ms is None and delivery.header(Header.REPLAYED_FROM) is None:
             logger.warning(
                 "timer %s/%d/%d has no readable %s header; due now",
                 record.topic,
@@ -280,6 +280,7 @@ class Timers(Service):
     ) -> None:
         self.app = app
         self.handler = handler
+        self._replay_for = f"{app.conf.id}/{handler}"
         self.source = source
         self.topic_name: str = topic.get_topic_name()
         self.concurrency = concurrency
@@ -467,6 +468,9 @@ class Timers(Service):
                         "%s: key %s is not held here; nothing released", self.handler, released
                     )
                 continue
+            target = header_text(headers, Header.REPLAY_FOR)
+            if target is not None and target != self._replay_for:
+                continue  # replayed for the same handler in another group
             if self._was_taken(record):
                 # Read again (its offset was not committed, say in an outage): it
                 # may have fired since, and must not be scheduled a second time.

@@ -44,7 +44,7 @@ th{font-weight:600;color:#556}td.n,th.n{text-align:right}
 .ok{color:#18794e;font-weight:600}.bad{color:#c4320a;font-weight:600}.muted{color:#778}
 .bar{display:inline-block;width:6px;margin-right:1px;background:#3b82f6;vertical-align:bottom}
 button{font:inherit;padding:2px 10px}input{font:inherit;padding:2px 6px}
-pre{white-space:pre-wrap;max-height:8em;overflow:auto;background:#f4f6f9;padding:4px;margin:0}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;max-height:8em;overflow:auto;background:#f4f6f9;padding:4px;margin:0}
 nav{display:flex;gap:16px;align-items:baseline;flex-wrap:wrap}
 nav form{display:inline}
 .cards{display:grid;gap:16px;grid-column:1/-1;
@@ -452,16 +452,17 @@ def render_dead_letters(topic: str, letters: list[DeadLetter]) -> str:
         summary = letter.summary()
         target = {"topic": topic, "partition": letter.partition, "offset": letter.offset}
         button = _Html(f"<button onclick='replay({escape(_json(target))})'>replay</button>")
+        group = summary["group"]
         rows.append(
             [
+                button,
                 f"{letter.partition}/{letter.offset}",
                 summary["dead_lettered_at"],
                 summary["key"],
-                summary["handler"],
+                summary["handler"] if group is None else f"{group}/{summary['handler']}",
                 summary["attempts"],
                 _Html(f"<pre>{escape(str(summary['exception']))}</pre>"),
                 _Html(f"<pre>{escape(_preview(letter.value))}</pre>"),
-                button,
             ]
         )
     everything = _json({"topic": topic, "all": True})
@@ -475,17 +476,17 @@ def render_dead_letters(topic: str, letters: list[DeadLetter]) -> str:
         f"<main><section>{controls}"
         + _table(
             [
+                "",
                 "partition/offset",
                 "dead-lettered at",
                 "key",
-                "handler",
+                "group/handler",
                 "attempts",
                 "exception",
                 "message",
-                "",
             ],
             rows,
-            {4},
+            {5},
         )
         + f"</section></main>{_REPLAY_SCRIPT}"
     )

@@ -62,6 +62,7 @@ class DeadLetter:
             "dead_lettered_at": self.dead_lettered_at.isoformat().replace("+00:00", "Z"),
             "key": self.key.decode("utf-8", "replace") if self.key is not None else None,
             "handler": self.header(Header.HANDLER),
+            "group": self.header(Header.GROUP),
             "attempts": _count(self.header(Header.ATTEMPT)),
             "origin": "/".join(
                 str(self.header(h))
@@ -155,6 +156,10 @@ async def replay(app: OpsHost, letters: Iterable[DeadLetter]) -> int:
         headers.append(
             (Header.REPLAYED_FROM, f"{letter.topic}/{letter.partition}/{letter.offset}".encode())
         )
+        group, handler = letter.header(Header.GROUP), letter.header(Header.HANDLER)
+        if group is not None and handler is not None:
+            # Only the handler that failed runs it again, not the others on its topic.
+            headers.append((Header.REPLAY_FOR, f"{group}/{handler}".encode()))
         await app.bus.forward(letter.original_topic, letter.key, letter.value, headers=headers)
         count += 1
     return count

@@ -64,6 +64,49 @@ async def test_replay_brings_a_message_back_and_it_succeeds_once_fixed(
     assert records[1].value == records[0].value
 
 
+async def test_a_replay_runs_again_only_in_the_handler_that_dead_lettered_it(
+    settings: Settings,
+) -> None:
+    # Two handlers of one topic each see every message; only one of them failed.
+    app = create_app(settings, web_enabled=False)
+    calls = Calls()
+    broken = True
+
+    @app.handler(AuditLogMessage, name="picky")
+    async def picky(message: AuditLogMessage) -> None:
+        calls.add(("picky", message.action))
+        if broken:
+            raise Reject("not today")
+
+    @app.handler(AuditLogMessage, name="counter")
+    async def counter(message: AuditLogMessage) -> None:
+        calls.add(("counter", message.action))
+
+    user = uuid.uuid4()
+    async with running(app):
+        await app.bus.publish(audit("first", user))
+        letters = []
+        while not letters:
+            letters = await read_dead_letters(app, [settings.kafka.topics.audit_log])
+        [letter] = letters
+        assert letter.summary()["group"] == app.conf.id
+        assert letter.summary()["handler"] == "picky"
+        broken = False
+        assert await replay(app, letters) == 1
+        # Then a message of the same key: the counter has handled the replayed
+        # copy (or skipped it) before this one.
+        await app.bus.publish(audit("second", user))
+        await calls.wait_until(
+            lambda items: {("picky", "second"), ("counter", "second")} <= set(items)
+        )
+    assert calls.items.count(("picky", "first")) == 2
+    assert calls.items.count(("counter", "first")) == 1
+    records = await read_topic(
+        settings.kafka.bootstrap_servers[0], settings.kafka.topics.audit_log, 3
+    )
+    assert dict(records[1].headers)[Header.REPLAY_FOR] == f"{app.conf.id}/picky".encode()
+
+
 async def test_dead_letters_are_selected_by_key_time_and_exception(settings: Settings) -> None:
     app = create_app(settings, web_enabled=False)
     calls = Calls()

@@ -48,6 +48,7 @@ async def _done() -> None:
 def routing(recorded: Recorded, retry: Retry, *, dead_letters: bool = True) -> Routing:
     return Routing(
         handler="audit",
+        group="dawning-workers",
         retry=retry,
         dead_letter_topic="audit-log.dlq" if dead_letters else None,
         timers_topic="audit-log.audit.timers",
@@ -120,6 +121,7 @@ async def test_after_the_last_retry_it_is_dead_lettered_with_its_origin_and_fail
     )
     headers = {k: v.decode() for k, v in sent["headers"]}
     assert headers[Header.ATTEMPT] == "4" and headers[Header.HANDLER] == "audit"
+    assert headers[Header.GROUP] == "dawning-workers"
     assert (headers[Header.ORIGINAL_TOPIC], headers[Header.ORIGINAL_OFFSET]) == ("audit-log", "41")
     assert headers[Header.EXCEPTION_TYPE] == "builtins.RuntimeError"
     assert headers[Header.EXCEPTION_MESSAGE] == "gave up"
