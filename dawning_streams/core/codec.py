@@ -15,6 +15,7 @@ with ``value_type=AuditLogMessage`` decodes through the same rules.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -29,6 +30,8 @@ from dawning_streams.core.records import MessageBase, WireField, message_types, 
 __all__ = ["CODEC_NAME", "OrjsonCodec", "decode", "decode_mapping", "encode"]
 
 CODEC_NAME = "dawning"
+#: The namespace of the ids given to messages that arrive without a MessageId.
+_NO_ID = uuid.UUID("5c0e7f4e-8b1a-4d33-9a55-2f0d0c6e1b70")
 _DUMP_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 M = TypeVar("M", bound=MessageBase)
@@ -119,7 +122,7 @@ def decode_mapping(
         by_name = {key.lower(): value for key, value in data.items()}
         declared = by_name.get("messagetype")
     if declared is not None and _bare_type_name(declared) != expected.__name__:
-        if declared in message_types():
+        if _bare_type_name(declared) in message_types():
             raise fail(
                 f"MessageType {declared!r} does not belong here; expected {expected.__name__!r}"
             )
@@ -141,6 +144,11 @@ def decode_mapping(
             except (TypeError, ValueError) as exc:
                 raise fail(f"field {f.wire}: {exc}") from None
         values[f.attr] = value
+    if "message_id" not in values:
+        # Not a fresh random id, which every redelivery would change (and with
+        # it what de-duplication keys on): one derived from the bytes.
+        body = raw if raw is not None else orjson.dumps(data)
+        values["message_id"] = uuid.uuid5(_NO_ID, hashlib.sha256(body).hexdigest())
     try:
         return build(expected, values)
     except (TypeError, ValueError) as exc:

@@ -244,6 +244,10 @@ def test_camel_case_is_read_too_and_unknown_fields_are_ignored() -> None:
             b'{"MessageType": "EmailMessage", "To": "a@b", "Subject": "s", "Body": "b"}',
             "MessageType 'EmailMessage' does not belong here",
         ),
+        (
+            b'{"MessageType": "Dawning.Messages.EmailMessage", "To": "a@b", "Subject": "s"}',
+            "MessageType 'Dawning.Messages.EmailMessage' does not belong here",
+        ),
     ],
 )
 def test_bad_input_raises_one_error_that_keeps_the_raw_bytes(raw: bytes, reason: str) -> None:
@@ -349,3 +353,15 @@ def test_values_the_receiver_takes_as_they_are_are_sent_as_given() -> None:
     decoded = decode(encode(message), AlertNotificationMessage)
     assert decoded.alert_rule_id == user
     assert decoded.current_value == 97.0
+
+
+@pytest.mark.parametrize("written", [b"", b'"MessageId": null, '])
+def test_a_message_without_a_message_id_gets_the_same_one_at_every_read(written: bytes) -> None:
+    raw = (
+        b"{" + written + b'"UserId": "9f706e05-3812-4496-a6d4-6f1f5f5e0512", "Action": "a",'
+        b' "EntityType": "b", "Timestamp": "2026-01-01T00:00:00Z"}'
+    )
+    first, again = decode(raw, AuditLogMessage), decode(raw, AuditLogMessage)
+    assert first.message_id is not None and first.message_id == again.message_id
+    other = decode(raw.replace(b'"a"', b'"b"'), AuditLogMessage)
+    assert other.message_id != first.message_id
