@@ -492,7 +492,8 @@ class Handler(Calling[M]):
             timers.unhold(key)
 
     async def _dead_letter_timer(self, timer: Timer, reason: str) -> None:
-        await self.routing.dead_letter(timer.delivery, timer.attempt, Reject(reason))
+        # The timer holds the attempt that was due next: it did not run.
+        await self.routing.dead_letter(timer.delivery, timer.attempt, Reject(reason), ran=False)
 
     def _forward(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return self.app.bus.forward(*args, **kwargs)

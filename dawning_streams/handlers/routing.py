@@ -75,7 +75,9 @@ class Routing:
     async def expire(self, delivery: Delivery, attempt: int) -> None:
         self.telemetry.metrics.expired(self.name)
         expired_at = delivery.header_int(Header.EXPIRES_MS)
-        await self.dead_letter(delivery, attempt, Expired(f"expired at {_iso_ms(expired_at)}"))
+        # ``attempt`` is the one that was due: it did not run.
+        expired = Expired(f"expired at {_iso_ms(expired_at)}")
+        await self.dead_letter(delivery, attempt, expired, ran=False)
 
     async def fail(
         self,
@@ -151,22 +153,32 @@ class Routing:
             f"{type(exc).__name__}: {exc}"[:_EXCEPTION_MESSAGE_LIMIT],
         )
 
-    async def dead_letter(self, delivery: Delivery, attempt: int, exc: BaseException) -> None:
+    async def dead_letter(
+        self, delivery: Delivery, attempt: int, exc: BaseException, *, ran: bool = True
+    ) -> None:
+        """Dead-letter ``delivery`` after ``attempt`` (numbered as
+        ``current_delivery().attempt``); ``ran=False``: that attempt was due but
+        did not run (it expired, or an operator released its key)."""
+        tries = attempt + 1 if ran else attempt
+        # An expiry is the sender's deadline passing, not the handler failing.
+        level = logging.WARNING if isinstance(exc, Expired) else logging.ERROR
         if self.dead_letter_topic is None:
-            logger.error(
+            logger.log(
+                level,
                 "%s: dropping %s after %s (%s: %s); dead letters are off",
                 self.name,
                 delivery.origin_id,
-                _tries(attempt),
+                _tries(tries),
                 type(exc).__name__,
                 exc,
             )
             return
-        logger.error(
+        logger.log(
+            level,
             "%s: dead-lettering %s after %s (%s: %s)",
             self.name,
             delivery.origin_id,
-            _tries(attempt),
+            _tries(tries),
             type(exc).__name__,
             exc,
         )
@@ -175,19 +187,19 @@ class Routing:
             delivery.key,
             delivery.value,
             partition=delivery.origin[1],
-            headers=self.failure_headers(delivery, exc, attempt + 1),
+            headers=self.failure_headers(delivery, exc, tries),
         )
         self.telemetry.routed(self.name, dead_letter=True)
 
     def failure_headers(
-        self, delivery: Delivery, exc: BaseException, attempt: int
+        self, delivery: Delivery, exc: BaseException, tries: int
     ) -> list[tuple[str, bytes]]:
         topic, partition, offset = delivery.origin
         now = _now_iso()
         reason = exc.reason if isinstance(exc, MessageDecodeError) else str(exc)
         trace = "".join(traceback.format_exception(exc))
         fields = {
-            Header.ATTEMPT: str(attempt),
+            Header.ATTEMPT: str(tries),
             Header.HANDLER: self.name,
             Header.GROUP: self.group,
             Header.ORIGINAL_TOPIC: topic,
@@ -206,10 +218,11 @@ class Routing:
         return headers
 
 
-def _tries(attempt: int) -> str:
-    """How many times a message was tried, its last ``attempt`` being numbered
-    as ``current_delivery().attempt`` is (0: the first, n: the n-th retry)."""
-    if attempt == 0:
+def _tries(tries: int) -> str:
+    """How many times a message was tried."""
+    if tries == 0:
+        return "no try"
+    if tries == 1:
         return "its first try"
-    retries = "1 retry" if attempt == 1 else f"{attempt} retries"
-    return f"{attempt + 1} tries (the first and {retries})"
+    retries = "1 retry" if tries == 2 else f"{tries - 1} retries"
+    return f"{tries} tries (the first and {retries})"

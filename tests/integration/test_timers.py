@@ -90,7 +90,7 @@ async def test_eta_runs_no_earlier_and_an_expired_message_is_dead_lettered_inste
     headers = {k: v.decode() for k, v in letter.headers}
     assert headers[Header.EXCEPTION_TYPE] == "dawning_streams.core.retry.Expired"
     assert headers[Header.EXCEPTION_MESSAGE].startswith("expired at ")
-    assert headers[Header.ATTEMPT] == "1"
+    assert headers[Header.ATTEMPT] == "0"  # it expired before its first try
     assert str(late.message_id).encode() in letter.value  # type: ignore[operator]
     [expired] = [
         line for line in metrics.splitlines() if line.startswith("dawning_handler_expired_total{")
@@ -364,6 +364,7 @@ async def test_the_timers_command_lists_held_keys_and_held_release_dead_letters_
     assert released.returncode == 0, released.stderr
     headers = {k: v.decode() for k, v in letter.headers}
     assert headers[Header.EXCEPTION_MESSAGE] == "released by an operator"
+    assert headers[Header.ATTEMPT] == "1"  # its first try; the retry it waited on did not run
     assert str(failing.message_id).encode() in letter.value  # type: ignore[operator]
     assert unknown.returncode == 2 and "no handler named nope" in unknown.stderr
 
