@@ -52,7 +52,8 @@ class ScheduledTask:
 
 
 class Scheduler(Service):
-    """Checks each task every second and runs the due ones under their locks.
+    """Checks each task every second and runs the due ones under their locks,
+    each on its own: a long run neither delays the others nor the next check.
 
     ``group`` (the consumer group) names the locks and last-run times: apps of
     other consumer groups may share the Redis, and their tasks are theirs.
@@ -66,6 +67,8 @@ class Scheduler(Service):
         self.tasks: dict[str, ScheduledTask] = {}
         #: Failed runs in a row, by task: how long until the next try.
         self._failures: dict[str, int] = {}
+        #: The tasks being checked or run here, by name: one at a time each.
+        self._running: dict[str, asyncio.Future[bool]] = {}
         self._group = group
         super().__init__(**kwargs)
 
@@ -90,10 +93,16 @@ class Scheduler(Service):
         self.tasks[name] = task
         return task
 
-    @Service.timer(TICK_S)
+    @Service.task
     async def _tick(self) -> None:
-        for task in list(self.tasks.values()):
-            await self.run_if_due(task)
+        while not self.should_stop:
+            for task in list(self.tasks.values()):
+                if task.name not in self._running:
+                    running = self._running[task.name] = self.add_future(self.run_if_due(task))
+                    running.add_done_callback(
+                        lambda _, name=task.name: self._running.pop(name, None)  # type: ignore[misc]
+                    )
+            await self.sleep(TICK_S)
 
     async def run_if_due(self, task: ScheduledTask) -> bool:
         """Run ``task`` here if it is due and no other instance is running it."""

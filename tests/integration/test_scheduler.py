@@ -142,3 +142,33 @@ async def test_audit_retention_deletes_only_old_entries(settings: Settings) -> N
         await app.purge_old_audit_entries()
         rows = await app.audit_store.query(AuditQuery())
     assert [r["action"] for r in rows] == ["recent"]
+
+
+async def test_a_long_run_holds_up_neither_the_other_tasks_nor_the_checks(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(settings, web_enabled=False)
+    slow_runs: list[Run] = []
+    quick_runs: list[float] = []
+
+    @app.scheduled(every_s=60.0, name=f"slow{uuid.uuid4().hex[:8]}")
+    async def slow() -> None:
+        run = Run("slow")
+        slow_runs.append(run)
+        await asyncio.sleep(4)
+        run.ended = time.time()  # type: ignore[assignment]
+
+    @app.scheduled(every_s=1.0, name=f"quick{uuid.uuid4().hex[:8]}")
+    async def quick() -> None:
+        quick_runs.append(time.time())
+
+    await app.redis.start()
+    await app.scheduler.start()
+    try:
+        await eventually(lambda: slow_runs and slow_runs[0].ended, what="the slow run finished")
+    finally:
+        await app.scheduler.stop()
+        await app.redis.stop()
+    [run] = slow_runs
+    assert any(run.started < at < run.ended for at in quick_runs), (run.started, quick_runs)  # type: ignore[operator]
+    assert not [r for r in caplog.records if "overlapping" in r.getMessage()]
