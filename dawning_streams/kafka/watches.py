@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 #: How long an active changelog partition may receive nothing, from the start
 #: of a recovery, before it is read again from the recovery's offset.
 RECOVERY_STALL_S = 15.0
+#: A subscribed topic still missing after this is said at WARNING (at first
+#: it is a topic just made, as at every first start: INFO).
+MISSING_WARN_S = 10.0
 
 
 def stalled_changelogs(
@@ -61,6 +65,8 @@ class MissingTopicsWatch:
         self.consumer = consumer
         self.every_s = every_s
         self.missing: frozenset[str] = frozenset()
+        self._missing_since = 0.0
+        self._warned = False
         self._asking: asyncio.TimerHandle | None = None
         faust_compat.on_metadata_update(consumer, self._updated)
 
@@ -76,20 +82,37 @@ class MissingTopicsWatch:
             for topic in self.consumer.subscription()
             if not cluster.partitions_for_topic(topic)
         )
+        now = time.monotonic()
         if missing != self.missing:
             if missing:
-                logger.warning(
+                if not self.missing:
+                    self._missing_since, self._warned = now, False
+                logger.info(
                     "subscribed topics missing from the cluster's metadata, asked again every "
                     "%g s (their partitions are not assigned until they show): %s",
                     self.every_s,
-                    ", ".join(sorted(missing)),
+                    _listed(missing),
                 )
             else:
-                logger.info("subscribed topics now in the metadata: %s", ", ".join(self.missing))
+                logger.info("subscribed topics now in the metadata: %s", _listed(self.missing))
             self.missing = missing
+        elif missing and not self._warned and now - self._missing_since >= MISSING_WARN_S:
+            self._warned = True
+            logger.warning(
+                "subscribed topics still missing from the cluster's metadata after %.0f s "
+                "(their partitions are not assigned): %s",
+                now - self._missing_since,
+                _listed(missing),
+            )
         if missing and self._asking is None:
             self._asking = asyncio.get_running_loop().call_later(self.every_s, self._ask)
 
     def _ask(self) -> None:
         self._asking = None
         faust_compat.refresh_metadata(self.consumer)
+
+
+def _listed(topics: frozenset[str], shown: int = 5) -> str:
+    names = sorted(topics)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
