@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -97,9 +100,23 @@ _FILTERS = [
 ]
 
 
+@contextmanager
+def _one_error_line() -> Iterator[None]:
+    """aiokafka's own ERROR for a broker it cannot reach stays unsaid: the
+    command's one ``Error:`` line says it, with what it was doing."""
+    client = logging.getLogger("aiokafka")
+    level = client.level
+    client.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        client.setLevel(level)
+
+
 async def _chosen(app: OpsHost, topics: tuple[str, ...], **filters: Any) -> list[dlq.DeadLetter]:
     try:
-        letters = await dlq.read_dead_letters(app, topics or None)
+        with _one_error_line():
+            letters = await dlq.read_dead_letters(app, topics or None)
     except DawningError as exc:
         # 1: Kafka did not answer, as for every command; 2: what was asked is wrong.
         print(f"Error: {exc}", file=sys.stderr)
@@ -136,7 +153,8 @@ def _handlers(command: AppCommand, chosen: tuple[str, ...]) -> list[str]:
 async def _pending(command: AppCommand, names: list[str]) -> dict[str, Any]:
     """The timers report of ``names``; Kafka not answering exits with 1, in one line."""
     try:
-        return await pending_timers(command.app, names)  # type: ignore[arg-type]
+        with _one_error_line():
+            return await pending_timers(command.app, names)  # type: ignore[arg-type]
     except KafkaUnavailable as exc:
         command.say(f"Error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
