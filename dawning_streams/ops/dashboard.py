@@ -347,11 +347,18 @@ async def replay(app: OpsHost, request: Any) -> int:
         raise BadReplay(
             'give {"topic": ..., "partition": n, "offset": n} or {"topic": ..., "all": true}'
         )
+    unknown = sorted(set(request) - {"topic", "partition", "offset", "all"})
+    if unknown:
+        raise BadReplay(f"unknown field {unknown[0]!r}; use topic, partition and offset, or all")
     topic = request["topic"]
     if topic not in dead_letter_topics(app):
         raise BadReplay(f"{topic!r} is not a dead-letter topic of this app")
+    if "all" in request and not isinstance(request["all"], bool):
+        raise BadReplay(f'"all" must be true or false, got {request["all"]!r}')
     everything = request.get("all") is True
     partition, offset = request.get("partition"), request.get("offset")
+    if everything and (partition is not None or offset is not None):
+        raise BadReplay('give partition and offset, or "all": true, not both')
     if not everything and not (_integer(partition) and _integer(offset)):
         raise BadReplay('partition and offset must be integers (or give "all": true)')
     letters = await dlq.read_dead_letters(app, [topic])

@@ -114,11 +114,17 @@ async def test_replay_needs_the_bearer_token_and_does_nothing_without_it(
             assert response.status == 400
             assert "'nope' is not a dead-letter topic" in (await response.json())["error"]
         # JSON's true is not partition 1, nor a float an offset: refused, nothing replayed.
-        for bad in ({"partition": True, "offset": 0}, {"partition": 0, "offset": 0.0}):
+        for bad, problem in (
+            ({"partition": True, "offset": 0}, "must be integers"),
+            ({"partition": 0, "offset": 0.0}, "must be integers"),
+            ({"all": "yes"}, "\"all\" must be true or false, got 'yes'"),
+            ({"all": True, "partition": 0, "offset": 0}, '"all": true, not both'),
+            ({"partition": 0, "offset": 0, "ofset": 1}, "unknown field 'ofset'"),
+        ):
             request = {"topic": f"{topic}.dlq", **bad}
             async with http.post(url, json=request, headers=authorized) as response:
                 assert response.status == 400
-                assert "must be integers" in (await response.json())["error"]
+                assert problem in (await response.json())["error"], bad
         assert await end_offset(bootstrap, topic) == 2
 
 
