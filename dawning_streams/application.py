@@ -76,6 +76,8 @@ logger = logging.getLogger(__name__)
 #: ``Worker:StopTimeoutS``): nothing can be committed or acknowledged then, so a
 #: longer wait only delays the exit, unless Kafka comes back within it.
 STOP_WITHOUT_KAFKA_S = 5.0
+#: How long a stop cut short by its deadline waits for the consumer to leave its group.
+LEAVE_AT_DEADLINE_S = 2.0
 #: A rebalance this long is explained in the log (once): the worker handles nothing meanwhile.
 SLOW_REBALANCE_S = 10.0
 
@@ -153,7 +155,15 @@ class App(OpsHost):
             (state.name.lower(), state.down_s) for state in self.dependencies
         ]
         self.kafka_watch = KafkaWatch(kafka, self.kafka_state)
-        self._stop_deadline = StopDeadline(settings.worker.stop_timeout_s, self._stopping_state)
+        self._stop_deadline = StopDeadline(
+            settings.worker.stop_timeout_s,
+            self._stopping_state,
+            # Not with Kafka unreachable: nothing would answer.
+            lambda: (
+                self.kafka_state.down_since is None
+                and faust_compat.leave_group(self, LEAVE_AT_DEADLINE_S)
+            ),
+        )
         quiet_client_logs()
         faust_compat.pace_metadata_retries()
         self.on_partitions_revoked.connect(self._timers_revoked, weak=False)  # type: ignore[arg-type]

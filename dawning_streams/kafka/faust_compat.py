@@ -36,6 +36,7 @@ import faust
 import faust.streams
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.cluster import ClusterMetadata
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
 from faust.models.fields import FieldDescriptor
@@ -56,6 +57,7 @@ __all__ = [
     "cluster_metadata",
     "committed_offsets",
     "consumer_metadata",
+    "leave_group",
     "list_offsets",
     "new_producer",
     "on_metadata_update",
@@ -101,6 +103,7 @@ OVERRIDDEN: tuple[tuple[type, str, tuple[str, ...]], ...] = (
     (ClusterMetadata, "add_listener", ("self", "listener")),
     (aiokafka.AIOKafkaClient, "_metadata_update", ("self", "cluster_metadata", "topics")),
     (AIOKafkaAdminClient, "_send_request", ("self", "request", "node_id")),
+    (GroupCoordinator, "_maybe_leave_group", ("self",)),
     (MetricReader, "_receive_metrics", ("self", "metrics_data", "timeout_millis", "kwargs")),
 )
 
@@ -118,6 +121,8 @@ ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (Recovery, "_active_events_received_at"),
     (faust.App, "_consumer"),
     (aiokafka.AIOKafkaConsumer, "_client"),
+    (aiokafka.AIOKafkaConsumer, "_coordinator"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_consumer"),
     (aiokafka.AIOKafkaConsumer, "_fetch_max_wait_ms"),
     (aiokafka.AIOKafkaClient, "_conns"),
     (aiokafka.AIOKafkaClient, "_retry_backoff"),
@@ -233,6 +238,28 @@ def pace_metadata_retries() -> None:
 
     paced_update.paced = True  # type: ignore[attr-defined]
     aiokafka.AIOKafkaClient._metadata_update = paced_update  # type: ignore[method-assign]
+
+
+def leave_group(app: object, timeout_s: float) -> bool:
+    """From any thread, have a Faust app's consumer leave its group (LeaveGroup)
+    on the consumer's own thread, waiting at most ``timeout_s``; False when it
+    had not joined, or did not leave in time."""
+    consumer = getattr(app, "_consumer", None)
+    thread = getattr(consumer, "_thread", None)
+    client = getattr(thread, "_consumer", None)
+    loop = getattr(thread, "thread_loop", None)
+    if client is None or loop is None or loop.is_closed():
+        return False
+    coordinator = client._coordinator
+    if coordinator is None or coordinator.generation <= 0:
+        return False
+    leaving = asyncio.run_coroutine_threadsafe(coordinator._maybe_leave_group(), loop)
+    try:
+        leaving.result(timeout_s)
+    except Exception:
+        leaving.cancel()
+        return False
+    return True
 
 
 def worker_consumer(app: object) -> Any:

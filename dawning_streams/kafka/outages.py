@@ -301,11 +301,21 @@ class StopDeadline:
     handled and its effects acknowledged, so anything not yet acknowledged is
     handled again by the partition's next owner; messages published through
     the bus and not acknowledged wait in its spool.
+
+    Before it exits it calls ``leave`` (the consumer leaving its group, if it
+    can within a moment): otherwise the group would wait for this member for
+    ``Kafka:SessionTimeoutMs`` before its partitions went to anyone.
     """
 
-    def __init__(self, timeout_s: float, describe: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        timeout_s: float,
+        describe: Callable[[], str],
+        leave: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.timeout_s = timeout_s
         self.describe = describe
+        self.leave = leave
         self._timer: threading.Timer | None = None
         self._armed_s = timeout_s
 
@@ -331,8 +341,17 @@ class StopDeadline:
             if self._armed_s == self.timeout_s
             else "Kafka was unreachable when it began, so nothing could be committed"
         )
+        try:
+            left = self.leave()
+        except Exception as exc:  # exiting regardless
+            logger.debug("could not leave the consumer group: %r", exc)
+            left = False
         logger.error(
-            "the stop did not finish within %g s (%s); exiting now. %s", self._armed_s, why, state
+            "the stop did not finish within %g s (%s); exiting now%s. %s",
+            self._armed_s,
+            why,
+            ", after leaving the consumer group" if left else "",
+            state,
         )
         flush_logs()
         os._exit(0)
