@@ -326,11 +326,11 @@ class Handler(Calling[M]):
     async def _step_records(self, records: list[Any]) -> None:
         """The lane's attempt on a batch of fetched records."""
         deliveries = [Delivery.of_record(record) for record in records]
-        mine = [d for d in deliveries if self.runs_replay(d.headers)]
+        mine = [d for d in deliveries if self._runs(d.headers)]
         if mine:
             await self._step_batch(mine)
 
-    def runs_replay(self, headers: Iterable[tuple[str, bytes]]) -> bool:
+    def _runs(self, headers: Iterable[tuple[str, bytes]]) -> bool:
         """Whether this handler runs a record with ``headers``: any but a dead
         letter replayed for another handler."""
         target = header_text(headers, Header.REPLAY_FOR)
