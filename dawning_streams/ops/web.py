@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import html
 import logging
 import socket
 import uuid
@@ -101,6 +102,14 @@ class Page(View):
             try:
                 Query(request, set(self.parameters))
             except BadRequest as exc:
+                if "text/html" in request.headers.get("Accept", ""):
+                    # A browser, on one of the dashboard's pages: a page, not JSON.
+                    text = html.escape(str(exc))
+                    return self.html(
+                        f"<!doctype html><title>bad request</title><p>{text}</p>"
+                        "<p><a href='/'>dashboard</a></p>",
+                        status=400,
+                    )
                 return error(self, 400, str(exc))
         return await super().dispatch(request)
 

@@ -367,3 +367,11 @@ async def test_a_page_given_a_parameter_it_does_not_take_answers_400_naming_it(
                 assert await response.json() == {
                     "error": "unknown parameter 'limit'; this page takes none"
                 }, path
+            # A browser asks for HTML, and gets a page saying the same.
+            browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+            async with http.get(f"{base}{path}?limit=abc", headers=browser) as response:
+                assert response.status == 400, path
+                assert response.content_type == "text/html", path
+                assert "unknown parameter &#x27;limit&#x27;; this page takes none" in (
+                    await response.text()
+                ), path
