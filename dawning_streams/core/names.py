@@ -11,6 +11,8 @@ __all__ = [
     "evictions_topic",
     "header_text",
     "lock_key",
+    "replay_target",
+    "replayed_for_another",
     "revoke_reply_key",
     "scheduled_key",
     "timers_table",
@@ -59,6 +61,22 @@ def header_text(headers: Iterable[tuple[str, bytes]], name: str) -> str | None:
         if key == name:
             return value.decode("utf-8", "replace")
     return None
+
+
+def replay_target(group: str, handler: str) -> bytes:
+    """``Header.REPLAY_FOR`` of the dead letters of ``handler`` in ``group``, replayed."""
+    return f"{group}/{handler}".encode()
+
+
+def replayed_for_another(headers: Iterable[tuple[str, bytes]], target: bytes) -> bool:
+    """Whether ``headers`` are a dead letter's, replayed for another handler than ``target``.
+
+    Every record of a handler's topic passes here: one pass, no decoding.
+    """
+    for key, value in headers:
+        if key == Header.REPLAY_FOR:
+            return value != target
+    return False
 
 
 def lock_key(name: str, *, fence: bool = False) -> str:

@@ -36,7 +36,7 @@ import inspect
 import logging
 import time
 import typing
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,7 +48,8 @@ from dawning_streams.core.errors import DawningError, MessageDecodeError
 from dawning_streams.core.names import (
     Header,
     dead_letter_topic,
-    header_text,
+    replay_target,
+    replayed_for_another,
     timers_topic,
     valid_name,
 )
@@ -68,8 +69,6 @@ if TYPE_CHECKING:
 __all__ = ["Delivery", "Handler", "HandlerError", "HandlerOptions"]
 
 logger = logging.getLogger(__name__)
-
-_REPLAY_FOR = Header.REPLAY_FOR
 
 M = TypeVar("M")
 HandlerFn = Callable[[M], Awaitable[None] | None]
@@ -142,7 +141,7 @@ class Handler(Calling[M]):
         self.topic = topic
         self.name = name
         #: ``Header.REPLAY_FOR`` of the dead letters of this handler, replayed.
-        self.replay_id = f"{app.conf.id}/{name}".encode()
+        self.replay_id = replay_target(app.conf.id, name)
         self.options = options
         self.retry = options.retry
         self.dead_letter_topic = dead_letter_topic(topic)
@@ -265,9 +264,8 @@ class Handler(Calling[M]):
         The common case (not ordered, decodes, succeeds) needs no Delivery;
         everything else takes the path of :meth:`_step`.
         """
-        for key, value in record.headers or ():
-            if key == _REPLAY_FOR and value != self.replay_id:
-                return  # a dead letter of another handler, replayed for it alone
+        if record.headers and replayed_for_another(record.headers, self.replay_id):
+            return  # a dead letter of another handler, replayed for it alone
         if self.options.ordered:
             await self._step(Delivery.of_record(record), attempt=0)
             return
@@ -326,15 +324,9 @@ class Handler(Calling[M]):
     async def _step_records(self, records: list[Any]) -> None:
         """The lane's attempt on a batch of fetched records."""
         deliveries = [Delivery.of_record(record) for record in records]
-        mine = [d for d in deliveries if self._runs(d.headers)]
+        mine = [d for d in deliveries if not replayed_for_another(d.headers, self.replay_id)]
         if mine:
             await self._step_batch(mine)
-
-    def _runs(self, headers: Iterable[tuple[str, bytes]]) -> bool:
-        """Whether this handler runs a record with ``headers``: any but a dead
-        letter replayed for another handler."""
-        target = header_text(headers, Header.REPLAY_FOR)
-        return target is None or target.encode() == self.replay_id
 
     async def _step_batch(self, deliveries: list[Delivery]) -> None:
         try:

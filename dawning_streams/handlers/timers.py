@@ -67,7 +67,14 @@ import orjson
 from faust.types import TP
 from mode import Service
 
-from dawning_streams.core.names import Header, header_text, revoke_reply_key, timers_table
+from dawning_streams.core.names import (
+    Header,
+    header_text,
+    replay_target,
+    replayed_for_another,
+    revoke_reply_key,
+    timers_table,
+)
 from dawning_streams.handlers.delivery import Delivery
 from dawning_streams.kafka.lanes import Lane, acting_on
 from dawning_streams.kafka.reading import read_to_end
@@ -280,7 +287,7 @@ class Timers(Service):
     ) -> None:
         self.app = app
         self.handler = handler
-        self._replay_for = f"{app.conf.id}/{handler}"
+        self._replay_id = replay_target(app.conf.id, handler)
         self.source = source
         self.topic_name: str = topic.get_topic_name()
         self.concurrency = concurrency
@@ -468,8 +475,7 @@ class Timers(Service):
                         "%s: key %s is not held here; nothing released", self.handler, released
                     )
                 continue
-            target = header_text(headers, Header.REPLAY_FOR)
-            if target is not None and target != self._replay_for:
+            if replayed_for_another(headers, self._replay_id):
                 continue  # replayed for the same handler in another group
             if self._was_taken(record):
                 # Read again (its offset was not committed, say in an outage): it

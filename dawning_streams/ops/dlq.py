@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from dawning_streams.core.errors import DawningError
-from dawning_streams.core.names import Header, dead_letter_topic, header_text
+from dawning_streams.core.names import Header, dead_letter_topic, header_text, replay_target
 from dawning_streams.kafka.reading import existing_topics, read_to_end
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ async def replay(app: OpsHost, letters: Iterable[DeadLetter]) -> int:
         group, handler = letter.header(Header.GROUP), letter.header(Header.HANDLER)
         if group is not None and handler is not None:
             # Only the handler that failed runs it again, not the others on its topic.
-            headers.append((Header.REPLAY_FOR, f"{group}/{handler}".encode()))
+            headers.append((Header.REPLAY_FOR, replay_target(group, handler)))
         await app.bus.forward(letter.original_topic, letter.key, letter.value, headers=headers)
         count += 1
     return count
