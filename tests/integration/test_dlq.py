@@ -19,7 +19,7 @@ from dawning_streams.core.names import Header, dead_letter_topic
 from dawning_streams.core.retry import Reject, Retry
 from dawning_streams.ops.dlq import read_dead_letters, replay, select
 
-from ..handler_helpers import Calls, running
+from ..handler_helpers import Calls, eventually, running
 from ..kafka_helpers import read_to_end, read_topic
 
 pytestmark = pytest.mark.kafka
@@ -148,12 +148,19 @@ async def test_dead_letter_topics_are_kept_forever(settings: Settings) -> None:
         pass
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers[0])
     await admin.start()
-    try:
-        name = dead_letter_topic(settings.kafka.topics.audit_log)
+    name = dead_letter_topic(settings.kafka.topics.audit_log)
+
+    async def described() -> list[tuple[str, str]] | None:
+        # A broker may not know a topic the controller has just made (a busy machine).
         [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+        [(error_code, _, _, _, entries)] = response.resources
+        return None if error_code else entries
+
+    try:
+        entries = await eventually(described, timeout_s=30, what=f"{name}'s configuration")
     finally:
         await admin.close()
-    configs = {entry[0]: entry[1] for entry in response.resources[0][4]}
+    configs = {entry[0]: entry[1] for entry in entries}
     assert configs["retention.ms"] == "-1"
     assert configs["retention.bytes"] == "-1"
 
