@@ -223,6 +223,54 @@ class OutgoingBatch:
         )
 
 
+class _Progress:
+    """Waits for acks in turn; TimeoutError after ``timeout_s`` without one.
+
+    An ack is left alone either way (its record stays with the producer, its
+    report still to come), as ``asyncio.shield`` would leave it. It costs a
+    future and a callback a wait, and one timer for many waits (moved only
+    once a hundredth of the timeout has passed since it was set), rather than
+    shield's and ``asyncio.timeout``'s machinery on every wait.
+    """
+
+    __slots__ = ("_loop", "_set_at", "_timeout_s", "_timer", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        self._loop = loop
+        self._timeout_s = timeout_s
+        self._set_at = -timeout_s
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def settled(self, ack: asyncio.Future[RecordMetadata]) -> None:
+        """Wait until ``ack`` is done, within ``timeout_s`` of the last progress."""
+        loop = self._loop
+        now = loop.time()
+        if now - self._set_at > self._timeout_s / 100:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._set_at = now
+            self._timer = loop.call_at(now + self._timeout_s, self._wake)
+        waiter = self._waiter = loop.create_future()
+        ack.add_done_callback(self._wake)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            ack.remove_done_callback(self._wake)
+        if not ack.done():
+            raise TimeoutError(f"no ack within {self._timeout_s:g} s")
+
+    def _wake(self, _: object = None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 def _lost(ack: Awaitable[RecordMetadata]) -> bool:
     """Whether the producer let go of an ack's record unsent (closed, purged)."""
     return (
@@ -350,60 +398,53 @@ class Publisher(Service):
             sends = self.sends
             topics, keys, timestamps = records.topics, records.keys, records.timestamps
             traceparents, other_headers = records.traceparents, records.other_headers
-            loop = asyncio.get_running_loop()
             timeout_s = self._send_timeout_s
+            progress = _Progress(asyncio.get_running_loop(), timeout_s)
             try:
-                # The deadline is for progress: each wait for an ack gets all of
-                # it (less a hundredth, so that a timer is not replaced by an
-                # equal one for every message).
-                set_at = loop.time()
-                async with asyncio.timeout(timeout_s) as deadline:
-                    # Records are handed over while fewer than a window of them
-                    # await their ack, and confirmed in order: the acks alive at a
-                    # time die young, where a whole batch's would outlive the
-                    # collector's young generations and make it sweep the heap.
-                    total, n = len(records), 0
-                    while confirmed < total:
-                        if n < total and n - confirmed < _WINDOW:
-                            ack = None
-                            value = self._encoded(records, n, unencodable)
-                            if value is not None:
-                                topic, key, timestamp_ms = topics[n], keys[n], timestamps[n]
-                                headers = _headers(traceparents[n], other_headers[n])
-                                try:
-                                    ack = try_send(
-                                        topic, key, value, timestamp_ms, headers
-                                    ) or await send(
-                                        topic,
-                                        key,
-                                        value,
-                                        timestamp_ms=timestamp_ms,
-                                        headers=headers,
-                                    )
-                                except RefusedError as exc:
-                                    refused[n] = f"{records[n].what}: {exc!r}"
-                            pending.append(ack)
-                            n += 1
-                            continue
-                        ack = pending[confirmed]
-                        if ack is not None:
-                            if not ack.done() and loop.time() - set_at > timeout_s / 100:
-                                set_at = loop.time()
-                                deadline.reschedule(set_at + timeout_s)
-                            topic = topics[confirmed]
+                # Records are handed over while fewer than a window of them await
+                # their ack, and confirmed in order: the acks alive at a time die
+                # young, where a whole batch's would outlive the collector's young
+                # generations and make it sweep the heap.
+                total, n = len(records), 0
+                while confirmed < total:
+                    if n < total and n - confirmed < _WINDOW:
+                        ack = None
+                        value = self._encoded(records, n, unencodable)
+                        if value is not None:
+                            topic, key, timestamp_ms = topics[n], keys[n], timestamps[n]
+                            headers = _headers(traceparents[n], other_headers[n])
                             try:
-                                # Shielded while it waits: a timeout must leave the
-                                # record with the producer, its ack still to come.
-                                receipts[confirmed] = await (
-                                    ack if ack.done() else asyncio.shield(ack)
-                                )
+                                ack = try_send(topic, key, value, timestamp_ms, headers)
+                                if ack is None:  # a full queue, or a topic's first record
+                                    async with asyncio.timeout(timeout_s):
+                                        ack = await send(
+                                            topic,
+                                            key,
+                                            value,
+                                            timestamp_ms=timestamp_ms,
+                                            headers=headers,
+                                        )
                             except RefusedError as exc:
-                                sends[(topic, "error")] += 1
-                                refused[confirmed] = f"{records[confirmed].what}: {exc!r}"
-                            else:
-                                sends[(topic, "ok")] += 1
-                            pending[confirmed] = None
-                        confirmed += 1
+                                refused[n] = f"{records[n].what}: {exc!r}"
+                        pending.append(ack)
+                        n += 1
+                        continue
+                    ack = pending[confirmed]
+                    if ack is not None:
+                        if not ack.done():
+                            # The send timeout bounds the time without progress,
+                            # not the whole batch.
+                            await progress.settled(ack)
+                        topic = topics[confirmed]
+                        try:
+                            receipts[confirmed] = ack.result()
+                        except RefusedError as exc:
+                            sends[(topic, "error")] += 1
+                            refused[confirmed] = f"{records[confirmed].what}: {exc!r}"
+                        else:
+                            sends[(topic, "ok")] += 1
+                        pending[confirmed] = None
+                    confirmed += 1
             except BaseException as exc:
                 # What was sent but not awaited is counted when the broker answers.
                 for n in range(confirmed, len(pending)):
@@ -421,6 +462,8 @@ class Publisher(Service):
                 )
                 self._reachable = False
                 self._start_spooling()
+            finally:
+                progress.close()
         for n in range(confirmed, len(records)):
             if n in refused or n in unencodable:
                 continue

@@ -240,17 +240,26 @@ class Senders:
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopSender] = (
             weakref.WeakKeyDictionary()
         )
+        #: The sender last asked for: nearly always the one asked for next (one
+        #: read, where the weak mapping makes a weak reference per lookup).
+        self._last: LoopSender | None = None
         self._blocking: BlockingSender | None = None
         self._lock = threading.Lock()
 
     def for_loop(self, loop: asyncio.AbstractEventLoop) -> LoopSender:
+        sender = self._last
+        if sender is not None and sender.loop is loop and not sender.closed:
+            return sender
         sender = self._by_loop.get(loop)
         if sender is None or sender.closed:
             sender = self._by_loop[loop] = LoopSender(self.app, loop)
+        self._last = sender
         return sender
 
     async def close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         sender = self._by_loop.pop(loop, None)
+        if self._last is sender:
+            self._last = None
         if sender is not None:
             await sender.close()
 

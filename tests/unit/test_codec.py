@@ -201,6 +201,40 @@ def test_the_gateways_json_is_read() -> None:
     assert (message.correlation_id, message.source_instance) == ("req-1", "identity-api-1")
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        "9f706e05-3812-4496-a6d4-6f1f5f5e0512",
+        "9F706E05-3812-4496-A6D4-6F1F5F5E0512",  # as Guid.ToString("D").ToUpper()
+        "9f706e0538124496a6d46f1f5f5e0512",  # "N"
+        "{9f706e05-3812-4496-a6d4-6f1f5f5e0512}",  # "B"
+        "urn:uuid:9f706e05-3812-4496-a6d4-6f1f5f5e0512",
+    ],
+)
+def test_guids_are_read_in_every_form_uuid_reads(written: str) -> None:
+    raw = orjson.dumps({"UserId": written, "Action": "a", "EntityType": "b"})
+    user_id = decode(raw, AuditLogMessage).user_id
+    assert (type(user_id), user_id, hash(user_id)) == (uuid.UUID, USER, hash(USER))
+    assert (str(user_id), user_id.is_safe) == (str(USER), uuid.SafeUUID.unknown)
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "9f706e05-3812-4496-a6d4-6f1f5f5e051",  # a digit short
+        "9f706e05-3812-4496-a6d4-6f1f5f5e05123",  # a digit over
+        "9g706e05-3812-4496-a6d4-6f1f5f5e0512",  # not hexadecimal
+        "",
+    ],
+)
+def test_a_malformed_guid_is_refused_by_field(written: str) -> None:
+    raw = orjson.dumps({"UserId": written, "Action": "a", "EntityType": "b"})
+    with pytest.raises(MessageDecodeError, match="field UserId: "):
+        decode(raw, AuditLogMessage)
+    with pytest.raises(ValueError):
+        uuid.UUID(written)  # the standard library refuses it too
+
+
 def test_camel_case_is_read_too_and_unknown_fields_are_ignored() -> None:
     raw = orjson.dumps(
         {
