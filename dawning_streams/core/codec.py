@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
-from faust.models import fields as faust_fields
 from faust.serializers import codecs
 
+from dawning_streams.core.building import uuid_of
 from dawning_streams.core.errors import MessageDecodeError, MessageEncodeError
 from dawning_streams.core.records import MessageBase, WireField, message_types, use_wire_decoder
 
@@ -155,22 +155,6 @@ def decode_mapping(
         raise fail(str(exc)) from None
 
 
-#: Faust's descriptors that store a value as given while their field neither
-#: coerces nor carries a tag.
-_STORING = frozenset(
-    {
-        faust_fields.FieldDescriptor,
-        faust_fields.StringField,
-        faust_fields.DatetimeField,
-        faust_fields.IntegerField,
-        faust_fields.FloatField,
-        faust_fields.BooleanField,
-    }
-)
-#: Per type: the values a built message starts from, or None to call its ``__init__``.
-_START: dict[type[MessageBase], dict[str, Any] | None] = {}
-
-
 def build(cls: type[M], values: dict[str, Any]) -> M:
     """``cls(**values)``, for values of the declared types (the decoder's).
 
@@ -179,10 +163,7 @@ def build(cls: type[M], values: dict[str, Any]) -> M:
     half of a decode. For a type whose fields do none of that, this makes the
     same message without the descriptors (``test_codec`` compares the two).
     """
-    try:
-        start = _START[cls]
-    except KeyError:
-        start = _START[cls] = _start(cls)
+    start = cls.stored_defaults
     if start is None:
         return cls(**values)
     message = cls.__new__(cls)
@@ -192,18 +173,6 @@ def build(cls: type[M], values: dict[str, Any]) -> M:
     state.update(values)
     message.__post_init__()
     return message
-
-
-def _start(cls: type[MessageBase]) -> dict[str, Any] | None:
-    options = cls._options
-    if options.validation or options.coerce:
-        return None
-    for d in options.descriptors.values():
-        if type(d) not in _STORING or not isinstance(d, faust_fields.FieldDescriptor):
-            return None
-        if d.coerce or d.tag or d.lazy_coercion:
-            return None
-    return dict(options.defaults)
 
 
 def _convert(f: WireField, value: Any) -> Any:
@@ -245,9 +214,6 @@ def _convert(f: WireField, value: Any) -> Any:
     raise TypeError(f"unsupported field type {kind!r}")  # pragma: no cover
 
 
-_new_object, _set_slot, _UNKNOWN = object.__new__, object.__setattr__, uuid.SafeUUID.unknown
-
-
 def _guid(text: str) -> uuid.UUID:
     """``uuid.UUID(text)``, made directly from the digits for the written forms
     (with or without hyphens): ``UUID()`` takes about 1.3 µs to parse one, twice
@@ -255,11 +221,8 @@ def _guid(text: str) -> uuid.UUID:
     digits = text.replace("-", "")
     if len(digits) != 32:  # braces, a urn: prefix, or no GUID at all: UUID() decides
         return uuid.UUID(text)
-    guid = _new_object(uuid.UUID)
-    # What UUID.__init__ stores, from the same int(..., 16) it would call.
-    _set_slot(guid, "int", int(digits, 16))
-    _set_slot(guid, "is_safe", _UNKNOWN)
-    return guid
+    # From the same int(..., 16) UUID.__init__ would call.
+    return uuid_of(int(digits, 16))
 
 
 def _json_kind(value: Any) -> str:

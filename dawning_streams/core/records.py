@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import faust
 
+from dawning_streams.core.building import named_init, new_uuid4, stored_defaults, storing_init
 from dawning_streams.core.settings import TopicNames
 
 __all__ = [
@@ -97,6 +98,8 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
     wire_checks: ClassVar[tuple[tuple[WireField, frozenset[type]], ...]] = ()
     #: Classes of a message's values, in field order, that passed the check.
     wire_shapes: ClassVar[set[tuple[type, ...]]]
+    #: The defaults, for a type whose fields store values as given; else None.
+    stored_defaults: ClassVar[dict[str, Any] | None] = None
 
     def __init_subclass__(cls, topic: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -127,10 +130,35 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
         cls._wire_plain = None if lazy else tuple((f.wire, f.attr) for f in wire_fields)
         cls.wire_checks = tuple((f, _as_is(f)) for f in wire_fields)
         cls.wire_shapes = set()
+        cls.stored_defaults = stored_defaults(cls)
+        init: Any = cls.__dict__.get("__init__")
+        # Faust's generated __init__ (faust.utils.codegen names it so), not one
+        # written in the class.
+        if getattr(init, "__qualname__", None) == "__outer__.<locals>.__init__":
+            named_init(init, cls)
+            if cls.stored_defaults is not None:
+                cls.__init__ = storing_init(  # type: ignore[method-assign]
+                    cls, cls.stored_defaults, init
+                )
 
     def __post_init__(self) -> None:
+        if self.stored_defaults is not None:
+            # Its fields store values as given: the same, without the descriptors.
+            state = self.__dict__
+            if state["message_id"] is None:
+                state["message_id"] = new_uuid4()
+            stamp = state["timestamp"]
+            if stamp is None:
+                state["timestamp"] = datetime.now(UTC)
+            elif stamp.tzinfo is None:
+                state["timestamp"] = stamp.replace(tzinfo=UTC)
+            elif stamp.utcoffset():
+                state["timestamp"] = stamp.astimezone(UTC)
+            if state["message_type"] is None:
+                state["message_type"] = type(self).__name__
+            return
         if self.message_id is None:
-            self.message_id = uuid.uuid4()
+            self.message_id = new_uuid4()
         if self.timestamp is None:
             self.timestamp = datetime.now(UTC)
         elif self.timestamp.tzinfo is None:

@@ -25,7 +25,6 @@ from dawning_streams import (
     decode,
     encode,
 )
-from dawning_streams.core import codec
 from dawning_streams.core.records import MessageBase, message_types
 
 USER = uuid.UUID("9f706e05-3812-4496-a6d4-6f1f5f5e0512")
@@ -99,7 +98,7 @@ def test_a_decoded_message_is_what_its_init_makes_of_the_same_values(
     assert decoded.__dict__ == made.__dict__
     # Built without Faust's descriptors, which only store these types' values;
     # a list or a mapping field is coerced on access, through __init__.
-    assert (codec._START[cls] is not None) == (cls in BUILT_DIRECTLY)
+    assert (cls.stored_defaults is not None) == (cls in BUILT_DIRECTLY)
 
 
 BUILT_DIRECTLY = {
