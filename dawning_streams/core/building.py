@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from faust.models import fields as faust_fields
@@ -34,9 +35,18 @@ def uuid_of(number: int) -> uuid.UUID:
     return made
 
 
+_uuid4 = uuid.uuid4
+
+
 def new_uuid4() -> uuid.UUID:
     """``uuid.uuid4()``: the same 122 bits from ``os.urandom`` (safe across
-    ``fork``, untouched by ``random.seed``), in about 1 µs rather than 3."""
+    ``fork``, untouched by ``random.seed``), in about 1 µs rather than 3.
+
+    While a test has patched ``uuid.uuid4`` (to fix the ids it asserts on),
+    this calls the patch.
+    """
+    if uuid.uuid4 is not _uuid4:
+        return uuid.uuid4()
     return uuid_of(int.from_bytes(os.urandom(16)) & _V4_CLEAR | _V4_SET)
 
 
@@ -54,18 +64,25 @@ _STORING = frozenset(
 )
 
 
-def stored_defaults(cls: type[Any]) -> dict[str, Any] | None:
+#: The names the generated ``__init__`` reads besides its parameters.
+_DEFAULTS, _FAUST_INIT = "__dawning_defaults", "__dawning_faust_init"
+
+
+def stored_defaults(cls: type[Any]) -> Mapping[str, Any] | None:
     """The defaults of a type whose every field stores its value as given (no
-    coercion, tag or validation), or None for a type whose fields do more."""
+    coercion, tag or validation, no ``__setattr__`` of its own), or None for
+    a type that does more when a value is set."""
     options = cls._options
-    if options.validation or options.coerce:
+    if options.validation or options.coerce or cls.__setattr__ is not object.__setattr__:
+        return None
+    if {_DEFAULTS, _FAUST_INIT} & set(options.fields):
         return None
     for d in options.descriptors.values():
         if type(d) not in _STORING or not isinstance(d, faust_fields.FieldDescriptor):
             return None
         if d.coerce or d.tag or d.lazy_coercion:
             return None
-    return dict(options.defaults)
+    return MappingProxyType(dict(options.defaults))
 
 
 def named_init(init: Any, cls: type[Any]) -> None:
@@ -78,7 +95,7 @@ def named_init(init: Any, cls: type[Any]) -> None:
 
 
 def storing_init(
-    cls: type[Any], defaults: dict[str, Any], faust_init: Callable[..., None]
+    cls: type[Any], defaults: Mapping[str, Any], faust_init: Callable[..., None]
 ) -> Callable[..., None]:
     """Faust's ``__init__`` for ``cls``, but storing the values itself.
 
@@ -95,7 +112,7 @@ def storing_init(
     required = [f for f in fields if f not in options.optionalset]
     optional = [f for f in fields if f in options.optionalset]
     values = ", ".join(
-        f"{f!r}: {f}" if f in required else f"{f!r}: {f} if {f} is not None else _defaults[{f!r}]"
+        f"{f!r}: {f}" if f in required else f"{f!r}: {f} if {f} is not None else {_DEFAULTS}[{f!r}]"
         for f in fields
     )
     params = ", ".join([*required, *(f"{f}=None" for f in optional)])
@@ -106,10 +123,10 @@ def storing_init(
         f"        self.__dict__.update({{'__evaluated_fields__': set(), {values}}})\n"
         f"        self.__post_init__()\n"
         f"    else:\n"
-        f"        _faust_init(self, {arguments},\n"
+        f"        {_FAUST_INIT}(self, {arguments},\n"
         f"                    __strict__=__strict__, __faust=__faust, **kwargs)\n"
     )
-    namespace: dict[str, Any] = {"_defaults": defaults, "_faust_init": faust_init}
+    namespace: dict[str, Any] = {_DEFAULTS: defaults, _FAUST_INIT: faust_init}
     exec(source, namespace)  # the names are the class's own field names
     init = namespace["__init__"]
     named_init(init, cls)

@@ -163,7 +163,7 @@ def build(cls: type[M], values: dict[str, Any]) -> M:
     half of a decode. For a type whose fields do none of that, this makes the
     same message without the descriptors (``test_codec`` compares the two).
     """
-    start = cls.stored_defaults
+    start = cls._stored
     if start is None:
         return cls(**values)
     message = cls.__new__(cls)

@@ -20,7 +20,7 @@ import operator
 import re
 import typing
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -99,7 +99,7 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
     #: Classes of a message's values, in field order, that passed the check.
     wire_shapes: ClassVar[set[tuple[type, ...]]]
     #: The defaults, for a type whose fields store values as given; else None.
-    stored_defaults: ClassVar[dict[str, Any] | None] = None
+    _stored: ClassVar[Mapping[str, Any] | None] = None
 
     def __init_subclass__(cls, topic: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -130,19 +130,19 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
         cls._wire_plain = None if lazy else tuple((f.wire, f.attr) for f in wire_fields)
         cls.wire_checks = tuple((f, _as_is(f)) for f in wire_fields)
         cls.wire_shapes = set()
-        cls.stored_defaults = stored_defaults(cls)
+        cls._stored = stored_defaults(cls)
         init: Any = cls.__dict__.get("__init__")
         # Faust's generated __init__ (faust.utils.codegen names it so), not one
         # written in the class.
         if getattr(init, "__qualname__", None) == "__outer__.<locals>.__init__":
             named_init(init, cls)
-            if cls.stored_defaults is not None:
+            if cls._stored is not None:
                 cls.__init__ = storing_init(  # type: ignore[method-assign]
-                    cls, cls.stored_defaults, init
+                    cls, cls._stored, init
                 )
 
     def __post_init__(self) -> None:
-        if self.stored_defaults is not None:
+        if self._stored is not None:
             # Its fields store values as given: the same, without the descriptors.
             state = self.__dict__
             if state["message_id"] is None:

@@ -43,7 +43,7 @@ __all__ = ["TRACE_HEADERS", "Tracing", "carried", "carry", "trace_context", "unc
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 _propagator = TraceContextTextMapPropagator()
-_SPAN_BITS = (1 << 64) - 1
+_getrandbits = random.getrandbits
 Headers = Iterable[tuple[str, bytes]]
 
 
@@ -139,7 +139,7 @@ class Tracing:
             return lambda topic: [_new_trace()]
         prefix, suffix = f"00-{context[0]}-".encode("ascii"), f"-{context[1]}".encode("ascii")
         return lambda topic: [
-            ("traceparent", b"%s%016x%s" % (prefix, random.getrandbits(64) or 1, suffix))
+            ("traceparent", b"%s%016x%s" % (prefix, _getrandbits(64) or 1, suffix))
         ]
 
     @staticmethod
@@ -170,7 +170,7 @@ class Tracing:
             kept.append(_new_trace())
             return kept
         trace_id, flags = context
-        span_id = random.getrandbits(64) or 1
+        span_id = _getrandbits(64) or 1
         kept.append(("traceparent", f"00-{trace_id}-{span_id:016x}-{flags}".encode("ascii")))
         return kept
 
@@ -231,11 +231,9 @@ class Tracing:
 
 
 def _new_trace() -> tuple[str, bytes]:
-    """A ``traceparent`` header that starts a trace: its id and the span id from one draw."""
-    drawn = random.getrandbits(192)
-    if not drawn >> 64 or not drawn & _SPAN_BITS:  # all zeros is invalid
-        drawn |= 1 << 64 | 1
-    return ("traceparent", b"00-%032x-%016x-01" % (drawn >> 64, drawn & _SPAN_BITS))
+    """A ``traceparent`` header that starts a trace (an all-zero id is invalid)."""
+    trace_id, span_id = _getrandbits(128), _getrandbits(64)
+    return ("traceparent", b"00-%032x-%016x-01" % (trace_id or 1, span_id or 1))
 
 
 def carried(headers: Sequence[Headers]) -> bytes | None:

@@ -98,7 +98,7 @@ def test_a_decoded_message_is_what_its_init_makes_of_the_same_values(
     assert decoded.__dict__ == made.__dict__
     # Built without Faust's descriptors, which only store these types' values;
     # a list or a mapping field is coerced on access, through __init__.
-    assert (cls.stored_defaults is not None) == (cls in BUILT_DIRECTLY)
+    assert (cls._stored is not None) == (cls in BUILT_DIRECTLY)
 
 
 BUILT_DIRECTLY = {

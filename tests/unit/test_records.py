@@ -6,6 +6,7 @@ import random
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -117,3 +118,41 @@ class Custom(MessageBase, topic="records.custom"):
 
 def test_an_init_written_in_the_class_is_kept() -> None:
     assert Custom().built_by == "Custom.__init__"
+
+
+class Normalised(MessageBase, topic="records.normalised"):
+    """A type with a ``__setattr__`` of its own: every value goes through it."""
+
+    email: str
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        super().__setattr__(key, value.strip().lower() if isinstance(value, str) else value)
+
+
+def test_a_setattr_of_the_types_own_sees_every_value() -> None:
+    made = Normalised(email=" Bob@Example.COM ")
+    assert (made.email, made.message_type) == ("bob@example.com", "normalised")
+
+
+class Job(MessageBase, topic="records.jobs"):
+    """Fields named as the generated ``__init__``'s own names would be."""
+
+    name: str
+    __dawning_defaults: str | None = None
+    _defaults: str | None = None
+    _faust_init: str | None = None
+
+
+def test_fields_may_have_any_name() -> None:
+    assert Job("x").name == "x"
+    assert Job("x", _defaults="d", _faust_init="f")._defaults == "d"
+    with pytest.raises(TypeError, match=r"^Job got unexpected argument: colour"):
+        Job("x", colour=1)  # type: ignore[call-arg]
+
+
+def test_a_patched_uuid4_gives_the_ids() -> None:
+    fixed = uuid.UUID("3f2504e0-4f89-41d3-9a0c-0305e82c3301")
+    with mock.patch("uuid.uuid4", return_value=fixed):
+        assert AuditLogMessage(**REQUIRED[0][1]).message_id == fixed
+        assert EmailMessage(to="a@x", subject="s", body="b").message_id == fixed
+    assert AuditLogMessage(**REQUIRED[0][1]).message_id != fixed
