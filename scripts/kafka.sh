@@ -239,6 +239,10 @@ launch() {
     check_release
     configure
     format_storage
+    # The log rolls over at 20 MB (server.log.1, .2, ...): a busy broker's
+    # "Kafka Server started" line moves into those, so they are read too, and
+    # a previous run's are removed first.
+    rm -f "$data_dir/logs/server.log".*
     : >"$data_dir/logs/server.log"
     # setsid keeps the broker out of the caller's process group, so an
     # interrupted `make run` does not take it down mid-write. setsid forks when
@@ -254,7 +258,7 @@ launch() {
 # Waits until the launched node says it has started.
 await_started() {
     local deadline=$((SECONDS + 90)) tries=1
-    until grep -q "Kafka Server started" "$data_dir/logs/server.log" 2>/dev/null; do
+    until grep -qs "Kafka Server started" "$data_dir/logs/server.log" "$data_dir/logs/server.log".*; do
         if ! running && ((tries < 3)) &&
             grep -q "failed to bind to 127.0.0.1:$port: Address already in use" \
                 "$data_dir/logs/server.log" 2>/dev/null; then
