@@ -142,31 +142,26 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
                 )
 
     def __post_init__(self) -> None:
+        # The base fields are never coerced on access: read as stored.
+        state = self.__dict__
+        filled: dict[str, Any] = {}
+        if state["message_id"] is None:
+            filled["message_id"] = new_uuid4()
+        stamp = state["timestamp"]
+        if stamp is None:
+            filled["timestamp"] = datetime.now(UTC)
+        elif stamp.tzinfo is None:
+            filled["timestamp"] = stamp.replace(tzinfo=UTC)
+        elif stamp.utcoffset():
+            filled["timestamp"] = stamp.astimezone(UTC)
+        if state["message_type"] is None:
+            filled["message_type"] = type(self).__name__
         if self._stored is not None:
             # Its fields store values as given: the same, without the descriptors.
-            state = self.__dict__
-            if state["message_id"] is None:
-                state["message_id"] = new_uuid4()
-            stamp = state["timestamp"]
-            if stamp is None:
-                state["timestamp"] = datetime.now(UTC)
-            elif stamp.tzinfo is None:
-                state["timestamp"] = stamp.replace(tzinfo=UTC)
-            elif stamp.utcoffset():
-                state["timestamp"] = stamp.astimezone(UTC)
-            if state["message_type"] is None:
-                state["message_type"] = type(self).__name__
-            return
-        if self.message_id is None:
-            self.message_id = new_uuid4()
-        if self.timestamp is None:
-            self.timestamp = datetime.now(UTC)
-        elif self.timestamp.tzinfo is None:
-            self.timestamp = self.timestamp.replace(tzinfo=UTC)
-        elif self.timestamp.utcoffset():
-            self.timestamp = self.timestamp.astimezone(UTC)
-        if self.message_type is None:
-            self.message_type = type(self).__name__
+            state.update(filled)
+        else:
+            for name, value in filled.items():
+                setattr(self, name, value)
 
     @classmethod
     def from_data(cls, data: Any, *, preferred_type: Any = None) -> MessageBase:
