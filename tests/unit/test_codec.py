@@ -273,6 +273,7 @@ def test_camel_case_is_read_too_and_unknown_fields_are_ignored() -> None:
             "field Timestamp:",
         ),
         (b'{"MessageType": "PasswordResetMessage"}', "unknown MessageType 'PasswordResetMessage'"),
+        (b'{"MessageType": ["AuditLogMessage"]}', "MessageType must be a string, got an array"),
         (
             b'{"MessageType": "EmailMessage", "To": "a@b", "Subject": "s", "Body": "b"}',
             "MessageType 'EmailMessage' does not belong here",
@@ -398,3 +399,72 @@ def test_a_message_without_a_message_id_gets_the_same_one_at_every_read(written:
     assert first.message_id is not None and first.message_id == again.message_id
     other = decode(raw.replace(b'"a"', b'"b"'), AuditLogMessage)
     assert other.message_id != first.message_id
+
+
+def _variants(message: MessageBase) -> list[tuple[str, dict[str, object]]]:
+    """``message`` as senders may write it: as written here, as .NET writes it
+    with nulls left out, and every way a field can be wrong or unusual."""
+    written = orjson.loads(encode(message))
+    qualified = f"Dawning.Messages.{written['MessageType']}"
+    variants = [
+        ("as written", written),
+        ("nulls left out", {k: v for k, v in written.items() if v is not None}),
+        ("camelCase", {k[:1].lower() + k[1:]: v for k, v in written.items()}),
+        ("an unknown field", {**written, "AddedLater": 1}),
+        ("no MessageType", {k: v for k, v in written.items() if k != "MessageType"}),
+        ("a qualified MessageType", {**written, "MessageType": qualified}),
+        ("another MessageType", {**written, "MessageType": "SystemEventMessage"}),
+        ("no MessageId", {k: v for k, v in written.items() if k != "MessageId"}),
+        ("no Timestamp", {k: v for k, v in written.items() if k != "Timestamp"}),
+        ("a Timestamp with an offset", {**written, "Timestamp": "2026-01-01T08:00:00+08:00"}),
+        ("a Timestamp without one", {**written, "Timestamp": "2026-01-01T08:00:00.1234567"}),
+        ("a GUID in braces", {**written, "MessageId": "{" + written["MessageId"].upper() + "}"}),
+    ]
+    for name in written:
+        variants += [
+            (f"{name} null", {**written, name: None}),
+            (f"{name} left out", {k: v for k, v in written.items() if k != name}),
+            (f"{name} a number", {**written, name: 12}),
+            (f"{name} an array", {**written, name: ["x"]}),
+            (f"{name} not a GUID", {**written, name: "not-a-guid"}),
+        ]
+    return variants
+
+
+def _outcome(decoding: object, data: dict[str, object], cls: type[MessageBase]) -> object:
+    try:
+        message = decoding(data, cls)  # type: ignore[operator]
+    except MessageDecodeError as exc:
+        return ("refused", exc.reason)
+    state = list(message.__dict__.items())
+    if "Timestamp" not in data or data["Timestamp"] is None:
+        # The time of reading: compared by kind, not by the microsecond.
+        state = [(k, type(v) if k == "timestamp" else v) for k, v in state]
+    return (type(message), state)
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_the_compiled_decoder_reads_and_refuses_exactly_as_the_checked_one(
+    message: MessageBase,
+) -> None:
+    from dawning_streams.core import codec
+
+    cls = type(message)
+    for name, data in _variants(message):
+        assert _outcome(codec.decode_mapping, data, cls) == _outcome(
+            codec._decode_checked, data, cls
+        ), name
+
+
+@pytest.mark.parametrize("cls", sorted(BUILT_DIRECTLY, key=lambda c: c.__name__))
+def test_the_common_case_is_read_by_the_compiled_decoder(cls: type[MessageBase]) -> None:
+    from dawning_streams.core import codec
+
+    [message] = [m for m in SAMPLES if type(m) is cls]
+    decode(encode(message), cls)  # compiles it
+    compiled = codec._decoders[cls]
+    variants = dict(_variants(message))
+    for taken in ("as written", "nulls left out", "no MessageType", "no Timestamp"):
+        assert compiled(variants[taken]) is not None, taken
+    for left in ("camelCase", "an unknown field", "no MessageId", "another MessageType"):
+        assert compiled(variants[left]) is None, left
