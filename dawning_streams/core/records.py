@@ -27,7 +27,13 @@ from typing import Any, ClassVar
 
 import faust
 
-from dawning_streams.core.building import named_init, new_uuid4, stored_defaults, storing_init
+from dawning_streams.core.building import (
+    guid_text,
+    named_init,
+    new_uuid4,
+    stored_defaults,
+    storing_init,
+)
 from dawning_streams.core.settings import TopicNames
 
 __all__ = [
@@ -270,7 +276,7 @@ class AuditLogMessage(MessageBase):
     user_agent: str | None = None
 
     def partition_key(self) -> str:
-        return str(self.user_id)
+        return guid_text(self.user_id)
 
 
 class AlertNotificationMessage(MessageBase):
@@ -287,7 +293,7 @@ class AlertNotificationMessage(MessageBase):
     description: str | None = None
 
     def partition_key(self) -> str:
-        return str(self.alert_rule_id)
+        return guid_text(self.alert_rule_id)
 
 
 class EmailMessage(MessageBase):
@@ -360,7 +366,7 @@ class UserEventMessage(MessageBase):
     event_data: dict[str, Any] | None = None
 
     def partition_key(self) -> str:
-        return str(self.user_id)
+        return guid_text(self.user_id)
 
 
 class SystemEventMessage(MessageBase):
