@@ -74,6 +74,22 @@ def _pascal(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
 
 
+def _refuse_names_alike(cls: type[MessageBase]) -> None:
+    """Refuse two fields written alike: names are read in any case (as ASP.NET
+    reads them), so ``user_id`` and ``userid`` (``UserId``, ``Userid``), or
+    ``a_b`` and ``a__b`` (both ``AB``), could not be told apart on the wire."""
+    seen: dict[str, str] = {}
+    for attr in cls._options.fields:
+        wire = _pascal(attr)
+        other = seen.setdefault(wire.lower(), attr)
+        if other != attr:
+            raise TypeError(
+                f"{cls.__module__}.{cls.__qualname__}: fields {other!r} and {attr!r} are written"
+                f" {_pascal(other)!r} and {wire!r}, which the wire, reading names in any case,"
+                " cannot tell apart; rename one"
+            )
+
+
 _TYPES: dict[str, type[MessageBase]] = {}
 
 
@@ -111,6 +127,7 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
         super().__init_subclass__(**kwargs)
         if kwargs.get("abstract"):
             return
+        _refuse_names_alike(cls)
         _register(cls, topic)
         hints = typing.get_type_hints(cls)
         defaults = cls._options.defaults

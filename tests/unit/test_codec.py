@@ -272,6 +272,11 @@ def test_camel_case_is_read_too_and_unknown_fields_are_ignored() -> None:
             b' "Timestamp": "yesterday"}',
             "field Timestamp:",
         ),
+        (
+            b'{"UserId": "9f706e05-3812-4496-a6d4-6f1f5f5e0512", "Action": "a", "EntityType": "b",'
+            b' "Timestamp": "0001-01-01T00:00:00+01:00"}',
+            "field Timestamp: '0001-01-01T00:00:00+01:00' is out of range in UTC",
+        ),
         (b'{"MessageType": "PasswordResetMessage"}', "unknown MessageType 'PasswordResetMessage'"),
         (b'{"MessageType": ["AuditLogMessage"]}', "MessageType must be a string, got an array"),
         (
@@ -468,3 +473,39 @@ def test_the_common_case_is_read_by_the_compiled_decoder(cls: type[MessageBase])
         assert compiled(variants[taken]) is not None, taken
     for left in ("camelCase", "an unknown field", "no MessageId", "another MessageType"):
         assert compiled(variants[left]) is None, left
+
+
+def test_fields_written_alike_are_refused_when_the_type_is_declared() -> None:
+    with pytest.raises(TypeError, match="fields 'user_id' and 'userid' are written 'UserId'"):
+
+        class Alike(MessageBase, topic="codec.alike"):
+            user_id: str | None = None
+            userid: str | None = None
+
+    with pytest.raises(TypeError, match="fields 'a_b' and 'a__b' are written 'AB' and 'AB'"):
+
+        class Twins(MessageBase, topic="codec.twins"):
+            a_b: str | None = None
+            a__b: str | None = None
+
+    assert "Alike" not in message_types() and "Twins" not in message_types()
+
+
+def test_a_types_own_post_init_runs_once_on_a_message_it_refuses() -> None:
+    from dawning_streams.core import codec
+
+    runs = []
+
+    class Checked(MessageBase, topic="codec.checked"):
+        amount: float
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            runs.append(self.amount)
+            if self.amount < 0:
+                raise ValueError("Amount must not be negative")
+
+    raw = b'{"MessageId": "9f706e05-3812-4496-a6d4-6f1f5f5e0512", "Amount": -1}'
+    with pytest.raises(MessageDecodeError, match="Amount must not be negative"):
+        decode(raw, Checked)
+    assert runs == [-1] and codec._decoders[Checked] is not codec._not_compiled
