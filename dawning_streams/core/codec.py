@@ -60,6 +60,10 @@ def encode(message: MessageBase) -> bytes:
     shape = tuple([*map(type, representation.values())])
     if shape not in cls.wire_shapes:
         _check_all(cls, representation, shape)
+    for f in cls.wire_rechecked:  # a number's value, a list's items
+        value = representation[f.wire]
+        if value is not None:
+            _check(cls, f, value)
     return orjson.dumps(representation, option=_DUMP_OPTIONS)
 
 
@@ -325,7 +329,13 @@ def _convert(f: WireField, value: Any) -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"expected a number, got {_json_kind(value)}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ValueError("too large for a number") from None
+        if number - number != 0:  # orjson would write null
+            raise ValueError("NaN and Infinity have no JSON form")
+        return number
     if kind is uuid.UUID:
         if not isinstance(value, str):
             raise TypeError(f"expected a GUID string, got {_json_kind(value)}")
@@ -336,8 +346,13 @@ def _convert(f: WireField, value: Any) -> Any:
         return _time(value)
     origin = getattr(kind, "__origin__", kind)
     if origin is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list):
             raise TypeError(f"expected a list of strings, got {_json_kind(value)}")
+        for item in value:
+            if not isinstance(item, str):
+                raise TypeError(
+                    f"expected a list of strings, got an array holding {_json_kind(item)}"
+                )
         return value
     if origin is dict:
         if not isinstance(value, dict):

@@ -331,6 +331,8 @@ def test_wrong_types_in_numbers_and_lists_are_rejected() -> None:
         )
     with pytest.raises(MessageDecodeError, match="field Cc: expected a list of strings"):
         decode(b'{"To": "a@b", "Subject": "s", "Body": "b", "Cc": "c@d"}', EmailMessage)
+    with pytest.raises(MessageDecodeError, match=r"field Bcc: .* an array holding a number"):
+        decode(b'{"To": "a@b", "Subject": "s", "Body": "b", "Bcc": ["c@d", 2]}', EmailMessage)
     with pytest.raises(MessageDecodeError, match="field Priority: expected an integer"):
         decode(b'{"To": "a@b", "Subject": "s", "Body": "b", "Priority": true}', EmailMessage)
 
@@ -374,6 +376,50 @@ def test_a_message_its_receiver_would_refuse_is_refused_when_encoded(
     fields: dict[str, object], reason: str
 ) -> None:
     message = UserEventMessage(**fields)  # type: ignore[arg-type]
+    with pytest.raises(MessageEncodeError) as raised:
+        encode(message)
+    assert str(raised.value) == reason
+
+
+def _alert(current_value: float) -> AlertNotificationMessage:
+    return AlertNotificationMessage(
+        alert_rule_id=USER,
+        rule_name="cpu",
+        metric_type="cpu",
+        severity="critical",
+        current_value=current_value,
+        threshold=90,
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        # orjson writes NaN and Infinity as null, which the receiver would read
+        # as a missing number (or, for an optional one, silently as none).
+        (
+            _alert(float("nan")),
+            "AlertNotificationMessage.current_value (CurrentValue): NaN and Infinity have no"
+            " JSON form (nan)",
+        ),
+        (
+            _alert(float("-inf")),
+            "AlertNotificationMessage.current_value (CurrentValue): NaN and Infinity have no"
+            " JSON form (-inf)",
+        ),
+        (
+            EmailMessage(to="a@b", subject="s", body="b", cc=["c@d", 1]),  # type: ignore[list-item]
+            "EmailMessage.cc (Cc): expected a list of strings, got an array holding a number"
+            " (['c@d', 1])",
+        ),
+    ],
+)
+def test_numbers_and_list_items_are_checked_on_every_encode(
+    message: MessageBase, reason: str
+) -> None:
+    # Checked although a message of the same shape went through before.
+    encode(_alert(97.5))
+    encode(EmailMessage(to="a@b", subject="s", body="b", cc=["c@d"]))
     with pytest.raises(MessageEncodeError) as raised:
         encode(message)
     assert str(raised.value) == reason
