@@ -275,8 +275,9 @@ class Handler(Calling[M]):
                 if self.message_type is bytes
                 else decode(record.value, self.message_type, topic=record.topic)  # type: ignore[type-var]
             )
-        except MessageDecodeError:
-            # Decoded again there, to dead-letter it with its origin.
+        except Exception:  # MessageDecodeError, or what a type's own __post_init__ raised
+            # Decoded again there, to dead-letter it with its origin (or to
+            # retry it, for an error of the type's own): never out of the lane.
             await self._step(Delivery.of_record(record), attempt=0)
             return
         telemetry = self.app.telemetry

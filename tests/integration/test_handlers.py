@@ -205,12 +205,19 @@ async def test_poison_bytes_are_dead_lettered_at_once_and_the_worker_goes_on(
         calls.add(message.action)
 
     topic = settings.kafka.topics.audit_log
-    poison = [b"\x00\xff not json", b'{"UserId": 7}', b'{"MessageType": "Nope"}']
+    poison = [
+        b"\x00\xff not json",
+        b'{"UserId": 7}',
+        b'{"MessageType": "Nope"}',
+        # A valid time that is before year 1 once in UTC.
+        b'{"UserId": "9f706e05-3812-4496-a6d4-6f1f5f5e0512", "Action": "a", "EntityType": "b",'
+        b' "Timestamp": "0001-01-01T00:00:00+01:00"}',
+    ]
     async with running(app):
         await produce_raw(settings.kafka.bootstrap_servers[0], topic, poison, partition=1)
         await audit.delay(AuditLogMessage(user_id=uuid.uuid4(), action="after", entity_type="U"))
         await calls.wait_until(lambda items: items == ["after"])
-        letters = await read_topic(settings.kafka.bootstrap_servers[0], dead_letter_topic(topic), 3)
+        letters = await read_topic(settings.kafka.bootstrap_servers[0], dead_letter_topic(topic), 4)
     assert [letter.value for letter in letters] == poison
     for letter in letters:
         headers = {k: v.decode() for k, v in letter.headers}
@@ -220,6 +227,7 @@ async def test_poison_bytes_are_dead_lettered_at_once_and_the_worker_goes_on(
     assert reasons[0].startswith("not JSON")
     assert reasons[1] == "field UserId: expected a GUID string, got a number"
     assert reasons[2] == "unknown MessageType 'Nope'"
+    assert reasons[3] == "field Timestamp: '0001-01-01T00:00:00+01:00' is out of range in UTC"
 
 
 async def test_reject_skips_the_retries_and_retry_later_picks_its_delay(
