@@ -412,12 +412,7 @@ class Publisher(Service):
                         value = self._encoded(records, n, unencodable)
                         if value is not None:
                             topic, key, timestamp_ms = topics[n], keys[n], timestamps[n]
-                            traceparent, others = traceparents[n], other_headers[n]
-                            headers = (
-                                [("traceparent", traceparent)]  # every message's, inline
-                                if others is None and traceparent is not None
-                                else _headers(traceparent, others)
-                            )
+                            headers = _headers(traceparents[n], other_headers[n])
                             try:
                                 ack = try_send(topic, key, value, timestamp_ms, headers)
                                 if ack is None:  # a full queue, or a topic's first record
