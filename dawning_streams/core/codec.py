@@ -12,15 +12,17 @@ carrying the raw bytes and the reason; nothing here can crash a worker.
 The codec is registered with Faust as ``"dawning"``, so a plain Faust agent
 with ``value_type=AuditLogMessage`` decodes through the same rules.
 
-The module passes 400 lines so that its two decoders, which must read every
-message alike, are read side by side: the checked one, which applies the rules
-field by field and names what is wrong, and the one compiled per type for the
-common case, which leaves everything else to it.
+The module passes 400 lines so that each rule's two implementations are read
+side by side, as they must agree on every message: the checked one, which
+applies the rules field by field and names what is wrong, and the one compiled
+per type for the common case, which leaves everything else to it. That holds
+for the decoders and for the encoders.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -50,8 +52,19 @@ def encode(message: MessageBase) -> bytes:
     refuse on the other side (a required one left ``None``, ``"x"`` for a
     number): the sender hears of it, not only the dead-letter topic.
     """
-    representation = message.to_representation()
     cls = type(message)
+    encoder = _encoders.get(cls)
+    if encoder is None:
+        encoder = _encoders[cls] = _compile_encoder(cls)
+    raw = encoder(message)
+    return raw if raw is not None else _encode_checked(message)
+
+
+def _encode_checked(message: MessageBase) -> bytes:
+    """:func:`encode` for any message: each value not of its field's own class
+    is checked (and refused with the field named), then the mapping written."""
+    cls = type(message)
+    representation = message.to_representation()
     # The classes of the values, in field order: a message whose every value
     # is of its field's own class needs no more checking (a few shapes per type).
     # Made from a list: tuple(map(...)) cannot size the tuple ahead, misses
@@ -65,6 +78,61 @@ def encode(message: MessageBase) -> bytes:
         if value is not None:
             _check(cls, f, value)
     return orjson.dumps(representation, option=_DUMP_OPTIONS)
+
+
+def _tested_in_order(f: WireField, accepted: frozenset[type]) -> list[type]:
+    """The field's own class first, None last: the common value is tested once."""
+    own = getattr(f.kind, "__origin__", f.kind)
+    return sorted(accepted, key=lambda kind: (kind is type(None), kind is not own, str(kind)))
+
+
+#: Each type's encoder of the common case (see :func:`_compile_encoder`).
+_encoders: dict[type[MessageBase], Callable[[MessageBase], bytes | None]] = {}
+
+
+def _compile_encoder(cls: type[MessageBase]) -> Callable[[MessageBase], bytes | None]:
+    """An encoder of ``cls`` for a message whose every value is of its field's
+    own class (a UUID for a GUID, a finite float for a number), or None for
+    anything else, which :func:`_encode_checked` checks and writes (or refuses).
+
+    It writes what :func:`encode` writes, the mapping of ``to_representation``,
+    built as one dict display from the message's state rather than a loop
+    over the fields, and checked by one condition rather than a tuple of the
+    values' classes. A type with fields coerced on access (lists, mappings) or
+    a ``to_representation`` of its own is always written by :func:`_encode_checked`.
+    """
+    plain = cls._wire_plain
+    if plain is None or cls.to_representation is not MessageBase.to_representation:
+        return _not_compiled
+    namespace: dict[str, Any] = {"_dumps": orjson.dumps, "_isfinite": math.isfinite}
+    names: dict[type, str] = {}  # each class the values are compared with: _c0, _c1, ...
+    loads, tests, items = [], [], []
+    for n, ((wire, attr), (f, accepted)) in enumerate(zip(plain, cls.wire_checks, strict=True)):
+        loads.append(f"v{n} = state[{attr!r}]")
+        alternatives = []
+        for kind in _tested_in_order(f, accepted):
+            if kind is type(None):
+                alternatives.append(f"v{n} is None")
+                continue
+            name = names.setdefault(kind, f"_c{len(names)}")
+            namespace[name] = kind
+            alternatives.append(f"v{n}.__class__ is {name}")
+            if kind is float:  # NaN and Infinity have no JSON form: encode() names them
+                alternatives[-1] = f"({alternatives[-1]} and _isfinite(v{n}))"
+        tests.append(f"({' or '.join(alternatives)})")
+        items.append(f"{wire!r}: v{n}")
+    source = "\n".join(
+        [
+            "def encode(message):",
+            "    state = message.__dict__",
+            *(f"    {line}" for line in loads),
+            f"    if {' and '.join(tests)}:",
+            f"        return _dumps({{{', '.join(items)}}}, option={_DUMP_OPTIONS})",
+            "    return None",
+        ]
+    )
+    exec(source, namespace)  # names and literals are the type's own, through repr()
+    return namespace["encode"]  # type: ignore[no-any-return]
 
 
 def _check_all(

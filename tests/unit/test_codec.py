@@ -555,3 +555,75 @@ def test_a_types_own_post_init_runs_once_on_a_message_it_refuses() -> None:
     with pytest.raises(MessageDecodeError, match="Amount must not be negative"):
         decode(raw, Checked)
     assert runs == [-1] and codec._decoders[Checked] is not codec._not_compiled
+
+
+def _state_variants(message: MessageBase) -> list[tuple[str, MessageBase]]:
+    """``message`` with each field holding every kind of value a caller may
+    put there: its own, None, and each other kind, valid on the wire or not."""
+    others: list[object] = [
+        None,
+        "text",
+        str(USER).upper(),
+        "2026-01-01T08:00:00+08:00",
+        12,
+        97.5,
+        float("nan"),
+        float("inf"),
+        True,
+        USER,
+        datetime(2026, 1, 1, 8, tzinfo=timezone(timedelta(hours=8))),
+        datetime(2026, 1, 1, 8),
+        ["a"],
+        {"a": 1},
+    ]
+    variants = [("as made", message)]
+    for attr in type(message)._options.fields:
+        for value in others:
+            changed = copy.copy(message)
+            changed.__dict__ = {**message.__dict__, attr: value}
+            variants.append((f"{attr}={value!r}", changed))
+    return variants
+
+
+def _written(encoding: object, message: MessageBase) -> object:
+    try:
+        return encoding(message)  # type: ignore[operator]
+    except MessageEncodeError as exc:
+        return ("refused", str(exc))
+    except TypeError as exc:  # what orjson cannot write at all
+        return ("cannot write", str(exc))
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_the_compiled_encoder_writes_and_refuses_exactly_as_the_checked_one(
+    message: MessageBase,
+) -> None:
+    from dawning_streams.core import codec
+
+    for name, variant in _state_variants(message):
+        assert _written(encode, variant) == _written(codec._encode_checked, variant), name
+
+
+def test_the_common_case_is_written_by_the_compiled_encoder() -> None:
+    from dawning_streams.core import codec
+
+    compiled = {}
+    for message in SAMPLES:
+        encode(message)  # compiles it
+        compiled[type(message).__name__] = codec._encoders[type(message)](message) is not None
+    # Types with lists or mappings (Faust coerces them on access) are always checked.
+    assert compiled == {
+        "AuditLogMessage": True,
+        "AlertNotificationMessage": True,
+        "EmailMessage": False,
+        "ConfigChangedMessage": True,
+        "CacheInvalidationMessage": True,
+        "UserEventMessage": False,
+        "SystemEventMessage": False,
+    }
+    audit = copy.copy(SAMPLES[0])
+    for attr, value in (("user_id", str(USER)), ("ip_address", None), ("action", None)):
+        audit.__dict__ = {**SAMPLES[0].__dict__, attr: value}
+        written = codec._encoders[AuditLogMessage](audit)
+        # A GUID as a string, and a missing required field, are the checked path's.
+        assert (written is None) == (attr != "ip_address"), attr
