@@ -134,10 +134,13 @@ class KafkaMessageBus(Service):
     # -- where to publish from ---------------------------------------------------
 
     async def _publisher(self) -> Publisher:
+        """The publisher of the running loop: the worker's, or the loop's own sender's."""
         loop = asyncio.get_running_loop()
         if loop is self._worker_loop and self._worker is not None:
             return self._worker
-        return await self.senders.for_loop(loop).started()
+        sender = self.senders.for_loop(loop)
+        # Once started, without a coroutine of its own: this is every publish's path.
+        return sender.publisher if sender.ready else await sender.started()
 
     @property
     def spool(self) -> Spool:

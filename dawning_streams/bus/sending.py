@@ -138,6 +138,11 @@ class LoopSender:
         self._ready = False
         self.closed = False
 
+    @property
+    def ready(self) -> bool:
+        """Whether the publisher has started (:meth:`started` returns it at once)."""
+        return self._ready
+
     async def started(self) -> Publisher:
         """The publisher, started on first use (by one caller; the others wait)."""
         if self._ready:

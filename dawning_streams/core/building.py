@@ -19,7 +19,15 @@ from typing import Any
 import orjson
 from faust.models import fields as faust_fields
 
-__all__ = ["guid_text", "named_init", "new_uuid4", "stored_defaults", "storing_init", "uuid_of"]
+__all__ = [
+    "guid_text",
+    "keyword_only_init",
+    "named_init",
+    "new_uuid4",
+    "stored_defaults",
+    "storing_init",
+    "uuid_of",
+]
 
 _new_object, _set_slot, _UNKNOWN = object.__new__, object.__setattr__, uuid.SafeUUID.unknown
 #: uuid4's version (4) and variant (RFC 4122) bits: cleared, then set.
@@ -115,7 +123,8 @@ def storing_init(
     build an ``AuditLogMessage``. This one has the same signature, stores the
     same values (a default for an optional field given None) in the same
     order, and hands anything but a plain construction (``__strict__=False``,
-    ``__faust``, an unknown keyword) to Faust's own.
+    ``__faust``, an unknown keyword) to Faust's own. Its optional fields are
+    keyword-only, as in :func:`keyword_only_init`.
     """
     options = cls._options
     fields = list(options.fieldpos.values())
@@ -125,10 +134,10 @@ def storing_init(
         f"{f!r}: {f}" if f in required else f"{f!r}: {f} if {f} is not None else {_DEFAULTS}[{f!r}]"
         for f in fields
     )
-    params = ", ".join([*required, *(f"{f}=None" for f in optional)])
+    params = ", ".join([*required, "*", *(f"{f}=None" for f in optional)])
     arguments = ", ".join(f"{f}={f}" for f in fields)
     source = (
-        f"def __init__(self, {params}, *, __strict__=True, __faust=None, **kwargs):\n"
+        f"def __init__(self, {params}, __strict__=True, __faust=None, **kwargs):\n"
         f"    if __strict__ and __faust is None and not kwargs:\n"
         f"        self.__dict__.update({{'__evaluated_fields__': set(), {values}}})\n"
         f"        self.__post_init__()\n"
@@ -137,6 +146,26 @@ def storing_init(
         f"                    __strict__=__strict__, __faust=__faust, **kwargs)\n"
     )
     namespace: dict[str, Any] = {_DEFAULTS: defaults, _FAUST_INIT: faust_init}
+    exec(source, namespace)  # the names are the class's own field names
+    init = namespace["__init__"]
+    named_init(init, cls)
+    return init  # type: ignore[no-any-return]
+
+
+def keyword_only_init(cls: type[Any], faust_init: Callable[..., None]) -> Callable[..., None]:
+    """Faust's ``__init__`` for ``cls``, with its optional fields keyword-only.
+
+    Faust puts the required fields first, then the optional ones, the base
+    class's before the type's own, so a third value given by position to
+    ``ConfigChangedMessage("security", "lockout", "5")`` would be taken as the
+    ``MessageId``. Required fields may still be given by position.
+    """
+    options = cls._options
+    required = [f for f in options.fieldpos.values() if f not in options.optionalset]
+    params = ", ".join([*required, "*", "__strict__=True", "__faust=None", "**kwargs"])
+    arguments = ", ".join([*required, "__strict__=__strict__", "__faust=__faust", "**kwargs"])
+    source = f"def __init__(self, {params}):\n    {_FAUST_INIT}(self, {arguments})\n"
+    namespace: dict[str, Any] = {_FAUST_INIT: faust_init}
     exec(source, namespace)  # the names are the class's own field names
     init = namespace["__init__"]
     named_init(init, cls)

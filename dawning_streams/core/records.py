@@ -32,6 +32,7 @@ import faust
 
 from dawning_streams.core.building import (
     guid_text,
+    keyword_only_init,
     named_init,
     new_uuid4,
     stored_defaults,
@@ -71,6 +72,25 @@ def _as_is(f: WireField) -> frozenset[type]:
     if not f.required:
         accepted.add(type(None))
     return frozenset(accepted)
+
+
+#: What a field may be declared as (or that or None): what both sides write and read.
+WIRE_TYPES = "str, int, float, bool, uuid.UUID, datetime, list[str] or dict[str, Any]"
+
+
+def _refuse_unwritable(cls: type[MessageBase], attr: str, kind: Any) -> None:
+    """Refuse, when the type is declared, a field the wire cannot carry (a
+    ``Decimal``, ``list[int]``, ``int | str``), rather than at its first encode."""
+    origin, args = getattr(kind, "__origin__", kind), typing.get_args(kind)
+    if kind in (str, int, float, bool, uuid.UUID, datetime) or (
+        (origin is list and args == (str,)) or (origin is dict and args[:1] in ((), (str,)))
+    ):
+        return
+    shown = getattr(kind, "__name__", None) if not args else None
+    raise TypeError(
+        f"{cls.__module__}.{cls.__qualname__}.{attr}: {shown or kind} is not a type the wire"
+        f" carries; declare it as {WIRE_TYPES}, or one of those | None"
+    )
 
 
 def _pascal(name: str) -> str:
@@ -134,7 +154,6 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
         if kwargs.get("abstract"):
             return
         _refuse_names_alike(cls)
-        _register(cls, topic)
         hints = typing.get_type_hints(cls)
         defaults = cls._options.defaults
         wire_fields = []
@@ -142,14 +161,18 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
             kind = hints[attr]
             args = typing.get_args(kind)
             optional = type(None) in args
-            if optional:
+            if optional and len(args) == 2:
                 kind = next(a for a in args if a is not type(None))
+            _refuse_unwritable(cls, attr, kind)
             wire_fields.append(WireField(attr, _pascal(attr), kind, optional, attr not in defaults))
         if cls.wire_order:
             rank = {attr: n for n, attr in enumerate(cls.wire_order)}
             wire_fields = [f for f in wire_fields if f.attr not in rank] + sorted(
                 (f for f in wire_fields if f.attr in rank), key=lambda f: rank[f.attr]
             )
+        # Registered once every field is known to be writable: a refused type
+        # leaves its name free.
+        _register(cls, topic)
         cls.wire_fields = tuple(wire_fields)
         cls._wire_names = tuple(f.wire for f in wire_fields)
         cls._wire_values = operator.attrgetter(*(f.attr for f in wire_fields))
@@ -168,10 +191,11 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
         # written in the class.
         if getattr(init, "__qualname__", None) == "__outer__.<locals>.__init__":
             named_init(init, cls)
-            if cls._stored is not None:
-                cls.__init__ = storing_init(  # type: ignore[method-assign]
-                    cls, cls._stored, init
-                )
+            cls.__init__ = (  # type: ignore[method-assign]
+                storing_init(cls, cls._stored, init)
+                if cls._stored is not None
+                else keyword_only_init(cls, init)
+            )
 
     def __post_init__(self) -> None:
         # The base fields are never coerced on access: read as stored.

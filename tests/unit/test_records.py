@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 from unittest import mock
 
@@ -21,7 +22,7 @@ from dawning_streams import (
     encode,
 )
 from dawning_streams.core.building import new_uuid4
-from dawning_streams.core.records import MessageBase
+from dawning_streams.core.records import MessageBase, message_types
 
 USER = uuid.UUID("9f706e05-3812-4496-a6d4-6f1f5f5e0512")
 WHEN = datetime(2025, 1, 15, 8, 30, tzinfo=UTC)
@@ -68,11 +69,19 @@ def test_a_message_is_built_as_fausts_init_builds_it(
     assert made.__dict__ == reference.__dict__
 
 
-def test_positional_arguments_go_where_fausts_signature_puts_them() -> None:
-    made = AuditLogMessage(USER, "Login", "User", USER, WHEN)
+def test_required_fields_may_be_given_by_position_optional_ones_only_by_name() -> None:
+    made = AuditLogMessage(USER, "Login", "User", user_name="alice", timestamp=WHEN)
     assert (made.user_id, made.action, made.entity_type) == (USER, "Login", "User")
-    assert (made.message_id, made.timestamp) == (USER, WHEN)
+    assert (made.user_name, made.timestamp) == ("alice", WHEN)
     assert EmailMessage(to="a@x", subject="s", body="b").priority == 0  # a non-None default
+    # Faust's order puts the base class's optional fields (MessageId first)
+    # right after the required ones: a third value here would be the MessageId.
+    with pytest.raises(TypeError, match=r"ConfigChangedMessage.__init__\(\) takes 3 positional"):
+        ConfigChangedMessage("security", "lockout", "5")  # type: ignore[misc]
+    # Types built through Faust's own __init__ (a list field) too.
+    with pytest.raises(TypeError, match=r"EmailMessage.__init__\(\) takes 4 positional"):
+        EmailMessage("a@x", "s", "b", ["cc@x"])  # type: ignore[misc]
+    assert EmailMessage("a@x", "s", "b", cc=["cc@x"]).cc == ["cc@x"]
 
 
 def test_a_message_gets_an_id_a_utc_time_and_its_type() -> None:
@@ -156,3 +165,31 @@ def test_a_patched_uuid4_gives_the_ids() -> None:
         assert AuditLogMessage(**REQUIRED[0][1]).message_id == fixed
         assert EmailMessage(to="a@x", subject="s", body="b").message_id == fixed
     assert AuditLogMessage(**REQUIRED[0][1]).message_id != fixed
+
+
+@pytest.mark.parametrize(
+    ("n", "kind"),
+    list(enumerate(["Decimal", "list[int]", "list", "int | str", "int | str | None"])),
+)
+def test_a_field_the_wire_cannot_carry_is_refused_when_the_type_is_declared(
+    n: int, kind: str
+) -> None:
+    # Declared in this module, whose names (Decimal) its annotations are read with.
+    namespace: dict[str, Any] = {
+        "MessageBase": MessageBase,
+        "Decimal": Decimal,
+        "__name__": __name__,
+    }
+    source = (
+        f"class Unwritable{n}(MessageBase, topic='records.unwritable{n}'):\n    amount: {kind}\n"
+    )
+    with pytest.raises(TypeError) as raised:
+        exec(source, namespace)
+    assert str(raised.value) == (
+        f"{__name__}.Unwritable{n}.amount: {kind} is not a type the wire carries; declare it as "
+        "str, int, float, bool, uuid.UUID, datetime, list[str] or dict[str, Any], or one of"
+        " those | None"
+    )
+    # Neither the name nor the topic stays taken: the corrected type is declared.
+    exec(source.replace(f"amount: {kind}", "amount: str | None"), namespace)
+    assert message_types()[f"Unwritable{n}"].topic_name == f"records.unwritable{n}"
