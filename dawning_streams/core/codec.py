@@ -21,6 +21,7 @@ for the decoders and for the encoders.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import math
 import uuid
@@ -441,14 +442,31 @@ def _time(text: str) -> datetime:
 
 
 def _guid(text: str) -> uuid.UUID:
-    """``uuid.UUID(text)``, made directly from the digits for the written forms
-    (with or without hyphens): ``UUID()`` takes about 1.3 µs to parse one, twice
-    per message; this takes 0.5."""
+    """A GUID in the forms .NET's ``Guid.Parse`` and ``uuid.UUID`` both read:
+    32 hexadecimal digits, bare or hyphenated, the latter also in braces or
+    after ``urn:uuid:``.
+
+    Made directly from the digits: ``UUID()`` takes about 1.3 µs to parse one,
+    twice per message; this takes 0.5. And strictly: ``UUID()`` hands the
+    digits to ``int(..., 16)``, which also reads ``0x``, ``+``, ``_``, spaces
+    and non-ASCII digits; ``unhexlify`` reads hexadecimal digits only.
+    """
     digits = text.replace("-", "")
-    if len(digits) != 32:  # braces, a urn: prefix, or no GUID at all: UUID() decides
-        return uuid.UUID(text)
-    # From the same int(..., 16) UUID.__init__ would call.
-    return uuid_of(int(digits, 16))
+    if len(digits) != 32:
+        if text[:1] == "{" and text[-1:] == "}":
+            digits = text[1:-1].replace("-", "")
+        elif text.startswith("urn:uuid:"):
+            digits = text[9:].replace("-", "")
+        if len(digits) != 32:
+            raise ValueError(_BAD_GUID)
+    try:
+        return uuid_of(_from_bytes(_unhexlify(digits)))
+    except ValueError:  # binascii.Error, or a character outside ASCII
+        raise ValueError(_BAD_GUID) from None
+
+
+_BAD_GUID = "badly formed hexadecimal UUID string"
+_unhexlify, _from_bytes = binascii.unhexlify, int.from_bytes
 
 
 def _json_kind(value: Any) -> str:

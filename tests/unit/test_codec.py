@@ -234,6 +234,23 @@ def test_a_malformed_guid_is_refused_by_field(written: str) -> None:
         uuid.UUID(written)  # the standard library refuses it too
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        "0x706e0538124496a6d46f1f5f5e0512",  # int(..., 16) reads a 0x prefix
+        "+f706e0538124496a6d46f1f5f5e0512",  # a sign
+        "9f706e0538124496_6d46f1f5f5e0512",  # an underscore between digits
+        " f706e0538124496a6d46f1f5f5e0512",  # a space
+        "9f706e05-3812-4496-a6d4-6f1f5f5e051\u0663",  # an Arabic-Indic digit
+    ],
+)
+def test_what_uuid_reads_through_int_but_no_guid_writer_writes_is_refused(written: str) -> None:
+    uuid.UUID(written)  # the standard library takes it
+    raw = orjson.dumps({"UserId": written, "Action": "a", "EntityType": "b"})
+    with pytest.raises(MessageDecodeError, match="field UserId: badly formed hexadecimal UUID"):
+        decode(raw, AuditLogMessage)
+
+
 def test_camel_case_is_read_too_and_unknown_fields_are_ignored() -> None:
     raw = orjson.dumps(
         {
