@@ -12,6 +12,7 @@ its partition keeps flowing. Which path a failure takes:
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -24,8 +25,16 @@ class RetryLater(DawningError):
     """Raised by a handler to be called again after ``delay_s`` seconds."""
 
     def __init__(self, delay_s: float, reason: str = "") -> None:
-        if delay_s < 0:
-            raise ValueError(f"RetryLater delay_s must not be negative, got {delay_s}")
+        if isinstance(delay_s, bool) or not isinstance(delay_s, int | float):
+            raise TypeError(
+                f"RetryLater delay_s must be a number of seconds, got {type(delay_s).__name__}"
+                f" {delay_s!r}"
+            )
+        if not 0 <= delay_s < math.inf:  # NaN fails both
+            raise ValueError(
+                "RetryLater delay_s must be a finite number of seconds, not negative;"
+                f" got {delay_s}"
+            )
         self.delay_s = delay_s
         super().__init__(reason or f"retry requested in {delay_s} s")
 

@@ -44,7 +44,7 @@ from faust.types import StreamT
 
 from dawning_streams.core.codec import decode, encode
 from dawning_streams.core.dedupe import Dedupe
-from dawning_streams.core.errors import DawningError, MessageDecodeError
+from dawning_streams.core.errors import DawningError, MessageDecodeError, PublishError
 from dawning_streams.core.names import (
     Header,
     dead_letter_topic,
@@ -250,6 +250,7 @@ class Handler(Calling[M]):
             telemetry=app.telemetry,
             forward=self._forward,
             retry_value=self._retry_value,
+            max_delay_days=app.dawning_settings.timers.max_delay_days,
         )
         if self.options.dead_letter:
             # Kept forever: dead letters leave only by an operator's replay.
@@ -307,8 +308,8 @@ class Handler(Calling[M]):
         delivery = Delivery.of_record(record)
         try:
             await self.routing.fail(delivery, 0, exc)
-        except Exception:
-            self._log_unroutable(delivery, 0)
+        except Exception as exc:
+            await self._unroutable(delivery, 0, exc)
 
     async def _consume_source(self, stream: StreamT) -> None:
         async for event in stream.events():
@@ -359,8 +360,8 @@ class Handler(Calling[M]):
         take the rest of the batch down with it."""
         try:
             await self.routing.fail(delivery, 0, exc)
-        except Exception:
-            self._log_unroutable(delivery, 0)
+        except Exception as exc:
+            await self._unroutable(delivery, 0, exc)
 
     # -- one attempt ---------------------------------------------------------
 
@@ -368,14 +369,34 @@ class Handler(Calling[M]):
         """One attempt; a message that cannot even be routed must not stop the agent."""
         try:
             await self._attempt(delivery, attempt=attempt)
-        except Exception:
-            self._log_unroutable(delivery, attempt)
+        except Exception as exc:
+            await self._unroutable(delivery, attempt, exc)
 
-    def _log_unroutable(self, delivery: Delivery, attempt: int) -> None:
-        # The handler's own errors are routed; what lands here is a retry or
-        # dead letter the broker refused (too large, not authorised). The
-        # record stays in its topic at this offset, so say exactly where and
-        # keep the partition moving.
+    async def _unroutable(self, delivery: Delivery, attempt: int, error: Exception) -> None:
+        """A failed message whose retry or dead letter could not be written.
+
+        The handler's own errors are routed; what lands here is a retry or
+        dead letter the broker refused (too large, not authorised), or a retry
+        that could not be made at all, which is dead-lettered with why rather
+        than left behind. What still cannot be written stays in its topic at
+        this offset: say exactly where, and keep the partition moving.
+        """
+        if not isinstance(error, PublishError):
+            try:
+                await self.routing.dead_letter(delivery, attempt, error)
+            except Exception:
+                logger.debug("%s: could not dead-letter it either", self.name, exc_info=True)
+            else:
+                logger.error(
+                    "%s: could not schedule the retry of %s/%d/%d (%s: %s); dead-lettered it",
+                    self.name,
+                    delivery.topic,
+                    delivery.partition,
+                    delivery.offset,
+                    type(error).__name__,
+                    error,
+                )
+                return
         logger.critical(
             "%s: could not retry or dead-letter %s/%d/%d (attempt %d); it remains there",
             self.name,
@@ -383,7 +404,7 @@ class Handler(Calling[M]):
             delivery.partition,
             delivery.offset,
             attempt + 1,
-            exc_info=True,
+            exc_info=error,
         )
 
     async def _attempt(self, delivery: Delivery, *, attempt: int) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from dawning_streams.core.errors import MessageDecodeError
 from dawning_streams.core.names import Header
-from dawning_streams.core.retry import Expired, Retry, RetryLater
+from dawning_streams.core.retry import Expired, Reject, Retry, RetryLater
 from dawning_streams.handlers.delivery import Delivery
 from dawning_streams.handlers.timers import Timer, Timers, due_ms_in
 from dawning_streams.observability.telemetry import Telemetry
@@ -60,6 +60,7 @@ class Routing:
         telemetry: Telemetry,
         forward: Forward,
         retry_value: Callable[[Delivery, int], bytes | None],
+        max_delay_days: int,
     ) -> None:
         self.name = handler
         self.group = group
@@ -71,6 +72,8 @@ class Routing:
         self.telemetry = telemetry
         self._forward = forward
         self._retry_value = retry_value
+        #: ``Timers:MaxDelayDays``: a ``RetryLater`` asking for more is dead-lettered.
+        self.max_delay_days = max_delay_days
 
     async def expire(self, delivery: Delivery, attempt: int) -> None:
         self.telemetry.metrics.expired(self.name)
@@ -89,13 +92,25 @@ class Routing:
         timer: Timer | None = None,
     ) -> bool:
         retry_number = attempt + 1
-        if isinstance(exc, RetryLater):
+        delay_s: float | None
+        if isinstance(exc, RetryLater) and exc.delay_s > self.max_delay_days * 86400:
+            # As apply_async refuses such a countdown: no timer that far ahead.
+            exc = Reject(
+                f"RetryLater asked for {exc.delay_s:.0f} s ({exc.delay_s / 86400:.1f} days),"
+                " more than Timers:MaxDelayDays"
+                f" ({self.max_delay_days}) ahead ({exc})"
+            )
+            delay_s = None
+        elif isinstance(exc, RetryLater):
             delay_s = exc.delay_s
         elif self.retry.is_retryable(exc):
             delay_s = self.retry.delay_s(retry_number)
         else:
             delay_s = None
         if delay_s is not None and retry_number <= self.retry.max_retries:
+            retry = self.retry_timer(delivery, retry_number, delay_s, exc, timer)
+            await self.timers.schedule(retry, hold=hold)
+            # Said once it is scheduled: a retry that cannot be made is not announced.
             logger.warning(
                 "%s: %s failed (%s: %s); retry %d of %d in %.1f s",
                 self.name,
@@ -106,8 +121,6 @@ class Routing:
                 self.retry.max_retries,
                 delay_s,
             )
-            retry = self.retry_timer(delivery, retry_number, delay_s, exc, timer)
-            await self.timers.schedule(retry, hold=hold)
             self.telemetry.routed(self.name, dead_letter=False)
             return True
         await self.dead_letter(delivery, attempt, exc)

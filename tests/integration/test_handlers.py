@@ -19,6 +19,7 @@ from dawning_streams import (
 )
 from dawning_streams.core.names import Header, dead_letter_topic
 from dawning_streams.core.retry import Reject, Retry, RetryLater
+from dawning_streams.handlers.routing import Routing
 
 from ..handler_helpers import Calls, eventually, running, same_partition_users
 from ..kafka_helpers import produce_raw, read_topic
@@ -255,6 +256,41 @@ async def test_reject_skips_the_retries_and_retry_later_picks_its_delay(
     # Never before the 0.5 s it asked for; and its delay, not the policy's 30 s
     # (the bound is far from both, so a loaded machine cannot fail it).
     assert 0.45 <= later[1] - later[0] < 15
+
+
+async def test_a_retry_that_cannot_be_scheduled_is_dead_lettered_not_left_behind(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(settings, web_enabled=False)
+    calls = Calls()
+
+    @app.handler(retry=Retry(max_retries=3, backoff_s=30))
+    async def later(message: UserEventMessage) -> None:
+        calls.add(message.event_type)
+        if message.event_type == "far":
+            raise RetryLater(31 * 86400)  # past Timers:MaxDelayDays (30)
+        if message.event_type == "broken":
+            raise RuntimeError("boom")
+
+    def unschedulable(*args: object) -> None:
+        # A fault inside the framework while making the retry's timer.
+        raise ValueError("cannot make this timer")
+
+    async with running(app):
+        await later.delay(event(uuid.uuid4(), "far"))
+        dlq = dead_letter_topic(settings.kafka.topics.user_event)
+        [far] = await read_topic(settings.kafka.bootstrap_servers[0], dlq, 1)
+        monkeypatch.setattr(Routing, "retry_timer", unschedulable)
+        await later.delay(event(uuid.uuid4(), "broken"))
+        letters = await read_topic(settings.kafka.bootstrap_servers[0], dlq, 2)
+    assert dict(far.headers)[Header.EXCEPTION_MESSAGE].decode() == (
+        "RetryLater asked for 2678400 s (31.0 days), more than Timers:MaxDelayDays (30)"
+        " ahead (retry requested in 2678400 s)"
+    )
+    broken = dict(letters[1].headers)
+    assert broken[Header.EXCEPTION_TYPE] == b"builtins.ValueError"
+    assert broken[Header.EXCEPTION_MESSAGE] == b"cannot make this timer"
+    assert calls.items == ["far", "broken"]
 
 
 async def test_apply_async_with_a_countdown_runs_no_earlier(settings: Settings) -> None:

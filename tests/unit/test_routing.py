@@ -56,6 +56,7 @@ def routing(recorded: Recorded, retry: Retry, *, dead_letters: bool = True) -> R
         telemetry=Telemetry(Settings()),
         forward=recorded.forward,
         retry_value=lambda delivery, n: delivery.value,
+        max_delay_days=30,
     )
 
 
@@ -172,3 +173,35 @@ async def test_an_expired_message_is_dead_lettered_as_expired() -> None:
     headers = {k: v.decode() for k, v in sent["headers"]}
     assert headers[Header.EXCEPTION_TYPE] == "dawning_streams.core.retry.Expired"
     assert headers[Header.EXCEPTION_MESSAGE] == "expired at 1970-01-01T00:00:01Z"
+
+
+@pytest.mark.parametrize(
+    ("delay_s", "error"),
+    [
+        (float("nan"), ValueError),
+        (float("inf"), ValueError),
+        (-5, ValueError),
+        ("soon", TypeError),
+        (True, TypeError),
+    ],
+)
+def test_retry_later_refuses_a_delay_that_is_no_number_of_seconds(
+    delay_s: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=r"RetryLater delay_s must be a"):
+        RetryLater(delay_s)  # type: ignore[arg-type]
+
+
+async def test_retry_later_past_the_longest_delay_is_dead_lettered() -> None:
+    recorded = Recorded()
+    routed = routing(recorded, Retry(max_retries=3))
+    assert await routed.fail(delivery(), 0, RetryLater(30 * 86400 + 1, "quota")) is False
+    [sent] = recorded.sent
+    headers = {k: v.decode() for k, v in sent["headers"]}
+    assert recorded.scheduled == []
+    assert headers[Header.EXCEPTION_MESSAGE] == (
+        "RetryLater asked for 2592001 s (30.0 days), more than Timers:MaxDelayDays (30) ahead"
+        " (quota)"
+    )
+    # The longest delay itself is scheduled.
+    assert await routed.fail(delivery(), 0, RetryLater(30 * 86400)) is True
