@@ -395,8 +395,10 @@ class KafkaMessageBus(Service):
         *,
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
+        timeout_s: float | None = None,
     ) -> RecordMetadata:
-        """:meth:`forward` for code without an event loop."""
+        """:meth:`forward` for code without an event loop; ``TimeoutError`` after
+        ``timeout_s`` without the ack (the producer keeps the record)."""
         if self.disabled is not None:
             self.disabled.forwarded(topic)
             return None  # type: ignore[return-value]
@@ -404,7 +406,8 @@ class KafkaMessageBus(Service):
         return self.senders.blocking().call(
             lambda publisher: publisher.forward(
                 topic, key, value, partition=partition, headers=headers
-            )
+            ),
+            timeout_s=timeout_s,
         )
 
 

@@ -209,8 +209,11 @@ class BlockingSender:
     def spool(self) -> Spool:
         return self.sender.spool
 
-    def call(self, use: Callable[[Publisher], Awaitable[T]]) -> T:
-        """Run ``use(publisher)`` on the sender's loop and wait for its result."""
+    def call(
+        self, use: Callable[[Publisher], Awaitable[T]], *, timeout_s: float | None = None
+    ) -> T:
+        """Run ``use(publisher)`` on the sender's loop and wait for its result;
+        after ``timeout_s``, cancel it and raise ``TimeoutError``."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -224,7 +227,12 @@ class BlockingSender:
         async def run() -> T:
             return await use(await self.sender.started())
 
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
+        running = asyncio.run_coroutine_threadsafe(run(), self.loop)
+        try:
+            return running.result(timeout_s)
+        except TimeoutError:  # concurrent.futures' is the builtin one
+            running.cancel()
+            raise
 
     def close(self) -> None:
         """Deliver or keep what is spooled, and stop the thread (at process exit)."""

@@ -265,17 +265,21 @@ class Calling(Generic[M]):
         """:meth:`revoke` for code without an event loop; safe from any thread."""
         timer_id = timer_id_of(message_id)
         nonce = uuid.uuid4().hex
+        answers = self._answers(timer_id, timeout_s)
         for partition in range(self.app.dawning_settings.kafka.partitions):
-            self.app.bus.forward_blocking(
-                self.timers_topic,
-                timer_id.encode(),
-                None,
-                partition=partition,
-                headers=revocation(timer_id, nonce),
-            )
+            try:
+                self.app.bus.forward_blocking(
+                    self.timers_topic,
+                    timer_id.encode(),
+                    None,
+                    partition=partition,
+                    headers=revocation(timer_id, nonce),
+                    timeout_s=answers.left_s(),
+                )
+            except TimeoutError:
+                raise answers.unsent(timeout_s) from None
         import redis
 
-        answers = self._answers(timer_id, timeout_s)
         client = redis.Redis.from_url(self.app.dawning_settings.redis.url)
         try:
             while answers.wanted():
@@ -290,21 +294,25 @@ class Calling(Generic[M]):
 
     async def _revoke(self, timer_id: str, timeout_s: float) -> bool:
         nonce = uuid.uuid4().hex
-        # To every partition at once: each owner answers for its own.
-        await asyncio.gather(
-            *(
-                self.app.bus.forward(
-                    self.timers_topic,
-                    timer_id.encode(),
-                    None,
-                    partition=partition,
-                    headers=revocation(timer_id, nonce),
-                )
-                for partition in range(self.app.dawning_settings.kafka.partitions)
-            )
-        )
-        client = self.app.redis.client
         answers = self._answers(timer_id, timeout_s)
+        try:
+            # To every partition at once: each owner answers for its own.
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(
+                    *(
+                        self.app.bus.forward(
+                            self.timers_topic,
+                            timer_id.encode(),
+                            None,
+                            partition=partition,
+                            headers=revocation(timer_id, nonce),
+                        )
+                        for partition in range(self.app.dawning_settings.kafka.partitions)
+                    )
+                )
+        except TimeoutError:
+            raise answers.unsent(timeout_s) from None
+        client = self.app.redis.client
         while answers.wanted():
             try:
                 reply = await client.blpop([revoke_reply_key(nonce)], timeout=answers.wait_s())

@@ -48,6 +48,18 @@ class Answers:
             self.cancelled = True
         self.answered += 1
 
+    def left_s(self) -> float:
+        """The time left before the deadline (0 once it has passed)."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def unsent(self, timeout_s: float) -> TimeoutError:
+        """Kafka did not acknowledge the revocation records in time."""
+        return TimeoutError(
+            f"{self.what}: Kafka did not acknowledge the revocation within {timeout_s:g} s;"
+            " this process's producer keeps it and sends it when Kafka answers (what is"
+            " still unsent when the process ends is named then)"
+        )
+
     def unanswered(self, exc: BaseException) -> TimeoutError:
         return TimeoutError(
             f"{self.what}: Redis did not answer ({described(exc)}), so whether a "

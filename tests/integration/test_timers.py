@@ -451,3 +451,21 @@ async def test_revoke_nobody_answers_says_so_after_its_own_timeout_not_redis(
             await remind.revoke(uuid.uuid4(), timeout_s=6)
     with pytest.raises(TimeoutError, match=nobody):
         await asyncio.to_thread(remind.revoke_blocking, uuid.uuid4(), timeout_s=6)
+
+
+async def test_revoke_with_kafka_down_gives_up_after_its_own_timeout(settings: Settings) -> None:
+    # A caller whose Kafka does not answer (nothing listens there); Redis is up.
+    unreachable = f"127.0.0.1:{free_port()}"
+    down = dataclasses.replace(
+        settings, kafka=dataclasses.replace(settings.kafka, bootstrap_servers=(unreachable,))
+    )
+    app, _ = reminders(down)
+    remind = app.handlers["remind"]
+    unsent = r": Kafka did not acknowledge the revocation within 3 s; this process's producer"
+    # A revoke that waited for Kafka would end here with a bare TimeoutError instead.
+    async with app.bus:
+        with pytest.raises(TimeoutError, match=unsent):
+            await asyncio.wait_for(remind.revoke(uuid.uuid4(), timeout_s=3), 60)
+    with pytest.raises(TimeoutError, match=unsent):
+        blocking = asyncio.to_thread(remind.revoke_blocking, uuid.uuid4(), timeout_s=3)
+        await asyncio.wait_for(blocking, 60)
