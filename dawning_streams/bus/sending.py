@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
@@ -258,6 +259,21 @@ class Senders:
         self._last: LoopSender | None = None
         self._blocking: BlockingSender | None = None
         self._lock = threading.Lock()
+        _every_senders.add(self)
+
+    def after_fork(self) -> None:
+        """In a forked child (gunicorn ``--preload``, ``multiprocessing``): start afresh.
+
+        The parent's senders did not come along: their threads do not exist in
+        the child, and librdkafka is not fork-safe, so their producers must
+        neither be used nor destroyed there (destroying one joins threads that
+        are not there). They are kept, unused, for the child's lifetime.
+        """
+        _left_by_the_parent.extend([*self._by_loop.values(), self._blocking])
+        self._by_loop = weakref.WeakKeyDictionary()
+        self._last = None
+        self._blocking = None
+        self._lock = threading.Lock()
 
     def for_loop(self, loop: asyncio.AbstractEventLoop) -> LoopSender:
         sender = self._last
@@ -288,3 +304,16 @@ class Senders:
             senders.append(self._blocking.sender)
         counts = [sender.spool.count for sender in senders]
         return sum(counts) if counts else None
+
+
+#: Every app's senders, and what a forked child inherited from them (see ``after_fork``).
+_every_senders: weakref.WeakSet[Senders] = weakref.WeakSet()
+_left_by_the_parent: list[object] = []
+
+
+def _after_fork_in_child() -> None:
+    for senders in list(_every_senders):
+        senders.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -112,6 +112,25 @@ NO_LOOP = textwrap.dedent("""
 """)
 
 
+FORKED = textwrap.dedent("""
+    import json, os, uuid
+    from dawning_streams import UserEventMessage
+    from tasks import sent_task
+
+    def send(kind):
+        return sent_task.delay(UserEventMessage(user_id=uuid.uuid4(), event_type=kind)).result()
+
+    send("before the fork")  # the parent's sender is running when it forks
+    child = os.fork()
+    if child == 0:
+        send("in the child")
+        os._exit(0)
+    _, status = os.waitpid(child, 0)
+    send("after the fork")
+    print(json.dumps(os.waitstatus_to_exitcode(status)))
+""")
+
+
 def client_env(settings: Settings, folder: Path, topic: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -345,3 +364,19 @@ async def test_a_worker_delivers_what_a_script_of_this_machine_left_spooled(
         m.message_id for m in left
     }
     assert not spool.path.exists(), "taken in by the worker's own spool"
+
+
+async def test_a_child_forked_after_the_parent_sent_sends_with_a_sender_of_its_own(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # As under gunicorn --preload or multiprocessing's fork: the parent's sender
+    # thread and librdkafka producer do not come along, and must not be used.
+    topic = f"{settings.kafka.topics.user_event}.forked"
+    (tmp_path / "tasks.py").write_text(TASKS)
+    env = client_env(settings, tmp_path, topic)
+    code, out, err = await run_client(FORKED, env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out) == 0  # the child's exit code
+    records = await read_to_end(settings.kafka.bootstrap_servers[0], topic)
+    kinds = sorted(decode(r.value, UserEventMessage).event_type for r in records)
+    assert kinds == ["after the fork", "before the fork", "in the child"]
