@@ -57,7 +57,10 @@ def encode(message: MessageBase) -> bytes:
     encoder = _encoders.get(cls)
     if encoder is None:
         encoder = _encoders[cls] = _compile_encoder(cls)
-    raw = encoder(message)
+    try:
+        raw = encoder(message)
+    except TypeError:  # a value orjson cannot write: the checked path names its field
+        raw = None
     return raw if raw is not None else _encode_checked(message)
 
 
@@ -78,7 +81,18 @@ def _encode_checked(message: MessageBase) -> bytes:
         value = representation[f.wire]
         if value is not None:
             _check(cls, f, value)
-    return orjson.dumps(representation, option=_DUMP_OPTIONS)
+    try:
+        return orjson.dumps(representation, option=_DUMP_OPTIONS)
+    except TypeError as exc:  # an integer past 64 bits, a mapping's odd key or value
+        for f in cls.wire_fields:
+            value = representation[f.wire]
+            try:
+                orjson.dumps(value, option=_DUMP_OPTIONS)
+            except TypeError as found:
+                raise MessageEncodeError(
+                    f"{cls.__name__}.{f.attr} ({f.wire}): {found} ({value!r})"
+                ) from None
+        raise MessageEncodeError(f"{cls.__name__}: {exc}") from None
 
 
 def _tested_in_order(f: WireField, accepted: frozenset[type]) -> list[type]:

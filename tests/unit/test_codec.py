@@ -644,3 +644,25 @@ def test_the_common_case_is_written_by_the_compiled_encoder() -> None:
         written = codec._encoders[AuditLogMessage](audit)
         # A GUID as a string, and a missing required field, are the checked path's.
         assert (written is None) == (attr != "ip_address"), attr
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (
+            _alert(2**70),
+            "AlertNotificationMessage.current_value (CurrentValue): Integer exceeds 64-bit range"
+            " (1180591620717411303424)",
+        ),
+        (
+            UserEventMessage(user_id=USER, event_type="x", event_data={1: "one"}),  # type: ignore[dict-item]
+            "UserEventMessage.event_data (EventData): Dict key must be str ({1: 'one'})",
+        ),
+    ],
+)
+def test_a_value_json_cannot_hold_is_refused_naming_its_field(
+    message: MessageBase, reason: str
+) -> None:
+    with pytest.raises(MessageEncodeError) as raised:
+        encode(message)
+    assert str(raised.value) == reason
