@@ -53,6 +53,11 @@ async def test_orders_posted_to_the_web_app_are_handled_in_order_and_charged_aft
                         return False
 
                 await eventually(web_up, timeout_s=60, what="the orders web app answering")
+                for amount in ("nan", "1e999"):  # parsed by float(), but no JSON number
+                    body = {"customer_id": str(customer), "amount": amount}
+                    async with http.post(url, json=body) as response:
+                        assert response.status == 400, await response.text()
+                        assert "NaN and Infinity have no JSON form" in await response.text()
                 placed = []
                 for amount in (10.0, 20.0, 30.0):
                     body = {"customer_id": str(customer), "amount": amount}

@@ -14,6 +14,8 @@ import uuid
 
 from aiohttp import web
 
+from dawning_streams import MessageEncodeError
+
 from .messages import OrderPlaced, PaymentRequested
 from .tasks import charge, record_order
 
@@ -26,7 +28,12 @@ async def place_order(request: web.Request) -> web.Response:
     except (ValueError, KeyError, TypeError) as exc:
         return web.json_response({"error": f"bad order: {exc!r}"}, status=400)
     order_id = uuid.uuid4()
-    await record_order.delay(OrderPlaced(order_id=order_id, customer_id=customer_id, amount=amount))
+    try:
+        await record_order.delay(
+            OrderPlaced(order_id=order_id, customer_id=customer_id, amount=amount)
+        )
+    except MessageEncodeError as exc:  # "nan", "1e999": no number JSON can carry
+        return web.json_response({"error": f"bad order: {exc}"}, status=400)
     await charge.delay(PaymentRequested(order_id=order_id, customer_id=customer_id, amount=amount))
     return web.json_response({"order_id": str(order_id)}, status=202)
 
