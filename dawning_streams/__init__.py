@@ -26,7 +26,7 @@ from dawning_streams.core.records import (
     SystemEventMessage,
     UserEventMessage,
 )
-from dawning_streams.core.retry import Expired, Reject, Retry, RetryLater
+from dawning_streams.core.retry import Expired, HandlerTimeout, Reject, Retry, RetryLater
 from dawning_streams.core.settings import Settings
 from dawning_streams.handlers.delivery import CurrentDelivery, current_delivery
 from dawning_streams.handlers.handler import Handler, HandlerError
@@ -46,6 +46,7 @@ __all__ = [
     "Expired",
     "Handler",
     "HandlerError",
+    "HandlerTimeout",
     "KafkaMessageBus",
     "KafkaUnavailable",
     "MessageBase",

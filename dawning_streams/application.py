@@ -80,6 +80,8 @@ STOP_WITHOUT_KAFKA_S = 5.0
 LEAVE_AT_DEADLINE_S = 2.0
 #: A rebalance this long is explained in the log (once): the worker handles nothing meanwhile.
 SLOW_REBALANCE_S = 10.0
+#: A record handled for longer than this is named in a WARNING (and at each doubling).
+LONG_ATTEMPT_S = 60.0
 
 
 def _forbid_pickle() -> None:
@@ -104,6 +106,8 @@ class App(OpsHost):
         self.rebalance_started_at: float | None = None
         #: The rebalance a slow-rebalance line was logged for.
         self._noted_rebalance: float | None = None
+        #: (handler, topic, partition, offset) being handled -> (since, warnings said).
+        self._handling_since: dict[tuple[str, str, int, int], tuple[float, int]] = {}
         kafka = settings.kafka
         session_s = kafka.session_timeout_ms / 1000
         super().__init__(
@@ -394,6 +398,37 @@ class App(OpsHost):
                 waited_s,
                 self.dawning_settings.kafka.session_timeout_ms,
             )
+
+    @Service.timer(10.0)
+    async def _note_long_attempts(self) -> None:
+        """Name a record a handler has been on for LONG_ATTEMPT_S, and again
+        each time that doubles: its lane takes nothing else meanwhile, which
+        shows elsewhere only as lag."""
+        now = time.monotonic()
+        seen = self._handling_since
+        current: dict[tuple[str, str, int, int], tuple[float, int]] = {}
+        for entry in list(self.lanes.values()):
+            for lane in entry.lanes if isinstance(entry, LaneGroup) else [entry]:
+                for tp, offset in lane.in_progress():
+                    record = (lane.handler or lane.topic, tp.topic, tp.partition, offset)
+                    current[record] = seen.get(record, (now, 0))
+        for record, (since, said) in current.items():
+            running_s = now - since
+            # 1 from LONG_ATTEMPT_S, 2 from twice that, 3 from four times...
+            level = int(running_s / LONG_ATTEMPT_S).bit_length()
+            if level > said:
+                current[record] = (since, level)
+                handler, topic, partition, offset = record
+                logger.warning(
+                    "%s has been handling %s/%d@%d for %.0f s; its lane takes no other"
+                    " record meanwhile (timeout_s= on the handler bounds an attempt)",
+                    handler,
+                    topic,
+                    partition,
+                    offset,
+                    running_s,
+                )
+        self._handling_since = current
 
     async def on_started(self) -> None:
         await super().on_started()

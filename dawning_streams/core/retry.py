@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from dawning_streams.core.errors import DawningError, MessageDecodeError
 
-__all__ = ["Expired", "Reject", "Retry", "RetryLater"]
+__all__ = ["Expired", "HandlerTimeout", "Reject", "Retry", "RetryLater"]
 
 
 class RetryLater(DawningError):
@@ -41,6 +41,11 @@ class RetryLater(DawningError):
 
 class Expired(DawningError):
     """Why a message sent with ``expires`` was dead-lettered instead of run."""
+
+
+class HandlerTimeout(DawningError, TimeoutError):
+    """An attempt ran past its handler's ``timeout_s`` and was cancelled; retried as
+    any failure (list it in ``Retry.non_retryable`` to dead-letter it at once)."""
 
 
 class Reject(DawningError):

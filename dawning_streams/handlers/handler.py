@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import time
 import typing
 from collections.abc import Awaitable, Callable
@@ -54,7 +55,7 @@ from dawning_streams.core.names import (
     valid_name,
 )
 from dawning_streams.core.records import MessageBase
-from dawning_streams.core.retry import Reject, Retry
+from dawning_streams.core.retry import HandlerTimeout, Reject, Retry
 from dawning_streams.handlers.calling import Calling
 from dawning_streams.handlers.dedupe import Deduplicated
 from dawning_streams.handlers.delivery import Delivery, delivered, delivering
@@ -92,6 +93,9 @@ class HandlerOptions:
     batch_within_s: float = 1.0
     #: ``True`` for ``Dedupe()``; see :mod:`dawning_streams.core.dedupe`.
     dedupe: Dedupe | bool | None = None
+    #: Seconds an attempt may take (an async handler's): then it is cancelled
+    #: and fails with :class:`HandlerTimeout`, retried as any failure. None: no limit.
+    timeout_s: float | None = None
 
     @property
     def dedupe_policy(self) -> Dedupe | None:
@@ -119,6 +123,12 @@ class HandlerOptions:
             return f"batch_within_s must be positive, got {self.batch_within_s!r}"
         if self.ordered and (self.concurrency != 1 or self.batch_size != 1):
             return "an ordered handler runs with concurrency=1 and batch_size=1"
+        if self.timeout_s is not None and (
+            isinstance(self.timeout_s, bool)
+            or not isinstance(self.timeout_s, int | float)
+            or not 0 < self.timeout_s < math.inf
+        ):
+            return f"timeout_s must be a positive number of seconds or None, got {self.timeout_s!r}"
         return None
 
 
@@ -150,6 +160,8 @@ class Handler(Calling[M]):
         self._plain: Callable[[Any], Awaitable[Any]] = (
             fn if inspect.iscoroutinefunction(fn) else self._in_thread  # type: ignore[assignment]
         )
+        if options.timeout_s is not None:
+            self._plain = self._limited
         self._function: Callable[[Any], Awaitable[Any]] = self._plain
         # A message with a RetryCount field (EmailMessage) carries its retry
         # number, as the seed's email retry does.
@@ -168,6 +180,19 @@ class Handler(Calling[M]):
 
     async def _in_thread(self, message: Any) -> None:
         await asyncio.to_thread(self.fn, message)
+
+    async def _limited(self, message: Any) -> None:
+        """The function, cancelled after ``timeout_s`` (an async one: a thread
+        cannot be stopped, and a retry while it runs would run the message twice)."""
+        limit = self.options.timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                await self.fn(message)  # type: ignore[misc]
+        except TimeoutError as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the worker is stopping, not this attempt timing out
+            raise HandlerTimeout(f"{self.name} did not finish within timeout_s={limit:g}") from exc
 
     async def _call(self, message: Any) -> None:
         await self._function([message] if self.options.batch_size > 1 else message)
@@ -562,6 +587,11 @@ def handler_for(
             "(a MessageBase subclass) or bytes"
         )
     problem = options.problem()
+    if problem is None and options.timeout_s is not None and not inspect.iscoroutinefunction(fn):
+        problem = (
+            "timeout_s needs an async handler: a function run in a thread cannot be"
+            " stopped, and retrying it while it runs would handle the message twice"
+        )
     if problem is not None:
         raise HandlerError(f"handler {name!r}: {problem}")
     built = Handler(app, fn, message_type=message_type, topic=topic, name=name, options=options)

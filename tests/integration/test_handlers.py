@@ -11,8 +11,10 @@ import pytest
 
 from dawning_streams import (
     AuditLogMessage,
+    HandlerError,
     Settings,
     UserEventMessage,
+    application,
     create_app,
     decode,
     encode,
@@ -353,3 +355,57 @@ async def test_a_batch_handler_goes_on_with_the_batch_when_a_dead_letter_is_refu
         await calls.wait_until(lambda items: ["after"] in items)
     [record] = [r for r in caplog.records if r.levelname == "CRITICAL"]
     assert f"{topic}/0/{sent[0].offset}" in record.getMessage()
+
+
+async def test_an_attempt_past_timeout_s_is_cancelled_and_retried(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Named after LONG_ATTEMPT_S (1 s here) while it hangs, by the 10 s watch.
+    monkeypatch.setattr(application, "LONG_ATTEMPT_S", 1.0)
+    app = create_app(settings, web_enabled=False)
+    calls = Calls()
+    cancelled = []
+
+    # Long enough for two of the watch's looks, 10 s apart, to see it hang.
+    @app.handler(retry=Retry(max_retries=1, backoff_s=0.5), timeout_s=25)
+    async def slow(message: UserEventMessage) -> None:
+        calls.add(message.event_type)
+        if calls.items.count(message.event_type) == 1:
+            try:
+                await asyncio.sleep(3600)  # hangs on its first attempt
+            except asyncio.CancelledError:
+                cancelled.append(message.event_type)
+                raise
+
+    async with running(app):
+        await slow.delay(event(uuid.uuid4(), "hangs once"))
+        await calls.wait_until(lambda items: items == ["hangs once"] * 2, timeout_s=60)
+    assert cancelled == ["hangs once"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        w.startswith("slow has been handling ") and "; its lane takes no other record" in w
+        for w in warnings
+    ), warnings
+    assert any(
+        "failed (HandlerTimeout: slow did not finish within timeout_s=25); retry 1 of 1" in w
+        for w in warnings
+    ), warnings
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, float("nan"), "5", True])
+def test_timeout_s_must_be_a_positive_number_of_seconds(
+    settings: Settings, timeout_s: object
+) -> None:
+    app = create_app(settings, web_enabled=False)
+    with pytest.raises(HandlerError, match="timeout_s must be a positive number of seconds"):
+
+        @app.handler(timeout_s=timeout_s)
+        async def bad(message: UserEventMessage) -> None: ...
+
+
+def test_timeout_s_is_refused_for_a_handler_run_in_a_thread(settings: Settings) -> None:
+    app = create_app(settings, web_enabled=False)
+    with pytest.raises(HandlerError, match="timeout_s needs an async handler"):
+
+        @app.handler(timeout_s=5)
+        def blocking(message: UserEventMessage) -> None: ...
