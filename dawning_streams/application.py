@@ -319,8 +319,13 @@ class App(OpsHost):
         # the bus, say), goes through the worker's producer.
         self.bus.bind_worker(asyncio.get_running_loop())
         if self.in_worker and self.conf.web_enabled:
-            web = self.dawning_settings.web
-            problem = port_taken(web.host, web.port)
+            # Where Faust's server will listen: Web:Host and Web:Port, unless the
+            # command line said otherwise (faust worker --web-port/--web-bind).
+            problem = port_taken(
+                self.conf.web_bind,
+                self.conf.web_port,
+                named="--web-port" if self.conf.web_port != self.dawning_settings.web.port else "",
+            )
             if problem is not None:
                 logger.error("%s", problem)
                 self._exit_now(2)

@@ -133,8 +133,9 @@ def quiet_bad_requests() -> None:
     logging.getLogger("aiohttp.server").addFilter(_BadRequestLine())
 
 
-def port_taken(host: str, port: int) -> str | None:
-    """Why the worker could not serve on ``host:port``, or None if it can.
+def port_taken(host: str, port: int, *, named: str = "") -> str | None:
+    """Why the worker could not serve on ``host:port``, or None if it can;
+    ``named``: the option that chose the port, if not ``Web:Port``.
 
     Asked before the worker starts anything, so that a second worker on one
     machine (both on the default 6066) stops in one line naming the setting,
@@ -145,9 +146,10 @@ def port_taken(host: str, port: int) -> str | None:
         with socket.create_server((host, port)):
             return None
     except OSError as exc:
+        chosen = f"{named} {port}" if named else f"Web:Port={port}"
         if exc.errno == errno.EADDRINUSE:
             return (
-                f"Web:Port={port}: {host}:{port} is already in use (another worker on this "
+                f"{chosen}: {host}:{port} is already in use (another worker on this "
                 "machine?); give each worker its own port (DAWNING_WEB__PORT)"
             )
-        return f"Web:Host={host!r}, Web:Port={port}: cannot listen there: {exc.strerror or exc}"
+        return f"Web:Host={host!r}, {chosen}: cannot listen there: {exc.strerror or exc}"
