@@ -255,3 +255,16 @@ def register_commands(app: OpsHost) -> None:
         async with self.app.bus:  # type: ignore[attr-defined]
             count = await dlq.replay(self.app, letters)  # type: ignore[arg-type]
         self.say(f"replayed {count} dead letter(s)", file=sys.stderr)
+        # A replay runs only in the handler that failed it: one renamed or gone
+        # since runs none of them.
+        declared = self.app.handlers  # type: ignore[attr-defined]
+        failed_in = {letter.header(Header.HANDLER) for letter in letters}
+        unknown = sorted(str(h) for h in failed_in - {None} - set(declared))
+        if unknown:
+            modules = ",".join(self.app.dawning_settings.worker.modules)  # type: ignore[attr-defined]
+            self.say(
+                f"warning: they are for handler(s) {', '.join(unknown)}, which "
+                f"Worker:Modules={modules} does not declare: only a handler of that name "
+                "runs them (renamed? declare it again, or set Worker:Modules as the workers do)",
+                file=sys.stderr,
+            )

@@ -251,6 +251,11 @@ async def test_the_dlq_commands_filter_by_every_option_and_replay_only_what_they
     )
     assert replayed.returncode == 0, replayed.stderr
     assert "replayed 1 dead letter(s)" in replayed.stderr
+    # The handler that failed it is this test's, which the command's app does not declare.
+    assert (
+        "warning: they are for handler(s) audit_log, which Worker:Modules="
+        "dawning_streams.agents does not declare: only a handler of that name runs them"
+    ) in replayed.stderr
     # On the source topic: the two originals, and the one replay (of the KeyError).
     records = await read_to_end(
         settings.kafka.bootstrap_servers[0], settings.kafka.topics.audit_log
