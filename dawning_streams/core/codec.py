@@ -89,16 +89,21 @@ def _encode_checked(message: MessageBase) -> bytes:
             try:
                 orjson.dumps(value, option=_DUMP_OPTIONS)
             except TypeError as found:
-                raise MessageEncodeError(
+                raise Unwritable(
                     f"{cls.__name__}.{f.attr} ({f.wire}): {found} ({value!r})"
                 ) from None
-        raise MessageEncodeError(f"{cls.__name__}: {exc}") from None
+        raise Unwritable(f"{cls.__name__}: {exc}") from None
 
 
 def _tested_in_order(f: WireField, accepted: frozenset[type]) -> list[type]:
     """The field's own class first, None last: the common value is tested once."""
     own = getattr(f.kind, "__origin__", f.kind)
     return sorted(accepted, key=lambda kind: (kind is type(None), kind is not own, str(kind)))
+
+
+class Unwritable(MessageEncodeError, TypeError):
+    """A value JSON cannot hold at all, its field named; a ``TypeError`` still,
+    as orjson's own is (a batch publish names the message and sends the rest)."""
 
 
 #: Each type's encoder of the common case (see :func:`_compile_encoder`).
