@@ -185,13 +185,13 @@ class Handler(Calling[M]):
         """The function, cancelled after ``timeout_s`` (an async one: a thread
         cannot be stopped, and a retry while it runs would run the message twice)."""
         limit = self.options.timeout_s
+        scope = asyncio.timeout(limit)
         try:
-            async with asyncio.timeout(limit):
+            async with scope:
                 await self.fn(message)  # type: ignore[misc]
         except TimeoutError as exc:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # the worker is stopping, not this attempt timing out
+            if not scope.expired():
+                raise  # the handler's own (a client's timeout), not the limit's
             raise HandlerTimeout(f"{self.name} did not finish within timeout_s={limit:g}") from exc
 
     async def _call(self, message: Any) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 
-from dawning_streams import AuditLogMessage, EmailMessage, create_app
+from dawning_streams import AuditLogMessage, EmailMessage, HandlerTimeout, create_app
 from dawning_streams.core.retry import Retry
 from dawning_streams.handlers.handler import HandlerError
 
@@ -149,3 +150,22 @@ async def test_sending_the_wrong_type_is_refused(app) -> None:  # type: ignore[n
 
     with pytest.raises(TypeError, match="audit takes AuditLogMessage, got EmailMessage"):
         await audit.delay(EmailMessage(to="a@b", subject="s", body="b"))
+
+
+async def test_timeout_s_ends_a_slow_attempt_but_passes_the_handlers_own_timeout_on(
+    app,  # type: ignore[no-untyped-def]
+) -> None:
+    @app.handler(timeout_s=0.05)
+    async def slow(message: AuditLogMessage) -> None:
+        await asyncio.sleep(30)
+
+    @app.handler(timeout_s=30)
+    async def clients(message: AuditLogMessage) -> None:
+        raise TimeoutError("the SMTP server did not answer")
+
+    message = AuditLogMessage(user_id=uuid.uuid4(), action="a", entity_type="e")
+    with pytest.raises(HandlerTimeout, match=r"^slow did not finish within timeout_s=0.05$"):
+        await slow(message)
+    with pytest.raises(TimeoutError) as raised:
+        await clients(message)
+    assert type(raised.value) is TimeoutError  # not taken for the limit's
