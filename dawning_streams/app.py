@@ -22,14 +22,17 @@ app importing a tasks module), it raises :class:`SettingsError` instead.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import traceback
 from pathlib import Path
 from typing import NoReturn
 
-from dawning_streams.application import create_app
+from dawning_streams.application import App, create_app
 from dawning_streams.core.errors import SettingsError
 from dawning_streams.core.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 def _stop(error: SettingsError) -> NoReturn:
@@ -82,6 +85,22 @@ def _load(name: str) -> None:
     install = getattr(module, "install", None)
     if callable(install):
         install(app)
+    _warn_of_other_apps(name, module)
+
+
+def _warn_of_other_apps(name: str, module: object) -> None:
+    """Name handlers a module declared on an app of its own (``create_app()``):
+    no worker runs them, while their ``delay()`` still sends."""
+    for attr, value in vars(module).items():
+        if isinstance(value, App) and value is not app and value.handlers:
+            logger.warning(
+                "%s.%s is an app of its own (create_app()), which this worker does not run: "
+                "its handler(s) %s never run here; declare them on "
+                "`from dawning_streams.app import app`",
+                name,
+                attr,
+                ", ".join(sorted(value.handlers)),
+            )
 
 
 for _name in settings.worker.modules:

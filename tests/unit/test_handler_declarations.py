@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import types
 import uuid
 
 import pytest
@@ -169,3 +170,22 @@ async def test_timeout_s_ends_a_slow_attempt_but_passes_the_handlers_own_timeout
     with pytest.raises(TimeoutError) as raised:
         await clients(message)
     assert type(raised.value) is TimeoutError  # not taken for the limit's
+
+
+def test_handlers_a_worker_module_declares_on_an_app_of_its_own_are_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dawning_streams import app as worker_app
+
+    own = create_app()
+
+    @own.handler
+    async def ping(message: AuditLogMessage) -> None: ...
+
+    module = types.SimpleNamespace(app=own, worker=worker_app.app)
+    worker_app._warn_of_other_apps("myproj.tasks", module)
+    assert [r.getMessage() for r in caplog.records] == [
+        "myproj.tasks.app is an app of its own (create_app()), which this worker does not run:"
+        " its handler(s) ping never run here; declare them on"
+        " `from dawning_streams.app import app`"
+    ]
