@@ -231,6 +231,8 @@ class Calling(Generic[M]):
         if expires is not None:
             if isinstance(expires, datetime):
                 expires_ms = _epoch_ms(_aware("expires", expires))
+                if expires_ms <= now_ms():  # as expires=0 is: it could never run
+                    raise ValueError(f"expires={expires.isoformat()} has already passed")
             else:
                 seconds = _seconds("expires", expires)
                 if seconds <= 0:

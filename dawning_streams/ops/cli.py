@@ -114,6 +114,14 @@ def _one_error_line() -> Iterator[None]:
 
 
 async def _chosen(app: OpsHost, topics: tuple[str, ...], **filters: Any) -> list[dlq.DeadLetter]:
+    since, until = filters["since"], filters["until"]
+    if since is not None and until is not None and since > until:
+        # As the web views answer 400: an empty window is a mistake, not "none".
+        print(
+            f"Error: --since {since.isoformat()} is after --until {until.isoformat()}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     try:
         with _one_error_line():
             letters = await dlq.read_dead_letters(app, topics or None)

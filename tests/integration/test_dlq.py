@@ -241,6 +241,11 @@ async def test_the_dlq_commands_filter_by_every_option_and_replay_only_what_they
 
     bad = run("dlq-list", "--since", "yesterday")
     assert bad.returncode == 2
+    backwards = run(
+        "dlq-list", "--since", "2026-12-02T00:00:00Z", "--until", "2026-12-01T00:00:00Z"
+    )
+    assert backwards.returncode == 2
+    assert "Error: --since 2026-12-02T00:00:00+00:00 is after --until" in backwards.stderr
     assert "--since" in bad.stderr and "'yesterday' is not an ISO-8601 time" in bad.stderr
 
     refused = run("dlq-replay")

@@ -187,6 +187,7 @@ async def test_revoking_a_message_that_already_ran_says_so(settings: Settings) -
         ({"countdown_s": 1, "eta": datetime.now(UTC)}, "give countdown_s or eta, not both"),
         ({"expires": -5}, "expires must be positive seconds, got -5"),
         ({"expires": datetime(2030, 1, 1)}, "expires must be an aware datetime"),
+        ({"expires": datetime(2020, 1, 1, tzinfo=UTC)}, "expires=2020-01-01T00:00:00+00:00 has"),
     ],
 )
 async def test_bad_timing_raises_a_value_error_naming_it_and_publishes_nothing(
