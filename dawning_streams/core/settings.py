@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import socket
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from dawning_streams.core import dotnet_json
 from dawning_streams.core.errors import SettingsError
 
 __all__ = [
@@ -749,12 +749,16 @@ def _read_file(file: str | Path | None) -> tuple[Path | None, Mapping[str, Any]]
         if file:
             raise SettingsError(SETTINGS_FILE_VAR, str(file), "no such file")
         return None, {}
+    # Named as it was chosen: by the variable, or found in the working directory.
+    source = {} if file else {"source": "the working directory"}
+    named = SETTINGS_FILE_VAR if file else "settings file"
     try:
-        document = json.loads(path.read_text(encoding="utf-8-sig"))
+        # As .NET reads it: comments and trailing commas allowed, a BOM skipped.
+        document = dotnet_json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
-        raise SettingsError(SETTINGS_FILE_VAR, str(path), f"unreadable: {exc}") from exc
+        raise SettingsError(named, str(path), f"unreadable: {exc}", **source) from exc
     if not isinstance(document, dict):
-        raise SettingsError(SETTINGS_FILE_VAR, str(path), "must hold a JSON object")
+        raise SettingsError(named, str(path), "must hold a JSON object", **source)
     return path, document
 
 

@@ -425,3 +425,35 @@ def test_a_misspelt_kafka_key_in_the_file_is_refused_by_its_path(
         load()
     assert refused.value.key == named
     assert "(from appsettings.json): is not a dawning-streams setting" in str(refused.value)
+
+
+def test_a_settings_file_with_dotnet_comments_and_trailing_commas_is_read(tmp_cwd: Path) -> None:
+    # As Microsoft.Extensions.Configuration.Json reads it (comments skipped,
+    # trailing commas allowed); the same characters inside strings are kept.
+    (tmp_cwd / "appsettings.json").write_text(
+        "\ufeff{\n"
+        "  // the gateway's cluster\n"
+        '  "Kafka": {\n'
+        '    "BootstrapServers": "kafka-1:9092,kafka-2:9092", /* two of three */\n'
+        '    "ConsumerGroupId": "a//b /* not a comment */ c,}",\n'
+        '    "Producer": { "LingerMs": 7, },\n'
+        "  },\n"
+        "}\n"
+    )
+    kafka = load().kafka
+    assert kafka.bootstrap_servers == ("kafka-1:9092", "kafka-2:9092")
+    assert kafka.consumer_group_id == "a//b /* not a comment */ c,}"
+    assert kafka.producer.linger_ms == 7
+
+
+def test_a_broken_settings_file_is_named_as_it_was_found_with_its_line(tmp_cwd: Path) -> None:
+    (tmp_cwd / "appsettings.json").write_text('{\n  /* a\n  comment */\n  "Kafka": {,}\n}\n')
+    with pytest.raises(SettingsError) as caught:
+        load()
+    assert str(caught.value).startswith(
+        "settings file='appsettings.json' (from the working directory): unreadable: "
+    )
+    assert "line 4 column 13" in str(caught.value)
+    (tmp_cwd / "appsettings.json").write_text('{"Kafka": {} /* never closed')
+    with pytest.raises(SettingsError, match="a /\\* comment opened at char 13 is never closed"):
+        load()
