@@ -423,13 +423,23 @@ class NullMessageBus:
 
     def drop(self, message: MessageBase) -> None:
         """Drop ``message``, counting it by type."""
+        self._said(f"{type(message).__name__} {message.message_id}")
         self.dropped[type(message).__name__] += 1
-        logger.info("Kafka is disabled; dropped %s %s", type(message).__name__, message.message_id)
 
     def forwarded(self, topic: str) -> None:
         """Drop raw bytes meant for ``topic``, counting them by topic."""
+        self._said(f"a record for {topic}")
         self.dropped[topic] += 1
-        logger.info("Kafka is disabled; dropped a record for %s", topic)
+
+    def _said(self, what: str) -> None:
+        # The first drop at WARNING, where a plain script shows it; the rest at INFO.
+        first = not self.dropped
+        logger.log(
+            logging.WARNING if first else logging.INFO,
+            "Kafka is disabled (Kafka:Enabled=false); dropped %s%s",
+            what,
+            ", and every message sent from now on (counted, at INFO)" if first else "",
+        )
 
     async def publish_many(self, messages: Iterable[MessageBase]) -> list[None]:
         """Drop each of ``messages``."""
