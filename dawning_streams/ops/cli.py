@@ -149,9 +149,11 @@ def _handlers(command: AppCommand, chosen: tuple[str, ...]) -> list[str]:
     known = command.app.handlers  # type: ignore[attr-defined]
     unknown = sorted(set(chosen) - set(known))
     if unknown:
+        modules = ",".join(command.app.dawning_settings.worker.modules)  # type: ignore[attr-defined]
         command.say(
-            f"Error: no handler named {', '.join(unknown)}; "
-            f"this app has {', '.join(sorted(known))}",
+            f"Error: no handler named {', '.join(unknown)}; this app, with "
+            f"Worker:Modules={modules}, has {', '.join(sorted(known))} (set "
+            "DAWNING_WORKER__MODULES as the workers have it)",
             file=sys.stderr,
         )
         raise SystemExit(2)

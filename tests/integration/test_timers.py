@@ -367,7 +367,8 @@ async def test_the_timers_command_lists_held_keys_and_held_release_dead_letters_
     assert headers[Header.EXCEPTION_MESSAGE] == "released by an operator"
     assert headers[Header.ATTEMPT] == "1"  # its first try; the retry it waited on did not run
     assert str(failing.message_id).encode() in letter.value  # type: ignore[operator]
-    assert unknown.returncode == 2 and "no handler named nope" in unknown.stderr
+    assert unknown.returncode == 2 and "no handler named nope; this app, with " in unknown.stderr
+    assert "(set DAWNING_WORKER__MODULES as the workers have it)" in unknown.stderr
 
 
 async def test_a_key_held_past_its_retrys_due_time_is_reported_stuck_until_it_runs(
