@@ -176,6 +176,12 @@ def translated(err: confluent_kafka.KafkaError) -> BrokerUnavailable | RefusedEr
             " (larger than Kafka:Producer:MaxRequestBytes allows, or than the topic's "
             "max.message.bytes on the broker)"
         )
+    elif err.code() == _E._UNKNOWN_PARTITION:
+        # Revocations and retries name their partition, counted by the setting.
+        text += (
+            " (a partition the topic does not have: is Kafka:Partitions more than the"
+            " topic's partition count?)"
+        )
     if err.code() in REFUSED_FOR_GOOD:
         return RefusedError(text)
     return BrokerUnavailable(text)

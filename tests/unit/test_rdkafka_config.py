@@ -93,3 +93,12 @@ def test_librdkafkas_errors_are_refusals_for_good_or_unavailability(
     error = translated(confluent_kafka.KafkaError(code))
     assert type(error) is ours
     assert confluent_kafka.KafkaError(code).name() in str(error)
+
+
+def test_an_unknown_partition_names_the_setting_that_counts_partitions() -> None:
+    error = translated(confluent_kafka.KafkaError(confluent_kafka.KafkaError._UNKNOWN_PARTITION))
+    assert type(error) is RefusedError
+    assert str(error).endswith(
+        "(a partition the topic does not have: is Kafka:Partitions more than the topic's"
+        " partition count?)"
+    )
