@@ -144,12 +144,17 @@ def _iso(epoch_ms: int | None) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
+def _modules(command: AppCommand) -> str:
+    """``Worker:Modules`` of this process, as an error tells it (the handlers it knows)."""
+    return ",".join(command.app.dawning_settings.worker.modules)  # type: ignore[attr-defined]
+
+
 def _handlers(command: AppCommand, chosen: tuple[str, ...]) -> list[str]:
     """The handlers named by ``--handler`` (default: all); an unknown one exits with 2."""
     known = command.app.handlers  # type: ignore[attr-defined]
     unknown = sorted(set(chosen) - set(known))
     if unknown:
-        modules = ",".join(command.app.dawning_settings.worker.modules)  # type: ignore[attr-defined]
+        modules = _modules(command)
         command.say(
             f"Error: no handler named {', '.join(unknown)}; this app, with "
             f"Worker:Modules={modules}, has {', '.join(sorted(known))} (set "
@@ -239,7 +244,7 @@ def register_commands(app: OpsHost) -> None:
         if not topics:
             # A handler of a module this process did not import has its
             # dead letters elsewhere: say whose were read.
-            modules = ",".join(self.app.dawning_settings.worker.modules)  # type: ignore[attr-defined]
+            modules = _modules(self)
             searched = (
                 f" in the dead-letter topics of the seven message types and of the handlers "
                 f"of Worker:Modules={modules} (name a topic to read another)"
@@ -271,7 +276,7 @@ def register_commands(app: OpsHost) -> None:
         failed_in = {letter.header(Header.HANDLER) for letter in letters}
         unknown = sorted(str(h) for h in failed_in - {None} - set(declared))
         if unknown:
-            modules = ",".join(self.app.dawning_settings.worker.modules)  # type: ignore[attr-defined]
+            modules = _modules(self)
             self.say(
                 f"warning: they are for handler(s) {', '.join(unknown)}, which "
                 f"Worker:Modules={modules} does not declare: only a handler of that name "
