@@ -413,13 +413,16 @@ class Handler(Calling[M]):
                 logger.debug("%s: could not dead-letter it either", self.name, exc_info=True)
             else:
                 logger.error(
-                    "%s: could not schedule the retry of %s/%d/%d (%s: %s); dead-lettered it",
+                    "%s: could not schedule the retry of %s/%d/%d (%s: %s); %s",
                     self.name,
                     delivery.topic,
                     delivery.partition,
                     delivery.offset,
                     type(error).__name__,
                     error,
+                    "dead-lettered it"
+                    if self.routing.dead_letter_topic is not None
+                    else "dropped it, as dead letters are off",
                 )
                 return
         logger.critical(
