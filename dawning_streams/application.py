@@ -15,6 +15,8 @@ import functools
 import gc
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -82,6 +84,7 @@ LEAVE_AT_DEADLINE_S = 2.0
 SLOW_REBALANCE_S = 10.0
 #: A record handled for longer than this is named in a WARNING (and at each doubling).
 LONG_ATTEMPT_S = 60.0
+_NOT_HANDLING = "no record being handled"
 
 
 def _forbid_pickle() -> None:
@@ -457,6 +460,15 @@ class App(OpsHost):
                     timeout_s,
                 )
             self._stop_deadline.arm(timeout_s)
+            self._stop_at_a_second_signal()
+            if (handling := self._handling()) != _NOT_HANDLING:
+                logger.info(
+                    "stopping: waiting up to %g s for the handlers, %s (SIGINT or SIGTERM "
+                    "again stops now; what is not finished is handled again by its "
+                    "partitions' next owner)",
+                    timeout_s,
+                    handling,
+                )
         await super().on_stop()
         # A process that goes on (tests, the benchmark) may collect it again.
         gc.unfreeze()
@@ -541,7 +553,20 @@ class App(OpsHost):
             for lane in lanes
             if (records := lane.in_progress())
         ]
-        return "still handling " + "; ".join(busy) if busy else "no record being handled"
+        return "still handling " + "; ".join(busy) if busy else _NOT_HANDLING
+
+    def _stop_at_a_second_signal(self) -> None:
+        """Make SIGINT or SIGTERM during the stop end the process at once, as
+        Celery's second Ctrl-C does (mode's handlers ignore it). A handler of
+        the signal module's, not of the loop's: it runs even while a handler
+        that blocks holds the loop."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers belong to the main thread
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._signalled_again)
+
+    def _signalled_again(self, signum: int, frame: object) -> None:
+        self._stop_deadline.now(signal.Signals(signum).name)
 
     @staticmethod
     def _exit_now(code: int) -> None:

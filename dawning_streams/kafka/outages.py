@@ -13,7 +13,7 @@
 - :func:`wait_for_kafka` holds a worker's start until the brokers answer,
   with exponential backoff, instead of exiting at once.
 - :class:`StopDeadline` ends the process ``Worker:StopTimeoutS`` after a stop
-  began, whatever it still waits for.
+  began, whatever it still waits for, or at once when told to stop again.
 - :func:`log_thread_exceptions` logs what ends a thread as one record, not as
   a traceback written to stderr, which a worker logs line by line (a consumer
   thread cancelled by a stop made a hundred WARNING lines of fragments).
@@ -331,25 +331,39 @@ class StopDeadline:
         if self._timer is not None:
             self._timer.cancel()
 
+    def now(self, signal_name: str) -> None:
+        """End the process at once, as the deadline would: told to stop again
+        (``signal_name``) while stopping. On a thread of its own, since this is
+        called from a signal handler and leaving the group takes a moment."""
+        self.disarm()
+        threading.Thread(
+            target=self._exit,
+            args=(f"told to stop again ({signal_name}) during the stop",),
+            name="stop-now",
+            daemon=True,
+        ).start()
+
     def _overdue(self) -> None:
-        try:
-            state = self.describe()
-        except Exception as exc:  # the description must not keep the process alive
-            state = f"(state unknown: {exc!r})"
         why = (
             f"Worker:StopTimeoutS={self.timeout_s:g}"
             if self._armed_s == self.timeout_s
             else "Kafka was unreachable when it began, so nothing could be committed"
         )
+        self._exit(f"the stop did not finish within {self._armed_s:g} s ({why})")
+
+    def _exit(self, reason: str) -> None:
+        try:
+            state = self.describe()
+        except Exception as exc:  # the description must not keep the process alive
+            state = f"(state unknown: {exc!r})"
         try:
             left = self.leave()
         except Exception as exc:  # exiting regardless
             logger.debug("could not leave the consumer group: %r", exc)
             left = False
         logger.error(
-            "the stop did not finish within %g s (%s); exiting now%s. %s",
-            self._armed_s,
-            why,
+            "%s; exiting now%s. %s",
+            reason,
             ", after leaving the consumer group" if left else "",
             state,
         )

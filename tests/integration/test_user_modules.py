@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from dawning_streams import Settings, UserEventMessage, create_app
@@ -125,6 +127,57 @@ async def test_a_stop_cut_short_by_a_stalled_handler_names_the_record_it_was_on(
     assert where in log, worker.tail()
     # It left: the group's next worker need not wait out the session timeout.
     assert members == [], members
+
+
+async def test_a_second_signal_during_a_stop_ends_the_worker_at_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    topic, env = own_tasks(settings, tmp_path)
+    # Without the second signal the stop would wait an hour for the stalled handler.
+    env["DAWNING_WORKER__STOPTIMEOUTS"] = "3600"
+    async with workers(settings, 1, tmp_path, env=env) as [worker]:
+        async with create_app(settings).bus as bus:
+            stalled = UserEventMessage(user_id=uuid.uuid4(), event_type="stall")
+            receipt = await bus.publish(stalled, topic=topic)
+        assert receipt is not None
+
+        async def started() -> bool:
+            status, body = await worker.get_json("/own")
+            return status == 200 and body["handled"] == [str(stalled.user_id)]
+
+        await eventually(started, timeout_s=60, what="the stalling message started")
+        where = f"still handling own_task on {topic}/{receipt.partition}@{receipt.offset}"
+        worker.terminate()
+
+        async def waiting() -> bool:
+            return f"stopping: waiting up to 3600 s for the handlers, {where}" in (
+                worker.log.read_text()
+            )
+
+        await eventually(waiting, timeout_s=60, what="the stop saying what it waits for")
+        worker.process.send_signal(signal.SIGINT)
+        assert worker.process.wait(timeout=60) == 0, worker.tail()
+        members = await group_members(settings)
+        committed = await committed_offset(settings, topic, receipt.partition)
+    log = worker.log.read_text()
+    assert "told to stop again (SIGINT) during the stop; exiting now, after leaving" in log
+    assert where in log.split("told to stop again", 1)[1], worker.tail()
+    # The stalled record was not committed: the partition's next owner handles it.
+    assert committed is None or committed <= receipt.offset, committed
+    assert members == [], members
+
+
+async def committed_offset(settings: Settings, topic: str, partition: int) -> int | None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=settings.kafka.consumer_group_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        return await consumer.committed(TopicPartition(topic, partition))
+    finally:
+        await consumer.stop()
 
 
 async def group_members(settings: Settings) -> list[object]:
