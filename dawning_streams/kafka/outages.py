@@ -338,20 +338,21 @@ class StopDeadline:
         self.disarm()
         threading.Thread(
             target=self._exit,
-            args=(f"told to stop again ({signal_name}) during the stop",),
+            args=(f"told to stop again ({signal_name}) during the stop", logging.WARNING),
             name="stop-now",
             daemon=True,
         ).start()
 
     def _overdue(self) -> None:
-        why = (
-            f"Worker:StopTimeoutS={self.timeout_s:g}"
-            if self._armed_s == self.timeout_s
-            else "Kafka was unreachable when it began, so nothing could be committed"
-        )
-        self._exit(f"the stop did not finish within {self._armed_s:g} s ({why})")
+        if self._armed_s == self.timeout_s:
+            why, level = f"Worker:StopTimeoutS={self.timeout_s:g}", logging.ERROR
+        else:
+            # The stop said as it began that it would end so: no error of its own.
+            why = "Kafka was unreachable when it began, so nothing could be committed"
+            level = logging.WARNING
+        self._exit(f"the stop did not finish within {self._armed_s:g} s ({why})", level)
 
-    def _exit(self, reason: str) -> None:
+    def _exit(self, reason: str, level: int = logging.ERROR) -> None:
         try:
             state = self.describe()
         except Exception as exc:  # the description must not keep the process alive
@@ -361,7 +362,8 @@ class StopDeadline:
         except Exception as exc:  # exiting regardless
             logger.debug("could not leave the consumer group: %r", exc)
             left = False
-        logger.error(
+        logger.log(
+            level,
             "%s; exiting now%s. %s",
             reason,
             ", after leaving the consumer group" if left else "",
