@@ -45,7 +45,7 @@ from faust.types import StreamT
 
 from dawning_streams.core.codec import decode, encode
 from dawning_streams.core.dedupe import Dedupe
-from dawning_streams.core.errors import DawningError, MessageDecodeError, PublishError
+from dawning_streams.core.errors import DawningError, MessageDecodeError
 from dawning_streams.core.names import (
     Header,
     dead_letter_topic,
@@ -400,31 +400,12 @@ class Handler(Calling[M]):
     async def _unroutable(self, delivery: Delivery, attempt: int, error: Exception) -> None:
         """A failed message whose retry or dead letter could not be written.
 
-        The handler's own errors are routed; what lands here is a retry or
-        dead letter the broker refused (too large, not authorised), or a retry
-        that could not be made at all, which is dead-lettered with why rather
-        than left behind. What still cannot be written stays in its topic at
-        this offset: say exactly where, and keep the partition moving.
+        The handler's own errors are routed (a retry the framework could not
+        make is dead-lettered by the routing); what lands here is a retry or
+        dead letter the broker refused (too large, not authorised). It stays
+        in its topic at this offset: say exactly where, and keep the partition
+        moving.
         """
-        if not isinstance(error, PublishError):
-            try:
-                await self.routing.dead_letter(delivery, attempt, error)
-            except Exception:
-                logger.debug("%s: could not dead-letter it either", self.name, exc_info=True)
-            else:
-                logger.error(
-                    "%s: could not schedule the retry of %s/%d/%d (%s: %s); %s",
-                    self.name,
-                    delivery.topic,
-                    delivery.partition,
-                    delivery.offset,
-                    type(error).__name__,
-                    error,
-                    "dead-lettered it"
-                    if self.routing.dead_letter_topic is not None
-                    else "dropped it, as dead letters are off",
-                )
-                return
         logger.critical(
             "%s: could not retry or dead-letter %s/%d/%d (attempt %d); it remains there",
             self.name,

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from dawning_streams.core.errors import MessageDecodeError
+from dawning_streams.core.errors import MessageDecodeError, PublishError
 from dawning_streams.core.names import Header
 from dawning_streams.core.retry import Expired, Reject, Retry, RetryLater
 from dawning_streams.handlers.delivery import Delivery
@@ -108,8 +108,26 @@ class Routing:
         else:
             delay_s = None
         if delay_s is not None and retry_number <= self.retry.max_retries:
-            retry = self.retry_timer(delivery, retry_number, delay_s, exc, timer)
-            await self.timers.schedule(retry, hold=hold)
+            try:
+                retry = self.retry_timer(delivery, retry_number, delay_s, exc, timer)
+                await self.timers.schedule(retry, hold=hold)
+            except PublishError:
+                raise  # the broker's refusal: the handler says where the record stays
+            except Exception as fault:
+                # A fault of the framework's own making the retry: the dead
+                # letter carries the handler's failure, and this as a note.
+                logger.error(
+                    "%s: could not schedule retry %d of %s (%s: %s); dead-lettering it",
+                    self.name,
+                    retry_number,
+                    delivery.origin_id,
+                    type(fault).__name__,
+                    fault,
+                    exc_info=fault,
+                )
+                exc.add_note(f"Its retry could not be scheduled: {type(fault).__name__}: {fault}")
+                await self.dead_letter(delivery, attempt, exc)
+                return False
             # Said once it is scheduled: a retry that cannot be made is not announced.
             logger.warning(
                 "%s: %s failed (%s: %s); retry %d of %d in %.1f s",

@@ -295,8 +295,13 @@ async def test_a_retry_that_cannot_be_scheduled_is_dead_lettered_not_left_behind
         for letter in letters
         if decode(letter.value, UserEventMessage).event_type == "broken"
     ]
-    assert broken[Header.EXCEPTION_TYPE] == b"builtins.ValueError"
-    assert broken[Header.EXCEPTION_MESSAGE] == b"cannot make this timer"
+    # The handler's own failure, with why it was not retried.
+    assert broken[Header.EXCEPTION_TYPE] == b"builtins.RuntimeError"
+    assert broken[Header.EXCEPTION_MESSAGE] == b"boom"
+    assert (
+        b"Its retry could not be scheduled: ValueError: cannot make this timer"
+        in broken[Header.TRACEBACK]
+    )
     assert calls.items == ["far", "broken"]
 
 
