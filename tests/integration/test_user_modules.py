@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import RecordMetadata
 
 from dawning_streams import Settings, UserEventMessage, create_app
 
 from ..conftest import ROOT
 from ..handler_helpers import eventually
-from ..workers import spawn, workers
+from ..workers import Worker, spawn, workers
 
 pytestmark = pytest.mark.kafka
 
@@ -109,16 +110,7 @@ async def test_a_stop_cut_short_by_a_stalled_handler_names_the_record_it_was_on(
     topic, env = own_tasks(settings, tmp_path)
     env["DAWNING_WORKER__STOPTIMEOUTS"] = "3"
     async with workers(settings, 1, tmp_path, env=env) as [worker]:
-        async with create_app(settings).bus as bus:
-            stalled = UserEventMessage(user_id=uuid.uuid4(), event_type="stall")
-            receipt = await bus.publish(stalled, topic=topic)
-        assert receipt is not None
-
-        async def started() -> bool:
-            status, body = await worker.get_json("/own")
-            return status == 200 and body["handled"] == [str(stalled.user_id)]
-
-        await eventually(started, timeout_s=60, what="the stalling message started")
+        receipt = await stall(settings, worker, topic)
         assert worker.stop(timeout_s=60) == 0
         members = await group_members(settings)
     log = worker.log.read_text()
@@ -136,16 +128,7 @@ async def test_a_second_signal_during_a_stop_ends_the_worker_at_once(
     # Without the second signal the stop would wait an hour for the stalled handler.
     env["DAWNING_WORKER__STOPTIMEOUTS"] = "3600"
     async with workers(settings, 1, tmp_path, env=env) as [worker]:
-        async with create_app(settings).bus as bus:
-            stalled = UserEventMessage(user_id=uuid.uuid4(), event_type="stall")
-            receipt = await bus.publish(stalled, topic=topic)
-        assert receipt is not None
-
-        async def started() -> bool:
-            status, body = await worker.get_json("/own")
-            return status == 200 and body["handled"] == [str(stalled.user_id)]
-
-        await eventually(started, timeout_s=60, what="the stalling message started")
+        receipt = await stall(settings, worker, topic)
         where = f"still handling own_task on {topic}/{receipt.partition}@{receipt.offset}"
         worker.terminate()
 
@@ -167,6 +150,21 @@ async def test_a_second_signal_during_a_stop_ends_the_worker_at_once(
     # The stalled record was not committed: the partition's next owner handles it.
     assert committed is None or committed <= receipt.offset, committed
     assert members == [], members
+
+
+async def stall(settings: Settings, worker: Worker, topic: str) -> RecordMetadata:
+    """Publish a message ``own_task`` never finishes, and wait until it started."""
+    async with create_app(settings).bus as bus:
+        stalled = UserEventMessage(user_id=uuid.uuid4(), event_type="stall")
+        receipt = await bus.publish(stalled, topic=topic)
+    assert receipt is not None
+
+    async def started() -> bool:
+        status, body = await worker.get_json("/own")
+        return status == 200 and body["handled"] == [str(stalled.user_id)]
+
+    await eventually(started, timeout_s=60, what="the stalling message started")
+    return receipt
 
 
 async def committed_offset(settings: Settings, topic: str, partition: int) -> int | None:
