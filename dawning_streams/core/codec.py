@@ -24,6 +24,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import math
+import typing
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -34,7 +35,13 @@ from faust.serializers import codecs
 
 from dawning_streams.core.building import uuid_of
 from dawning_streams.core.errors import MessageDecodeError, MessageEncodeError
-from dawning_streams.core.records import MessageBase, WireField, message_types, use_wire_decoder
+from dawning_streams.core.records import (
+    MAPPED_SCALARS,
+    MessageBase,
+    WireField,
+    message_types,
+    use_wire_decoder,
+)
 
 __all__ = ["CODEC_NAME", "OrjsonCodec", "decode", "decode_mapping", "encode"]
 
@@ -401,7 +408,10 @@ def build(cls: type[M], values: dict[str, Any]) -> M:
 
 
 def _convert(f: WireField, value: Any) -> Any:
-    kind = f.kind
+    return _converted(f.kind, value)
+
+
+def _converted(kind: Any, value: Any) -> Any:
     if kind is str:
         if not isinstance(value, str):
             raise TypeError(f"expected a string, got {_json_kind(value)}")
@@ -445,7 +455,16 @@ def _convert(f: WireField, value: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise TypeError(f"expected a JSON object, got {_json_kind(value)}")
-        return value
+        held = typing.get_args(kind)[1:]
+        if not held or held[0] not in MAPPED_SCALARS:
+            return value  # dict[str, Any]: any JSON
+        converted = {}
+        for key, item in value.items():
+            try:
+                converted[key] = _converted(held[0], item)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"at key {key!r}: {exc}") from None
+        return converted
     raise TypeError(f"unsupported field type {kind!r}")  # pragma: no cover
 
 

@@ -75,7 +75,12 @@ def _as_is(f: WireField) -> frozenset[type]:
 
 
 #: What a field may be declared as (or that or None): what both sides write and read.
-WIRE_TYPES = "str, int, float, bool, uuid.UUID, datetime, list[str] or dict[str, Any]"
+WIRE_TYPES = (
+    "str, int, float, bool, uuid.UUID, datetime, list[str], dict[str, Any] or a dict[str, ...]"
+    " of str, int, float or bool"
+)
+#: The values a ``dict[str, ...]`` field may declare, checked on both sides.
+MAPPED_SCALARS = (str, int, float, bool)
 
 
 def _refuse_unwritable(cls: type[MessageBase], attr: str, kind: Any) -> None:
@@ -83,13 +88,26 @@ def _refuse_unwritable(cls: type[MessageBase], attr: str, kind: Any) -> None:
     ``Decimal``, ``list[int]``, ``int | str``), rather than at its first encode."""
     origin, args = getattr(kind, "__origin__", kind), typing.get_args(kind)
     if kind in (str, int, float, bool, uuid.UUID, datetime) or (
-        (origin is list and args == (str,)) or (origin is dict and args[:1] in ((), (str,)))
+        (origin is list and args == (str,))
+        or (
+            origin is dict
+            and (args == () or (args[0] is str and args[1] in (Any, *MAPPED_SCALARS)))
+        )
     ):
         return
     shown = getattr(kind, "__name__", None) if not args else None
     raise TypeError(
         f"{cls.__module__}.{cls.__qualname__}.{attr}: {shown or kind} is not a type the wire"
         f" carries; declare it as {WIRE_TYPES}, or one of those | None"
+    )
+
+
+def _rechecked(kind: Any) -> bool:
+    """Checked on every encode, whatever its class: a number's value, the
+    items of a list, the values of a ``dict[str, str]`` (say)."""
+    origin = getattr(kind, "__origin__", kind)
+    return origin in (float, list) or (
+        origin is dict and typing.get_args(kind)[1:2] in ((held,) for held in MAPPED_SCALARS)
     )
 
 
@@ -181,9 +199,7 @@ class MessageBase(faust.Record, abstract=True, include_metadata=False, serialize
         lazy = any(getattr(cls, f.attr).lazy_coercion for f in wire_fields)
         cls._wire_plain = None if lazy else tuple((f.wire, f.attr) for f in wire_fields)
         cls.wire_checks = tuple((f, _as_is(f)) for f in wire_fields)
-        cls.wire_rechecked = tuple(
-            f for f in wire_fields if getattr(f.kind, "__origin__", f.kind) in (float, list)
-        )
+        cls.wire_rechecked = tuple(f for f in wire_fields if _rechecked(f.kind))
         cls.wire_shapes = set()
         cls._stored = stored_defaults(cls)
         init: Any = cls.__dict__.get("__init__")

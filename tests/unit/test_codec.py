@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import orjson
 import pytest
@@ -440,6 +441,27 @@ def test_numbers_and_list_items_are_checked_on_every_encode(
     with pytest.raises(MessageEncodeError) as raised:
         encode(message)
     assert str(raised.value) == reason
+
+
+class Tagged(MessageBase, topic="codec.tagged"):
+    labels: dict[str, str] | None = None
+    counts: dict[str, int] | None = None
+    anything: dict[str, Any] | None = None
+
+
+def test_the_values_of_a_typed_mapping_are_checked_both_ways() -> None:
+    good = Tagged(labels={"tier": "gold"}, counts={"logins": 3}, anything={"a": [1, None]})
+    assert decode(encode(good), Tagged).counts == {"logins": 3}
+    with pytest.raises(MessageEncodeError) as refused:
+        encode(Tagged(labels={"tier": "gold", "level": 3}))  # type: ignore[dict-item]
+    assert str(refused.value) == (
+        "Tagged.labels (Labels): at key 'level': expected a string, got a number"
+        " ({'tier': 'gold', 'level': 3})"
+    )
+    raw = encode(good).replace(b'{"logins":3}', b'{"logins":"3"}')
+    with pytest.raises(MessageDecodeError) as unread:
+        decode(raw, Tagged)
+    assert unread.value.reason == "field Counts: at key 'logins': expected an integer, got a string"
 
 
 def test_values_the_receiver_takes_as_they_are_are_sent_as_given() -> None:

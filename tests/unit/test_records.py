@@ -169,7 +169,11 @@ def test_a_patched_uuid4_gives_the_ids() -> None:
 
 @pytest.mark.parametrize(
     ("n", "kind"),
-    list(enumerate(["Decimal", "list[int]", "list", "int | str", "int | str | None"])),
+    list(
+        enumerate(
+            ["Decimal", "list[int]", "list", "int | str", "int | str | None", "dict[str, list]"]
+        )
+    ),
 )
 def test_a_field_the_wire_cannot_carry_is_refused_when_the_type_is_declared(
     n: int, kind: str
@@ -187,8 +191,8 @@ def test_a_field_the_wire_cannot_carry_is_refused_when_the_type_is_declared(
         exec(source, namespace)
     assert str(raised.value) == (
         f"{__name__}.Unwritable{n}.amount: {kind} is not a type the wire carries; declare it as "
-        "str, int, float, bool, uuid.UUID, datetime, list[str] or dict[str, Any], or one of"
-        " those | None"
+        "str, int, float, bool, uuid.UUID, datetime, list[str], dict[str, Any] or a"
+        " dict[str, ...] of str, int, float or bool, or one of those | None"
     )
     # Neither the name nor the topic stays taken: the corrected type is declared.
     exec(source.replace(f"amount: {kind}", "amount: str | None"), namespace)
