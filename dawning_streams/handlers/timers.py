@@ -367,9 +367,34 @@ class Timers(Service):
         return self._load(timer_id)
 
     def _load(self, timer_id: str) -> Timer | None:
-        """The whole timer, from its table entry."""
-        value = self.table.data.get(_TIMER + timer_id.encode())
-        return Timer.from_json(timer_id, orjson.loads(value)) if value is not None else None
+        """The whole timer, from its table entry (None if it went, or cannot be read)."""
+        key = _TIMER + timer_id.encode()
+        value = self.table.data.get(key)
+        if value is None:
+            return None
+        try:
+            return Timer.from_json(timer_id, _entry(key, value))
+        except _UNREADABLE as exc:
+            self._say_unreadable([(key, _why(exc))])
+            self._timers.pop(timer_id, None)
+            return None
+
+    def _say_unreadable(self, entries: list[tuple[bytes, str]]) -> None:
+        """Name entries of the table that cannot be read: skipped, never fired,
+        and kept in the changelog for an operator (each one at every recovery)."""
+        shown = "; ".join(f"{key!r}: {why}" for key, why in entries[:5])
+        more = f"; and {len(entries) - 5} more" if len(entries) > 5 else ""
+        logger.error(
+            "%s: %d entries of its timer table (changelog %s) cannot be read and are skipped,"
+            " the other timers are not: %s%s. Written by something other than this"
+            " framework; once inspected, a tombstone (the key with a null value) on that"
+            " topic removes one",
+            self.handler,
+            len(entries),
+            self.table.changelog_topic.get_topic_name(),
+            shown,
+            more,
+        )
 
     def holder(self, key: str) -> str | None:
         """The id of the timer ``key`` waits on, or None when it is not held."""
@@ -542,24 +567,32 @@ class Timers(Service):
         taken: dict[int, tuple[int, int]] = {}
         store = self.table.data
         stale = []
+        unreadable = []
         for key, value in list(store.items()):
             if value is None:
                 continue
-            data = orjson.loads(value)
-            if data["p"] not in active:
-                stale.append(key)
-                continue
-            kind, rest = key[:2], key[2:]
-            if kind == _TIMER:
-                timer_id = rest.decode()
-                timers[timer_id] = _Pending(timer_id, data["p"], data["due"])
-            elif kind == _HOLD:
-                holds[rest.decode()] = Hold.from_json(data)
-            elif kind == _PARKED:
-                name, _, sequence = rest.rpartition(_SEPARATOR)
-                parked.setdefault(name.decode(), {})[int(sequence)] = Delivery.from_json(data["d"])
-            elif kind == _TAKEN:
-                taken[data["p"]] = (data["o"], data["ts"])
+            try:
+                data = _entry(key, value)
+                if data["p"] not in active:
+                    stale.append(key)
+                    continue
+                kind, rest = key[:2], key[2:]
+                if kind == _TIMER:
+                    timer_id = rest.decode()
+                    timers[timer_id] = _Pending(timer_id, data["p"], data["due"])
+                elif kind == _HOLD:
+                    holds[rest.decode()] = Hold.from_json(data)
+                elif kind == _PARKED:
+                    name, _, sequence = rest.rpartition(_SEPARATOR)
+                    parked.setdefault(name.decode(), {})[int(sequence)] = Delivery.from_json(
+                        data["d"]
+                    )
+                elif kind == _TAKEN:
+                    taken[data["p"]] = (data["o"], data["ts"])
+            except _UNREADABLE as exc:
+                unreadable.append((key, _why(exc)))
+        if unreadable:
+            self._say_unreadable(unreadable)
         for key in stale:  # another worker owns them now
             store.pop(key, None)
         self._timers, self._holds, self._parked = timers, holds, parked
@@ -781,24 +814,31 @@ async def pending_timers(app: HandlerHost, handlers: Iterable[str]) -> dict[str,
         timers: dict[str, dict[str, Any]] = {}
         held: dict[str, dict[str, Any]] = {}
         parked: dict[str, int] = {}
+        unreadable: dict[str, str] = {}
         for key, value in table.items():
-            data = orjson.loads(value)
             kind, rest = key[:2], key[2:]
-            if kind == _TIMER:
-                timers[rest.decode()] = {
-                    "due_ms": data["due"],
-                    "attempt": data["a"],
-                    "p": data["p"],
-                }
-            elif kind == _HOLD:
-                held[rest.decode()] = {
-                    "holder": data["holder"],
-                    "p": data["p"],
-                    "since_ms": data["since"],
-                }
-            elif kind == _PARKED:
-                held_key = rest.rpartition(_SEPARATOR)[0].decode()
-                parked[held_key] = parked.get(held_key, 0) + 1
+            try:  # read as the worker reads it: what it skips is reported, not counted
+                data = _entry(key, value)
+                if kind == _TIMER:
+                    timer = Timer.from_json(rest.decode(), data)
+                    timers[timer.id] = {
+                        "due_ms": timer.due_ms,
+                        "attempt": timer.attempt,
+                        "p": timer.partition,
+                    }
+                elif kind == _HOLD:
+                    hold = Hold.from_json(data)
+                    held[rest.decode()] = {
+                        "holder": hold.holder,
+                        "p": hold.partition,
+                        "since_ms": hold.since_ms,
+                    }
+                elif kind == _PARKED:
+                    Delivery.from_json(data["d"])
+                    held_key = rest.rpartition(_SEPARATOR)[0].decode()
+                    parked[held_key] = parked.get(held_key, 0) + 1
+            except _UNREADABLE as exc:
+                unreadable[repr(key)] = _why(exc)
         for held_key, entry in held.items():
             entry["parked"] = parked.get(held_key, 0)
         report[handler] = {
@@ -806,5 +846,26 @@ async def pending_timers(app: HandlerHost, handlers: Iterable[str]) -> dict[str,
             "next_due_ms": min((t["due_ms"] for t in timers.values()), default=None),
             "timers": timers,
             "held": held,
+            "unreadable": unreadable,
         }
     return report
+
+
+#: What reading a table entry someone else wrote may raise.
+_UNREADABLE = (ValueError, KeyError, TypeError, IndexError)
+
+
+def _entry(key: bytes, value: bytes) -> dict[str, Any]:
+    """A timer table entry's JSON, checked for what every kind of entry has."""
+    data = orjson.loads(value)
+    if not isinstance(data, dict) or not isinstance(data.get("p"), int):
+        raise ValueError("not an entry of this framework's (no partition)")
+    if key[:2] == _TIMER and not isinstance(data.get("due"), int):
+        raise ValueError("a timer without a due time")
+    return data  # type: ignore[no-any-return]
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r}"
+    return f"{type(exc).__name__}: {exc}"

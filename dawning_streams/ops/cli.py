@@ -200,6 +200,8 @@ def register_commands(app: OpsHost) -> None:
                     f"  held {key}: waits on {held['holder']} since {_iso(held['since_ms'])}, "
                     f"{held['parked']} parked, partition {held['p']}"
                 )
+            for key, why in sorted(entry["unreadable"].items()):
+                self.say(f"  unreadable entry {key}: {why} (skipped by the worker)")
 
     @app.command(
         option("--handler", required=True, help="The ordered handler."),

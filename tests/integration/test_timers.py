@@ -33,7 +33,7 @@ from dawning_streams.ops import search
 
 from ..conftest import free_port
 from ..handler_helpers import Calls, consumer_state, eventually, running, same_partition_users
-from ..kafka_helpers import read_topic
+from ..kafka_helpers import partition_count, produce_raw, read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -163,6 +163,40 @@ async def test_a_countdown_read_again_after_it_fired_does_not_run_again_even_aft
         await again.handlers["remind"].apply_async(marker, countdown_s=0.2)
         await seen.wait_until(lambda items: "marker" in items, timeout_s=20)
     assert calls.items == ["once"] and seen.items == ["marker"]
+
+
+async def test_unreadable_entries_in_the_timer_table_are_named_and_the_other_timers_fire(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, calls = reminders(settings)
+    remind = app.handlers["remind"]
+    bootstrap = settings.kafka.bootstrap_servers[0]
+    async with running(app):
+        # Due after this worker has stopped: the next one recovers it from the changelog.
+        await remind.apply_async(event(uuid.uuid4(), "recovered"), countdown_s=15)
+        changelog = remind.timers.table.changelog_topic.get_topic_name()
+    # Written by something else: not JSON, and a timer without its message.
+    for partition in range(await partition_count(bootstrap, changelog)):
+        await produce_raw(bootstrap, changelog, [b"garbage"], partition=partition, key=b"t:junk")
+        half = b'{"p": %d, "due": 1}' % partition
+        await produce_raw(bootstrap, changelog, [half], partition=partition, key=b"t:half")
+    again, seen = reminders(settings)
+    async with running(again):
+        await again.handlers["remind"].apply_async(event(uuid.uuid4(), "new"), countdown_s=0.2)
+        await seen.wait_until(lambda items: sorted(items) == ["new", "recovered"], timeout_s=60)
+        report = (await pending_timers(again, ["remind"]))["remind"]
+    assert calls.items == []
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(
+        f"(changelog {changelog}) cannot be read and are skipped, the other timers are not:"
+        " b't:junk': JSONDecodeError: " in e
+        for e in errors
+    ), errors
+    assert any("b't:half': no 'a'" in e for e in errors), errors
+    # Kept in the changelog for an operator, and listed, not counted.
+    assert report["unreadable"]["b't:junk'"].startswith("JSONDecodeError: ")
+    assert report["unreadable"]["b't:half'"] == "no 'a'"
+    assert report["pending"] == 0
 
 
 async def test_revoking_a_message_that_already_ran_says_so(settings: Settings) -> None:
