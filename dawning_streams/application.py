@@ -46,15 +46,18 @@ from dawning_streams.kafka.outages import (
     Dependency,
     KafkaUnreachable,
     KafkaWatch,
-    StopDeadline,
-    flush_logs,
-    log_thread_exceptions,
     quiet_client_logs,
     wait_for_kafka,
 )
 from dawning_streams.kafka.replication import ReplicationError, check_replication
 from dawning_streams.kafka.security import faust_credentials
 from dawning_streams.observability.telemetry import Telemetry
+from dawning_streams.observability.watchdogs import (
+    LoopWatch,
+    StopDeadline,
+    flush_logs,
+    log_thread_exceptions,
+)
 from dawning_streams.ops import views
 from dawning_streams.ops.cli import keep_going_without_a_reader, register_commands
 from dawning_streams.ops.host import OpsHost
@@ -162,6 +165,9 @@ class App(OpsHost):
             (state.name.lower(), state.down_s) for state in self.dependencies
         ]
         self.kafka_watch = KafkaWatch(kafka, self.kafka_state)
+        self._loop_watch = LoopWatch(describe=self._handling)
+        #: A SIGINT or SIGTERM has come (see _watch_stop_signals).
+        self._signalled = False
         self._stop_deadline = StopDeadline(
             settings.worker.stop_timeout_s,
             self._stopping_state,
@@ -334,6 +340,9 @@ class App(OpsHost):
                 self._exit_now(2)
         await super().on_start()
         if self.in_worker:
+            # After super(): mode's worker has installed its handlers by now.
+            self._watch_stop_signals()
+            self._loop_watch.start()
             log_thread_exceptions()
             await self._wait_for_kafka()
             await self._check_replication()
@@ -447,26 +456,22 @@ class App(OpsHost):
 
     async def on_stop(self) -> None:
         if self.in_worker:
-            # However the stop goes (a broker that never answers), the process
-            # ends within Worker:StopTimeoutS; with Kafka already unreachable,
-            # where nothing can be committed or acknowledged, much sooner.
-            timeout_s = float(self.dawning_settings.worker.stop_timeout_s)
+            # Armed already if a signal began the stop; from now if not.
+            self._stop_deadline.arm(self._stop_timeout_s())
+            left_s = self._stop_deadline.left_s()
             if self.kafka_state.down_since is not None:
-                timeout_s = min(timeout_s, STOP_WITHOUT_KAFKA_S)
                 logger.info(
-                    "stopping with Kafka unreachable for %.0f s: within %g s, and what is not "
+                    "stopping with Kafka unreachable for %.0f s: within %.0f s, and what is not "
                     "committed is handled again by its partitions' next owner",
                     self.kafka_state.down_s,
-                    timeout_s,
+                    left_s,
                 )
-            self._stop_deadline.arm(timeout_s)
-            self._stop_at_a_second_signal()
             if (handling := self._handling()) != _NOT_HANDLING:
                 logger.info(
-                    "stopping: waiting up to %g s for the handlers, %s (SIGINT or SIGTERM "
+                    "stopping: waiting up to %.0f s for the handlers, %s (SIGINT or SIGTERM "
                     "again stops now; what is not finished is handled again by its "
                     "partitions' next owner)",
-                    timeout_s,
+                    left_s,
                     handling,
                 )
         await super().on_stop()
@@ -555,18 +560,39 @@ class App(OpsHost):
         ]
         return "still handling " + "; ".join(busy) if busy else _NOT_HANDLING
 
-    def _stop_at_a_second_signal(self) -> None:
-        """Make SIGINT or SIGTERM during the stop end the process at once, as
-        Celery's second Ctrl-C does (mode's handlers ignore it). A handler of
-        the signal module's, not of the loop's: it runs even while a handler
-        that blocks holds the loop."""
+    def _stop_timeout_s(self) -> float:
+        """However the stop goes (a broker that never answers, a handler that
+        blocks the loop), the process ends within Worker:StopTimeoutS; with
+        Kafka already unreachable, where nothing can be committed or
+        acknowledged, much sooner."""
+        timeout_s = float(self.dawning_settings.worker.stop_timeout_s)
+        if self.kafka_state.down_since is not None:
+            timeout_s = min(timeout_s, STOP_WITHOUT_KAFKA_S)
+        return timeout_s
+
+    def _watch_stop_signals(self) -> None:
+        """Count the stop's deadline from SIGINT or SIGTERM itself, and make a
+        second one end the process at once, as Celery's second Ctrl-C does.
+
+        mode's handlers, which begin the stop, run on the event loop (asyncio
+        hears of the signal through its wake-up file descriptor, which this
+        leaves in place): a handler that blocks the loop would hold them back,
+        and with them the deadline. These run in the main thread between any
+        two bytecodes, even during ``time.sleep``, and only set fields that
+        the deadline's own thread reads.
+        """
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers belong to the main thread
+        self._stop_deadline.start()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._signalled_again)
+            signal.signal(signum, self._stop_signalled)
 
-    def _signalled_again(self, signum: int, frame: object) -> None:
-        self._stop_deadline.now(signal.Signals(signum).name)
+    def _stop_signalled(self, signum: int, frame: object) -> None:
+        if self._signalled or self._stop_deadline.armed:  # a stop is under way
+            self._stop_deadline.now(signal.Signals(signum).name)
+        else:
+            self._signalled = True
+            self._stop_deadline.arm(self._stop_timeout_s())
 
     @staticmethod
     def _exit_now(code: int) -> None:

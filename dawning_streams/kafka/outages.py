@@ -1,4 +1,4 @@
-"""Outages: a worker that says when Kafka is gone, waits for it, and stops when told.
+"""Outages: a worker that says when Kafka is gone, and waits for it to come back.
 
 - :class:`Dependency` is one service's reachability. When it changes, the log
   says so once, naming the service, its address and the error; while it is
@@ -12,21 +12,13 @@
   held back (an outage otherwise logs hundreds of lines a second).
 - :func:`wait_for_kafka` holds a worker's start until the brokers answer,
   with exponential backoff, instead of exiting at once.
-- :class:`StopDeadline` ends the process ``Worker:StopTimeoutS`` after a stop
-  began, whatever it still waits for, or at once when told to stop again.
-- :func:`log_thread_exceptions` logs what ends a thread as one record, not as
-  a traceback written to stderr, which a worker logs line by line (a consumer
-  thread cancelled by a stop made a hundred WARNING lines of fragments).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,9 +35,6 @@ __all__ = [
     "Dependency",
     "KafkaUnreachable",
     "KafkaWatch",
-    "StopDeadline",
-    "flush_logs",
-    "log_thread_exceptions",
     "quiet_client_logs",
     "wait_for_kafka",
 ]
@@ -289,112 +278,3 @@ def quiet_client_logs() -> None:
     _installed = _Repeats()
     for name in CLIENT_LOGGERS:
         logging.getLogger(name).addFilter(_installed)
-
-
-class StopDeadline:
-    """Ends the process when a stop has not finished in time.
-
-    A thread, not a task: a stop can wait on a broker forever inside the event
-    loop (Faust flushing its producer, aiokafka committing or leaving the
-    group), and the loop itself may be what is stuck. What the deadline cuts
-    short is safe to lose: an offset is committed only after its record was
-    handled and its effects acknowledged, so anything not yet acknowledged is
-    handled again by the partition's next owner; messages published through
-    the bus and not acknowledged wait in its spool.
-
-    Before it exits it calls ``leave`` (the consumer leaving its group, if it
-    can within a moment): otherwise the group would wait for this member for
-    ``Kafka:SessionTimeoutMs`` before its partitions went to anyone.
-    """
-
-    def __init__(
-        self,
-        timeout_s: float,
-        describe: Callable[[], str],
-        leave: Callable[[], bool] = lambda: False,
-    ) -> None:
-        self.timeout_s = timeout_s
-        self.describe = describe
-        self.leave = leave
-        self._timer: threading.Timer | None = None
-        self._armed_s = timeout_s
-
-    def arm(self, timeout_s: float | None = None) -> None:
-        """Start counting: ``timeout_s``, or the ``Worker:StopTimeoutS`` given at first."""
-        if self._timer is None:
-            self._armed_s = self.timeout_s if timeout_s is None else timeout_s
-            self._timer = threading.Timer(self._armed_s, self._overdue)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def now(self, signal_name: str) -> None:
-        """End the process at once, as the deadline would: told to stop again
-        (``signal_name``) while stopping. On a thread of its own, since this is
-        called from a signal handler and leaving the group takes a moment."""
-        self.disarm()
-        threading.Thread(
-            target=self._exit,
-            args=(f"told to stop again ({signal_name}) during the stop", logging.WARNING),
-            name="stop-now",
-            daemon=True,
-        ).start()
-
-    def _overdue(self) -> None:
-        if self._armed_s == self.timeout_s:
-            why, level = f"Worker:StopTimeoutS={self.timeout_s:g}", logging.ERROR
-        else:
-            # The stop said as it began that it would end so: no error of its own.
-            why = "Kafka was unreachable when it began, so nothing could be committed"
-            level = logging.WARNING
-        self._exit(f"the stop did not finish within {self._armed_s:g} s ({why})", level)
-
-    def _exit(self, reason: str, level: int = logging.ERROR) -> None:
-        try:
-            state = self.describe()
-        except Exception as exc:  # the description must not keep the process alive
-            state = f"(state unknown: {exc!r})"
-        try:
-            left = self.leave()
-        except Exception as exc:  # exiting regardless
-            logger.debug("could not leave the consumer group: %r", exc)
-            left = False
-        logger.log(
-            level,
-            "%s; exiting now%s. %s",
-            reason,
-            ", after leaving the consumer group" if left else "",
-            state,
-        )
-        flush_logs()
-        os._exit(0)
-
-
-def log_thread_exceptions() -> None:
-    """Log an exception that ends a thread as one record (once per process):
-    a cancellation, which a stop does, in one INFO line; anything else at
-    ERROR with its traceback."""
-    if getattr(threading.excepthook, "logs", False):
-        return
-
-    def excepthook(args: threading.ExceptHookArgs) -> None:
-        name = args.thread.name if args.thread is not None else "?"
-        if args.exc_type is asyncio.CancelledError:
-            logger.info("thread %s was cancelled", name)
-        elif args.exc_type is not SystemExit:
-            exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
-            logger.error("thread %s ended with an exception", name, exc_info=exc_info)  # type: ignore[arg-type]
-
-    excepthook.logs = True  # type: ignore[attr-defined]
-    threading.excepthook = excepthook
-
-
-def flush_logs() -> None:
-    """Flush every log handler and stderr, before an exit that skips Python's own."""
-    for handler in logging.getLogger().handlers:
-        with contextlib.suppress(Exception):  # exiting regardless
-            handler.flush()
-    sys.stderr.flush()

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.kafka
 OWN_TASKS = textwrap.dedent("""
     import asyncio
     import os
+    import time
     from faust.web import Request, Response, View
     from dawning_streams import UserEventMessage
     from dawning_streams.app import app
@@ -34,6 +35,8 @@ OWN_TASKS = textwrap.dedent("""
         handled.append(str(message.user_id))
         if message.event_type == "stall":
             await asyncio.sleep(3600)
+        if message.event_type == "block":
+            time.sleep(3600)  # blocks the event loop: the mistake the worker must survive
 
     @app.page("/own")
     class Own(View):
@@ -150,6 +153,31 @@ async def test_a_second_signal_during_a_stop_ends_the_worker_at_once(
     # The stalled record was not committed: the partition's next owner handles it.
     assert committed is None or committed <= receipt.offset, committed
     assert members == [], members
+
+
+async def test_a_handler_blocking_the_loop_is_named_and_a_stop_still_ends_in_time(
+    settings: Settings, tmp_path: Path
+) -> None:
+    topic, env = own_tasks(settings, tmp_path)
+    env["DAWNING_WORKER__STOPTIMEOUTS"] = "5"
+    async with workers(settings, 1, tmp_path, env=env) as [worker]:
+        async with create_app(settings).bus as bus:
+            blocking = UserEventMessage(user_id=uuid.uuid4(), event_type="block")
+            receipt = await bus.publish(blocking, topic=topic)
+        assert receipt is not None
+        where = f"still handling own_task on {topic}/{receipt.partition}@{receipt.offset}"
+
+        async def named() -> bool:
+            log = worker.log.read_text()
+            return "the event loop has not run for 10 s" in log and where in log
+
+        # Nothing on the loop can say it (no page answers): the watch's thread does.
+        await eventually(named, timeout_s=90, what="the blocked loop named in the log")
+        # mode's SIGTERM handler waits for the loop; the deadline counts from the signal.
+        assert worker.stop(timeout_s=60) == 0
+    log = worker.log.read_text()
+    assert 'own_tasks.py", line ' in log and "time.sleep(3600)" in log, worker.tail()
+    assert "the stop did not finish within 5 s (Worker:StopTimeoutS=5); exiting now" in log
 
 
 async def stall(settings: Settings, worker: Worker, topic: str) -> RecordMetadata:

@@ -9,7 +9,8 @@ import threading
 import pytest
 from aiokafka import errors
 
-from dawning_streams.kafka.outages import log_thread_exceptions, quiet_client_logs
+from dawning_streams.kafka.outages import quiet_client_logs
+from dawning_streams.observability.watchdogs import log_thread_exceptions
 
 COORDINATOR = "aiokafka.consumer.group_coordinator"
 
@@ -100,7 +101,7 @@ def test_what_ends_a_thread_is_one_record_not_stderr_lines(
     def broken() -> None:
         raise ValueError("broken")
 
-    with caplog.at_level(logging.INFO, logger="dawning_streams.kafka.outages"):
+    with caplog.at_level(logging.INFO, logger="dawning_streams.observability.watchdogs"):
         for target, name in ((cancelled, "consumer"), (broken, "exporter")):
             thread = threading.Thread(target=target, name=name)
             thread.start()

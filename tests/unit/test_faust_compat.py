@@ -16,8 +16,9 @@ from dawning_streams.kafka.faust_compat import FaustCompatError
 from ..conftest import ROOT
 
 PACKAGE = ROOT / "dawning_streams"
-#: Private names any object has, not Faust's or aiokafka's.
-_NOT_THEIRS = {"_exit", "_replace", "_asdict", "_fields"}
+#: Private names any object has, and Python's own (``sys._current_frames``), not
+#: Faust's or aiokafka's.
+_NOT_THEIRS = {"_exit", "_replace", "_asdict", "_fields", "_current_frames"}
 
 
 def test_the_installed_libraries_have_every_internal_the_framework_uses() -> None:
