@@ -336,7 +336,9 @@ class RdkafkaPort:
         try:
             if not await self.flush(self._close_timeout_s):
                 logger.warning(
-                    "%d records sent to Kafka were not acknowledged within %.0f s; dropping them",
+                    "%d records sent to Kafka were not acknowledged within %.0f s; closing the"
+                    " producer without them (what publish() could not deliver is in the"
+                    " spool; what send() sent is not)",
                     len(self._unacked),
                     self._close_timeout_s,
                 )

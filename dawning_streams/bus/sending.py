@@ -178,10 +178,13 @@ class LoopSender:
         if self._guard is not None and self._guard is not asyncio.current_task():
             self._guard.cancel()
         if self.spool.count:
+            # This holds the process's exit: say why, once it is not at once.
+            saying = self.loop.call_later(1.0, self._say_draining)
             with suppress(Exception):
                 async with asyncio.timeout(self._stop_timeout_s):
                     await self.port.connect()
                     await self.publisher.drain()
+            saying.cancel()
         left, path = self.spool.count, self.spool.path
         await self.publisher.stop()
         if left:
@@ -191,6 +194,16 @@ class LoopSender:
                 left,
                 path,
             )
+
+    def _say_draining(self) -> None:
+        logger.warning(
+            "delivering the %d messages of the spool %s before this closes: for at most"
+            " Worker:StopTimeoutS (%d s) while Kafka does not answer; Ctrl-C leaves them"
+            " there for the next process",
+            self.spool.count,
+            self.spool.path,
+            self._stop_timeout_s,
+        )
 
 
 class BlockingSender:
@@ -240,8 +253,18 @@ class BlockingSender:
         if not self._thread.is_alive():
             return
         done = asyncio.run_coroutine_threadsafe(self.sender.close(), self.loop)
-        with suppress(Exception):
+        try:
             done.result(self._stop_timeout_s + 5)
+        except KeyboardInterrupt:
+            # Ctrl-C while the spool waits on Kafka: leave it for the next process.
+            done.cancel()
+            logger.warning(
+                "interrupted: %d messages stay in the spool %s for the next process",
+                self.spool.count,
+                self.spool.path,
+            )
+        except Exception:
+            logger.debug("closing the blocking sender failed", exc_info=True)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
 
