@@ -64,10 +64,18 @@ class Partition:
     committed: int | None
     #: The group member (``#1``, ``#2``, ...) that holds it, or None.
     owner: str | None
+    #: Where the group starts a partition it has committed nothing on:
+    #: ``Kafka:AutoOffsetReset`` is earliest (its log start) or not (unknown).
+    starts_at_begin: bool = True
 
     @property
     def lag(self) -> int | None:
-        return self.end - self.committed if self.committed is not None else None
+        """Records the group has yet to commit; with nothing committed, all of
+        them when it starts at the beginning (a first record stuck in its
+        handler is lag too), and unknown otherwise."""
+        if self.committed is not None:
+            return self.end - self.committed
+        return self.end - self.begin if self.starts_at_begin else None
 
     @property
     def under_replicated(self) -> bool:
@@ -237,6 +245,7 @@ class ClusterSampler(Service):
             (begin if n < len(led) else end).update(found)
         group = groups[0].to_object()["groups"][0]
         owners, members = _members(group["members"])
+        from_earliest = self.app.dawning_settings.kafka.auto_offset_reset == "earliest"
         return Snapshot(
             at=time.time(),
             brokers=sorted(cluster["brokers"], key=lambda b: b["node_id"]),
@@ -252,6 +261,7 @@ class ClusterSampler(Service):
                     end=end.get((tp.topic, tp.partition), 0),
                     committed=committed[tp].offset if tp in committed else None,
                     owner=owners.get(tp),
+                    starts_at_begin=from_earliest,
                 )
                 for tp in tps
             ],

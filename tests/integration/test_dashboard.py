@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import shutil
@@ -17,7 +18,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from playwright.async_api import Browser, Page, async_playwright
 
 import dawning_streams.agents
-from dawning_streams import AuditLogMessage, Reject, Retry, Settings, create_app
+from dawning_streams import (
+    AuditLogMessage,
+    Reject,
+    Retry,
+    Settings,
+    UserEventMessage,
+    create_app,
+)
 from dawning_streams.core.settings import Secret
 from dawning_streams.ops.sampler import SAMPLE_INTERVAL_S
 
@@ -312,6 +320,35 @@ async def test_the_overview_answers_from_the_sampler_without_asking_kafka(
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps({"overview_median_ms": round(median_ms, 1), "requests": 10}))
     print(f"GET / with the Dawning agents: median {median_ms:.1f} ms of 10 requests")
+
+
+async def test_a_first_record_stuck_in_its_handler_is_lag_though_nothing_was_committed(
+    settings: Settings,
+) -> None:
+    app = create_app(settings)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @app.handler
+    async def stuck(message: UserEventMessage) -> None:
+        started.set()
+        await release.wait()
+
+    base = f"http://127.0.0.1:{settings.web.port}"
+    async with running(app), aiohttp.ClientSession() as http:
+        receipt = await app.bus.publish(UserEventMessage(user_id=uuid.uuid4(), event_type="x"))
+        assert receipt is not None
+        await asyncio.wait_for(started.wait(), 60)
+        [partition] = [
+            p
+            for p in (await app.sampler.sample()).partitions
+            if p.topic == receipt.topic and p.partition == receipt.partition
+        ]
+        async with http.get(f"{base}/api/handlers/stuck") as response:
+            assert response.status == 200
+            body = await response.json()
+        release.set()
+    assert partition.committed is None and partition.lag == receipt.offset + 1
+    assert body["row"]["lag"] == receipt.offset + 1, body
 
 
 async def test_the_sampler_never_creates_a_topic_it_does_not_find(settings: Settings) -> None:
