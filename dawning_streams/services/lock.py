@@ -7,7 +7,9 @@
 
 * Acquire is ``SET NX PX`` with a random token, and in the same script an
   ``INCR`` of a per-lock counter: the fencing token, strictly increasing, so a
-  store can refuse writes from a holder that lost the lock while paused.
+  store can refuse writes from a holder that lost the lock while paused. The
+  counter never stays below Redis's clock in milliseconds, so a Redis that
+  lost it (restarted without persistence) still hands out larger tokens.
 * Release and renewal run as scripts that compare the token first, so no
   instance can free or extend a lock it does not hold.
 * While held, the lock renews itself every third of its TTL; if renewal finds
@@ -37,7 +39,14 @@ logger = logging.getLogger(__name__)
 
 _ACQUIRE = """
 if redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
-    return redis.call("incr", KEYS[2])
+    local token = redis.call("incr", KEYS[2])
+    local now = redis.call("time")
+    local floor = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+    if token < floor then
+        redis.call("set", KEYS[2], floor)
+        token = floor
+    end
+    return token
 end
 return 0
 """

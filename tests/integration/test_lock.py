@@ -90,7 +90,23 @@ async def test_a_held_lock_is_refused_and_cannot_be_released_by_another(
         finally:
             await client.aclose()
     async with lock.try_acquire(name, ttl_s=10) as third:
-        assert third is not None and third.fencing_token == first.fencing_token + 1
+        assert third is not None and third.fencing_token > first.fencing_token
+
+
+async def test_fencing_tokens_keep_growing_after_redis_lost_the_counter(
+    lock: DistributedLock, redis_url: str
+) -> None:
+    name = f"forgotten-{uuid.uuid4()}"
+    async with lock.try_acquire(name, ttl_s=10) as before:
+        assert before is not None
+    # What a Redis restarted without persistence has lost: the lock's counter.
+    client = redis.from_url(redis_url)
+    try:
+        assert await client.delete(*[k async for k in client.scan_iter(f"*{name}*")]) == 1
+    finally:
+        await client.aclose()
+    async with lock.try_acquire(name, ttl_s=10) as after:
+        assert after is not None and after.fencing_token > before.fencing_token
 
 
 async def test_the_lock_renews_itself_while_held_and_expires_when_its_holder_dies(
