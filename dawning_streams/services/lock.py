@@ -92,8 +92,10 @@ class DistributedLock:
     @contextlib.asynccontextmanager
     async def try_acquire(self, name: str, ttl_s: float) -> AsyncIterator[LockHandle | None]:
         """Yield a :class:`LockHandle`, or None when another instance holds ``name``."""
-        if ttl_s <= 0:
-            raise ValueError(f"ttl_s must be positive, got {ttl_s}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a lock's name must be a non-empty string, got {name!r}")
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not ttl_s > 0:
+            raise ValueError(f"lock {name!r}: ttl_s must be positive seconds, got {ttl_s!r}")
         key, fence_key = lock_key(name), lock_key(name, fence=True)
         token = secrets.token_hex(16)
         ttl_ms = max(1, int(ttl_s * 1000))

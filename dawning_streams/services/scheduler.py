@@ -86,8 +86,22 @@ class Scheduler(Service):
             raise ValueError(f"scheduled task name {name!r} may use only letters, digits, _ and -")
         if name in self.tasks:
             raise ValueError(f"a scheduled task named {name!r} already exists")
-        if not every_s > 0:
-            raise ValueError(f"scheduled task {name!r}: every_s must be positive")
+        if isinstance(every_s, bool) or not isinstance(every_s, int | float):
+            raise TypeError(f"scheduled task {name!r}: every_s must be seconds, got {every_s!r}")
+        if not every_s >= TICK_S:
+            # Checked once a tick: a shorter period would silently be a tick.
+            raise ValueError(
+                f"scheduled task {name!r}: every_s must be at least {TICK_S:g} s (tasks are"
+                f" checked once a second), got {every_s!r}"
+            )
+        if lock_ttl_s is not None and not (
+            isinstance(lock_ttl_s, int | float)
+            and not isinstance(lock_ttl_s, bool)
+            and lock_ttl_s > 0
+        ):
+            raise ValueError(
+                f"scheduled task {name!r}: lock_ttl_s must be positive seconds, got {lock_ttl_s!r}"
+            )
         run = fn if inspect.iscoroutinefunction(fn) else functools.partial(asyncio.to_thread, fn)
         task = ScheduledTask(name, every_s, run, lock_ttl_s or max(30.0, every_s))
         self.tasks[name] = task
