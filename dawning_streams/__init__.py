@@ -15,6 +15,7 @@ from dawning_streams.core.errors import (
     MessageEncodeError,
     PublishError,
     SettingsError,
+    UsageError,
 )
 from dawning_streams.core.records import (
     AlertNotificationMessage,
@@ -62,6 +63,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "SystemEventMessage",
+    "UsageError",
     "UserEventMessage",
     "create_app",
     "create_bus",

@@ -41,7 +41,7 @@ from dawning_streams.bus.host import BusHost
 from dawning_streams.bus.publisher import BrokerUnavailable, Publisher
 from dawning_streams.bus.rdkafka import RdkafkaPort
 from dawning_streams.bus.spool import Spool
-from dawning_streams.core.errors import DawningError
+from dawning_streams.core.errors import DawningError, UsageError
 from dawning_streams.kafka import faust_compat
 from dawning_streams.kafka.security import client_options
 
@@ -233,7 +233,7 @@ class BlockingSender:
         except RuntimeError:
             pass
         else:
-            raise DawningError(
+            raise UsageError(
                 "a blocking publish would block this running event loop; "
                 "use `await bus.publish(...)` (or `await task.delay(...)`) here"
             )

@@ -12,6 +12,7 @@ __all__ = [
     "MessageDecodeError",
     "PublishError",
     "SettingsError",
+    "UsageError",
     "described",
 ]
 
@@ -60,6 +61,12 @@ class MessageEncodeError(DawningError, ValueError):
     """A message whose fields the wire format cannot carry, or that its receiver
     would refuse (a GUID field holding ``"not-a-guid"``): refused when sent,
     not dead-lettered later."""
+
+
+class UsageError(DawningError, RuntimeError):
+    """The API used where it cannot work (a blocking publish on a running event
+    loop): a mistake in the calling code, which no retry cures. A handler that
+    raises it is dead-lettered at once."""
 
 
 class PublishError(DawningError):

@@ -5,8 +5,10 @@ A failed message is never retried in place: it becomes a durable timer
 its partition keeps flowing. Which path a failure takes:
 
 * :class:`RetryLater` (arq's ``Retry(defer)``): retry after the delay it names;
-* :class:`Reject`, :class:`~dawning_streams.core.errors.MessageDecodeError` and any
-  type listed in ``Retry.non_retryable``: straight to the dead-letter topic;
+* :class:`Reject`, :class:`~dawning_streams.core.errors.MessageDecodeError`,
+  :class:`~dawning_streams.core.errors.UsageError` (a blocking publish in an
+  async handler, say) and any type listed in ``Retry.non_retryable``: straight
+  to the dead-letter topic;
 * any other exception: retry with the policy's backoff, then dead-letter.
 """
 
@@ -16,7 +18,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from dawning_streams.core.errors import DawningError, MessageDecodeError
+from dawning_streams.core.errors import DawningError, MessageDecodeError, UsageError
 
 __all__ = ["Expired", "HandlerTimeout", "Reject", "Retry", "RetryLater"]
 
@@ -92,4 +94,6 @@ class Retry:
 
     def is_retryable(self, exc: BaseException) -> bool:
         """Whether ``exc`` deserves another attempt at all."""
-        return not isinstance(exc, (Reject, Expired, MessageDecodeError, *self.non_retryable))
+        return not isinstance(
+            exc, (Reject, Expired, MessageDecodeError, UsageError, *self.non_retryable)
+        )

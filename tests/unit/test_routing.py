@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from dawning_streams.core.errors import MessageDecodeError
+from dawning_streams.core.errors import MessageDecodeError, UsageError
 from dawning_streams.core.names import Header
 from dawning_streams.core.retry import Reject, Retry, RetryLater
 from dawning_streams.core.settings import Settings
@@ -135,9 +135,10 @@ async def test_after_the_last_retry_it_is_dead_lettered_with_its_origin_and_fail
     ]
 
 
-async def test_reject_decode_errors_and_non_retryable_types_skip_the_retries() -> None:
+async def test_reject_decode_errors_misuse_and_non_retryable_types_skip_the_retries() -> None:
     policy = Retry(max_retries=3, non_retryable=(KeyError,))
-    for exc in (Reject("never valid"), MessageDecodeError("bad json", "t"), KeyError("k")):
+    misuse = UsageError("a blocking publish would block this running event loop")
+    for exc in (Reject("never valid"), MessageDecodeError("bad json", "t"), misuse, KeyError("k")):
         recorded = Recorded()
         assert await routing(recorded, policy).fail(delivery(), 0, exc) is False
         assert recorded.scheduled == [] and len(recorded.sent) == 1, exc
