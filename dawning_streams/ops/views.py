@@ -102,11 +102,18 @@ async def _search(app: OpsHost, request: Request) -> search.Search:
         raise BadRequest(str(exc)) from None
 
 
+class _Probe(Page):
+    """An endpoint for scrapers and probes, which may add parameters of their
+    own (Prometheus' ``params``): they are ignored, not refused."""
+
+    parameters = None
+
+
 def install(app: OpsHost) -> None:
     """Add the operational endpoints to ``app``'s web server."""
 
     @app.page("/metrics")
-    class Metrics(Page):
+    class Metrics(_Probe):
         """Every metric, in the Prometheus text format."""
 
         async def get(self, request: Request) -> Response:
@@ -115,14 +122,14 @@ def install(app: OpsHost) -> None:
             )
 
     @app.page("/health")
-    class Health(Page):
+    class Health(_Probe):
         """The process is alive and serving requests."""
 
         async def get(self, request: Request) -> Response:
             return self.json({"status": "alive", "instance": app.dawning_settings.instance_name})
 
     @app.page("/ready")
-    class Ready(Page):
+    class Ready(_Probe):
         """200 when broker, assignment and table recovery are all fine; 503 otherwise."""
 
         async def get(self, request: Request) -> Response:
@@ -233,11 +240,11 @@ def install(app: OpsHost) -> None:
 
         async def get(self, request: Request, topic: str) -> Response:
             if topic not in dashboard.dead_letter_topics(app):
-                return self.json({"error": f"{topic!r} is not a dead-letter topic"}, status=404)
+                return self.problem(request, 404, f"{topic!r} is not a dead-letter topic")
             try:
                 letters = await dashboard.browse(app, topic)
             except KafkaUnavailable as exc:
-                return error(self, 503, str(exc))
+                return self.problem(request, 503, str(exc))
             return self.html(dashboard_html.render_dead_letters(topic, letters))
 
     @app.page("/api/dead-letters/replay")

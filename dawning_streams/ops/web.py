@@ -102,16 +102,19 @@ class Page(View):
             try:
                 Query(request, set(self.parameters))
             except BadRequest as exc:
-                if "text/html" in request.headers.get("Accept", ""):
-                    # A browser, on one of the dashboard's pages: a page, not JSON.
-                    text = html.escape(str(exc))
-                    return self.html(
-                        f"<!doctype html><title>bad request</title><p>{text}</p>"
-                        "<p><a href='/'>dashboard</a></p>",
-                        status=400,
-                    )
-                return error(self, 400, str(exc))
+                return self.problem(request, 400, str(exc))
         return await super().dispatch(request)
+
+    def problem(self, request: Any, status: int, message: str) -> Response:
+        """An error as JSON, or as a page for a browser on one of the dashboard's pages."""
+        if "text/html" in request.headers.get("Accept", ""):
+            title = {400: "bad request", 404: "not found"}.get(status, "unavailable")
+            return self.html(
+                f"<!doctype html><title>{title}</title><p>{html.escape(message)}</p>"
+                "<p><a href='/'>dashboard</a></p>",
+                status=status,
+            )
+        return error(self, status, message)
 
 
 class _BadRequestLine(logging.Filter):

@@ -412,3 +412,16 @@ async def test_a_page_given_a_parameter_it_does_not_take_answers_400_naming_it(
                 assert "unknown parameter &#x27;limit&#x27;; this page takes none" in (
                     await response.text()
                 ), path
+        # Scrapers and probes may add parameters of their own: ignored there.
+        for path in ("/metrics", "/health"):
+            async with http.get(f"{base}{path}", params={"module": "dawning"}) as probed:
+                assert probed.status == 200, (path, await probed.text())
+        async with http.get(f"{base}/ready", params={"module": "dawning"}) as probed:
+            assert "checks" in await probed.json()
+        # A dead-letter page that does not exist: a page for a browser, JSON otherwise.
+        async with http.get(f"{base}/dead-letters/nope", headers=browser) as response:
+            assert response.status == 404 and response.content_type == "text/html"
+            assert "&#x27;nope&#x27; is not a dead-letter topic" in await response.text()
+        async with http.get(f"{base}/dead-letters/nope") as response:
+            assert response.status == 404
+            assert await response.json() == {"error": "'nope' is not a dead-letter topic"}
