@@ -210,6 +210,12 @@ def register_commands(app: OpsHost) -> None:
     async def held_release(self: AppCommand, handler: str, key: str) -> None:
         """Dead-letter the message a held key waits on; what is parked behind it then runs."""
         (name,) = _handlers(self, (handler,))
+        if not self.app.handlers[name].options.ordered:  # type: ignore[attr-defined]
+            self.say(
+                f"Error: {name} is not an ordered handler (ordered=True): it holds no keys",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
         report = await _pending(self, [name])
         held = report[name]["held"].get(key)
         if held is None:
@@ -261,10 +267,11 @@ def register_commands(app: OpsHost) -> None:
         self: AppCommand, topics: tuple[str, ...], everything: bool, **filters: Any
     ) -> None:
         """Republish dead-lettered messages to their original topics."""
-        if not everything and not any(filters.values()):
+        if everything == any(filters.values()):
             self.say(
                 "Error: say which dead letters to replay: --all, or "
-                "--key/--since/--until/--exception",
+                "--key/--since/--until/--exception"
+                + (", not both (--all replays every one)" if everything else ""),
                 file=sys.stderr,
             )
             raise SystemExit(2)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from dawning_streams.core.errors import DawningError
 from dawning_streams.core.names import Header, dead_letter_topic, header_text, replay_target
+from dawning_streams.handlers.delivery import message_id_of
 from dawning_streams.kafka.reading import existing_topics, read_to_end
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class DeadLetter:
         """The fields an operator reads first."""
         return {
             "dlq": f"{self.topic}/{self.partition}/{self.offset}",
+            # What /messages?id= and the search look for.
+            "message_id": message_id_of(self.value),
             # As the failure times in the headers are written: UTC, ending in Z.
             "dead_lettered_at": self.dead_lettered_at.isoformat().replace("+00:00", "Z"),
             "key": self.key.decode("utf-8", "replace") if self.key is not None else None,

@@ -84,13 +84,15 @@ async def test_a_replay_runs_again_only_in_the_handler_that_dead_lettered_it(
 
     user = uuid.uuid4()
     async with running(app):
-        await app.bus.publish(audit("first", user))
+        first = audit("first", user)
+        await app.bus.publish(first)
         letters = []
         while not letters:
             letters = await read_dead_letters(app, [settings.kafka.topics.audit_log])
         [letter] = letters
         assert letter.summary()["group"] == app.conf.id
         assert letter.summary()["handler"] == "picky"
+        assert letter.summary()["message_id"] == str(first.message_id)
         broken = False
         assert await replay(app, letters) == 1
         # Then a message of the same key: the counter has handled the replayed
@@ -250,6 +252,8 @@ async def test_the_dlq_commands_filter_by_every_option_and_replay_only_what_they
 
     refused = run("dlq-replay")
     assert refused.returncode == 2 and "--all" in refused.stderr
+    both = run("dlq-replay", "--all", "--key", "x")
+    assert both.returncode == 2 and "not both (--all replays every one)" in both.stderr
 
     replayed = run(
         "dlq-replay", "--topic", settings.kafka.topics.audit_log, "--exception", "KeyError"

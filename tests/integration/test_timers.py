@@ -392,6 +392,7 @@ async def test_the_timers_command_lists_held_keys_and_held_release_dead_letters_
         [letter] = await read_topic(settings.kafka.bootstrap_servers[0], dlq, 1)
         await eventually(lambda: track_user_event.timers.holder(str(user)) is None, what="release")
     unknown = await command("timers", "--handler", "nope")
+    unordered = await command("held-release", "--handler", "notify_alert", "--key", "k")
     assert listed.returncode == 0, listed.stderr
     assert "track_user_event: 1 pending, next due " in listed.stdout
     assert f"held {user}: waits on {failing.message_id}" in listed.stdout
@@ -403,6 +404,8 @@ async def test_the_timers_command_lists_held_keys_and_held_release_dead_letters_
     assert str(failing.message_id).encode() in letter.value  # type: ignore[operator]
     assert unknown.returncode == 2 and "no handler named nope; this app, with " in unknown.stderr
     assert "(set DAWNING_WORKER__MODULES as the workers have it)" in unknown.stderr
+    assert unordered.returncode == 2
+    assert "notify_alert is not an ordered handler (ordered=True)" in unordered.stderr
 
 
 async def test_a_key_held_past_its_retrys_due_time_is_reported_stuck_until_it_runs(
