@@ -88,20 +88,26 @@ def _load(name: str) -> None:
     _warn_of_other_apps(name, module)
 
 
+#: What each module of Worker:Modules declared on an app of its own, said once read.
+_elsewhere: list[str] = []
+
+
 def _warn_of_other_apps(name: str, module: object) -> None:
     """Name handlers a module declared on an app of its own (``create_app()``):
     no worker runs them, while their ``delay()`` still sends."""
     for attr, value in vars(module).items():
         if isinstance(value, App) and value is not app and value.handlers:
-            logger.warning(
-                "%s.%s is an app of its own (create_app()), which this worker does not run: "
-                "its handler(s) %s never run here; declare them on "
-                "`from dawning_streams.app import app`",
-                name,
-                attr,
-                ", ".join(sorted(value.handlers)),
+            mistake = (
+                f"{name}.{attr} is an app of its own (create_app()), which this worker does not"
+                f" run: its handler(s) {', '.join(sorted(value.handlers))} never run here;"
+                " declare them on `from dawning_streams.app import app`"
             )
+            _elsewhere.append(mistake)
+            logger.warning("%s", mistake)
 
 
 for _name in settings.worker.modules:
     _load(_name)
+if _elsewhere and not app.handlers and _command_line():
+    # A worker that would run nothing at all: refuse to start, as for a bad module.
+    _stop(SettingsError("Worker:Modules", ",".join(settings.worker.modules), _elsewhere[0]))

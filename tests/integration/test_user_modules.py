@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -226,3 +229,39 @@ def test_worker_modules_are_read_from_the_environment_and_checked() -> None:
     assert both.worker.modules == ("dawning_streams.agents", "billing.tasks")
     with pytest.raises(ValueError, match="'billing/tasks' is not a dotted module name"):
         Settings.load({"DAWNING_WORKER__MODULES": "billing/tasks"})
+
+
+OWN_APP = textwrap.dedent("""
+    from dawning_streams import UserEventMessage, create_app
+
+    app = create_app()  # the mistake: not dawning_streams.app's
+
+    @app.handler(UserEventMessage, name="lonely")
+    async def lonely(message: UserEventMessage) -> None: ...
+""")
+
+
+def test_a_worker_whose_modules_declare_every_handler_on_an_app_of_their_own_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "own_app.py").write_text(OWN_APP)
+    env = {
+        **os.environ,
+        "DAWNING_WORKER__MODULES": "own_app",
+        "PYTHONPATH": f"{tmp_path}:{ROOT}",
+        # Refused before any service is asked: nothing listens here.
+        "DAWNING_KAFKA__BOOTSTRAPSERVERS": "127.0.0.1:9",
+    }
+    worker = subprocess.run(
+        [sys.executable, "-m", "dawning_streams", "worker"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert worker.returncode == 2, worker.stderr
+    assert (
+        "Error: Worker:Modules='own_app': own_app.app is an app of its own (create_app()),"
+        " which this worker does not run: its handler(s) lonely never run here"
+    ) in worker.stderr
