@@ -310,7 +310,7 @@ def _compile_decoder(cls: type[MessageBase]) -> Callable[[dict[str, Any]], Messa
         "_cls": cls,
         "_guid": _guid,
         "_time": _time,
-        "_convert": _convert,
+        "_converted": _converted,
         "_now": datetime.now,
         "_UTC": UTC,
     }
@@ -328,8 +328,8 @@ def _compile_decoder(cls: type[MessageBase]) -> Callable[[dict[str, Any]], Messa
         elif f.kind is datetime:
             taken, value = "v.__class__ is str", "_time(v)"
         else:
-            namespace[f"_field{n}"] = f
-            taken, value = "True", f"_convert(_field{n}, v)"
+            namespace[f"_kind{n}"] = f.kind
+            taken, value = "True", f"_converted(_kind{n}, v)"
         if f.required or f.attr == "message_id":
             # Missing or null: refused, or (a MessageId) derived from the bytes, there.
             when_null = ["    return None"]
