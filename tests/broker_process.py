@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiokafka import AIOKafkaProducer
+
 from .conftest import ROOT, free_port
 
 KAFKA_SH = ROOT / "scripts" / "kafka.sh"
@@ -51,6 +53,19 @@ class BrokerProcess:
     async def start(self) -> None:
         """Start it (formatting storage the first time) and wait until it answers."""
         await self._script("start")
+
+    async def accepts_idempotent_producers(self, timeout_s: float = 60) -> None:
+        """Wait until a new idempotent producer gets its id and an ack: a broker
+        that has just started answers metadata before its coordinators have
+        loaded, and a producer's first send waits for that meanwhile."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all"
+        )
+        await producer.start()
+        try:
+            await asyncio.wait_for(producer.send_and_wait("warm-up", b"{}"), timeout_s)
+        finally:
+            await producer.stop()
 
     async def stop(self) -> None:
         """Stop it gracefully."""

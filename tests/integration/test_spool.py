@@ -165,6 +165,7 @@ async def test_an_outage_spanning_several_drain_tries_delivers_each_spooled_mess
     async with own_broker(tmp_path) as broker:
         settings = on_broker(settings, broker, tmp_path / "spool.sqlite3")
         await broker.start()
+        await broker.accepts_idempotent_producers()
         sent = events(0, 200)
         async with create_app(settings).bus as bus:
             assert await bus.publish(events(1000, 1)[0]) is not None
